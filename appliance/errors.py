@@ -1,0 +1,104 @@
+"""The relay's error classes and the one table mapping them to HTTP answers.
+
+Handlers raise these; :func:`response_for` is the only place that decides the
+status and body. No error body carries request data, so none can echo a
+signature, a secret or a token.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class RelayError(Exception):
+    """Base class: an expected failure with a fixed status and public error code."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+
+class InvalidSignature(RelayError):
+    """The x-line-signature header is missing or does not match the body."""
+
+    status = 401
+    code = "invalid_signature"
+
+
+class MalformedBody(RelayError):
+    """The body is not UTF-8 JSON, not an object, or ``events`` is not an array."""
+
+    status = 400
+    code = "malformed_body"
+
+
+class UnknownTenant(RelayError):
+    """No tenant has this id."""
+
+    status = 404
+    code = "unknown_tenant"
+
+
+class NotFound(RelayError):
+    """No such path on this listener."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(RelayError):
+    """The webhook path takes POST only."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(RelayError):
+    """The body is over the configured limit."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class BodyTimeout(RelayError):
+    """The body did not arrive within the read deadline."""
+
+    status = 408
+    code = "body_timeout"
+
+
+class Overloaded(RelayError):
+    """The store could not commit before the acknowledgement deadline, or the queue is full."""
+
+    status = 503
+    code = "overloaded"
+
+
+class QueueFull(Overloaded):
+    """The tenant's queue is at its cap; LINE should retry later."""
+
+
+class StoreError(Exception):
+    """The store failed to commit (disk full, I/O error); the webhook was not kept."""
+
+
+class ConfigError(ValueError):
+    """A config file or environment override is invalid; the message says which key and why."""
+
+
+class TenantError(ValueError):
+    """A tenant command got bad input (invalid id, duplicate, unknown, empty secret)."""
+
+
+#: Seconds LINE is asked to wait before retrying a 503.
+RETRY_AFTER_SECONDS = 1
+
+
+def response_for(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body for ``error`` (PROTOCOL.md §1's table)."""
+    headers = [(b"content-type", b"application/json")]
+    if isinstance(error, Overloaded):
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    if isinstance(error, MethodNotAllowed):
+        headers.append((b"allow", b"POST"))
+    body = b'{"error": "' + error.code.encode() + b'"}'
+    return error.status, headers, body

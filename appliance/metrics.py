@@ -1,0 +1,120 @@
+"""Prometheus metrics of one relay process, on their own registry.
+
+Served on the admin listener only. Label values are bound once here so the
+hot path does no label lookups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Buckets around the one-second budget, with detail where a healthy relay answers.
+ACK_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.0, 5.0)
+
+OUTCOMES = (
+    "accepted",  # stored, 200
+    "duplicate",  # a retry of a stored body, 200
+    "verify",  # "events": [], 200, nothing queued
+    "invalid_signature",
+    "malformed_body",
+    "unknown_tenant",
+    "body_too_large",
+    "body_timeout",
+    "method_not_allowed",
+    "overloaded",  # not committed before the ack deadline
+    "queue_full",
+    "store_error",
+)
+
+
+class Metrics:
+    """Every metric the relay exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ack_seconds = Histogram(
+            "linerelay_webhook_ack_seconds",
+            "Time from a webhook request's start to its answer.",
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        webhooks = Counter(
+            "linerelay_webhooks", "Webhook requests by outcome.", ["outcome"], registry=r
+        )
+        self.outcome = {name: webhooks.labels(name) for name in OUTCOMES}
+        self.over_budget = Counter(
+            "linerelay_webhooks_over_budget",
+            "Webhook answers slower than the budget (budget_ms).",
+            registry=r,
+        )
+        self.bridges_connected = Gauge(
+            "linerelay_bridges_connected", "Bridge WebSockets currently open.", registry=r
+        )
+        self.bridge_rejected = Counter(
+            "linerelay_bridge_auth_failures", "Bridge upgrades refused for a bad token.", registry=r
+        )
+        self.deliveries = Counter(
+            "linerelay_deliveries", "Webhooks sent to a bridge for the first time.", registry=r
+        )
+        self.redeliveries = Counter(
+            "linerelay_redeliveries", "Webhooks sent to a bridge again (attempt > 1).", registry=r
+        )
+        self.acks = Counter("linerelay_acks", "Acks received from bridges.", registry=r)
+        self.nacks = Counter("linerelay_nacks", "Nacks received from bridges.", registry=r)
+        frames = Counter(
+            "linerelay_bridge_frames_rejected",
+            "Bridge frames ignored as malformed.",
+            ["reason"],
+            registry=r,
+        )
+        self.frame_rejected = {k: frames.labels(k) for k in ("malformed", "binary", "unknown_id")}
+        self.expired = Counter(
+            "linerelay_webhooks_expired",
+            "Webhooks dropped unacked after max_unacked_age (each also logged).",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "linerelay_store_commit_seconds",
+            "Time to write and fsync one group-commit batch.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "linerelay_store_batch_size",
+            "Operations per group-commit batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        reloads = Counter(
+            "linerelay_tls_reloads", "Certificate reloads by result.", ["result"], registry=r
+        )
+        self.tls_reload = {k: reloads.labels(k) for k in ("ok", "failed")}
+
+    def track_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
+        """Export ``depths()`` (unacked webhooks per tenant) at each scrape."""
+        self.registry.register(_QueueDepth(depths))
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Record one store commit (called from the writer thread; prometheus-client is thread-safe)."""
+        self.batch_size.observe(size)
+        self.commit_seconds.observe(seconds)
+
+
+class _QueueDepth(Collector):
+    """Unacked webhooks per tenant, read from the store at scrape time."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "linerelay_queue_depth", "Unacked webhooks per tenant.", labels=["tenant"]
+        )
+        for tenant, depth in sorted(self._depths().items()):
+            family.add_metric([tenant], depth)
+        yield family

@@ -1,0 +1,25 @@
+"""The shape check a webhook body must pass before it is queued (PROTOCOL.md §1).
+
+The relay never rewrites a body: it only decides whether the bytes are a UTF-8
+JSON object whose ``events`` is an array, and how many events there are.
+"""
+
+from __future__ import annotations
+
+import json
+
+from appliance.errors import MalformedBody
+
+
+def count_events(body: bytes) -> int:
+    """The number of events in ``body``; raises :class:`MalformedBody` if it is not a webhook."""
+    try:
+        obj = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MalformedBody("body is not UTF-8 JSON") from exc
+    if not isinstance(obj, dict):
+        raise MalformedBody("body is not a JSON object")
+    events = obj.get("events")
+    if not isinstance(events, list):
+        raise MalformedBody("'events' is not an array")
+    return len(events)

@@ -1,0 +1,298 @@
+"""Running the relay: listeners, lifecycle, signals and housekeeping.
+
+Serving is kept apart from the apps (as Hypercorn and Quart do): this module
+builds the parts from a :class:`RelayConfig`, binds both listeners before
+anything is announced ready, and serves the public app over TLS and the
+admin app over plain HTTP on one event loop, in one process.
+
+Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the certificate
+chain and key into the live TLS context (new handshakes get the new chain,
+open connections are kept) and re-reads the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from appliance import config as config_module
+from appliance import protocol, tuning
+from appliance.app import create_admin_app, create_public_app
+from appliance.config import RelayConfig
+from appliance.errors import ConfigError
+from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
+from appliance.ingress import Relay
+from appliance.metrics import Metrics
+from appliance.store import Limits, SQLiteStore, delivery_id
+from appliance.tenants import TenantDirectory
+from tls import policy
+from tls.pki import DevPKI
+
+log = logging.getLogger("appliance.server")
+
+
+#: Config keys that only a restart can change.
+RESTART_KEYS = ("state_dir", "listen", "admin_listen", "tls_policy", "ping_interval")
+
+
+class _TLSConfig(HypercornConfig):
+    """Hypercorn config that serves our policy's context instead of building its own.
+
+    Hypercorn's stock ``create_ssl_context`` assigns ``options``, which drops
+    Python's safe defaults; and a context we own can be reloaded in place.
+    """
+
+    ssl_context: ssl.SSLContext | None = None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        return self.ssl_context
+
+
+class Server:
+    """One relay process: builds the parts, serves, and tears down."""
+
+    def __init__(self, config: RelayConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.state_dir = config.state_dir
+        self._shutdown = asyncio.Event()
+        self._ready = False
+
+    def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
+        if config.uses_dev_pki:
+            pki = DevPKI(self.state_dir / "pki")
+            if pki.ensure():
+                log.info("dev PKI written", extra={"root": str(pki.root)})
+            return pki.chain, pki.key
+        return Path(config.tls_cert_file), Path(config.tls_key_file)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        config = self.config
+        tuning.apply()
+        _raise_open_files_limit()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cert, key = self._tls_files(config)
+        self.ssl_context = policy.server_context(config.tls_policy, cert, key)
+        public_sock = _listen(config.listen)
+        admin_sock = _listen(config.admin_listen)
+
+        metrics = Metrics()
+        store = SQLiteStore(
+            self.state_dir / "store.db", _limits(config), on_batch=metrics.observe_batch
+        )
+        metrics.track_queue_depth(store.depths)
+        await store.open()
+        tenants = TenantDirectory(self.state_dir / "tenants.db")
+        hub = Hub(store, metrics, config.bridge_window, config.nack_backoff)
+        self.relay = relay = Relay(config, tenants, store, hub, metrics)
+
+        public_config = _TLSConfig()
+        public_config.ssl_context = self.ssl_context
+        public_config.certfile, public_config.keyfile = str(cert), str(key)
+        # Hypercorn takes the bound sockets over (and closes them at the end).
+        public_config.bind = [f"fd://{public_sock.detach()}"]
+        public_config.websocket_ping_interval = config.ping_interval
+        # A connection that sends nothing, not even a pong, for this long is dead.
+        public_config.read_timeout = int(config.bridge_idle_timeout)
+        public_config.websocket_max_message_size = protocol.MAX_BRIDGE_FRAME_BYTES
+        public_config.ssl_handshake_timeout = 10
+        public_config.keep_alive_timeout = 30
+        public_config.backlog = 2048
+        admin_config = HypercornConfig()
+        admin_config.bind = [f"fd://{admin_sock.detach()}"]
+        for hconfig in (public_config, admin_config):
+            hconfig.include_server_header = False
+            hconfig.graceful_timeout = 5
+            hconfig.errorlog = logging.getLogger("hypercorn.error")
+            hconfig.accesslog = None
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._shutdown.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+        housekeeping = loop.create_task(self._housekeeping())
+        self._ready = True
+        log.info(
+            "relay serving",
+            extra={
+                "listen": config.listen,
+                "admin_listen": config.admin_listen,
+                "tls_policy": config.tls_policy,
+                "state_dir": str(self.state_dir),
+                "pid": os.getpid(),
+            },
+        )
+        try:
+            await asyncio.gather(
+                hypercorn_serve(
+                    # The ingress in front of the Quart app, served directly:
+                    # one coroutine frame less for every open connection.
+                    create_public_app(relay).asgi_app,
+                    public_config,
+                    shutdown_trigger=self._until_shutdown,
+                ),
+                hypercorn_serve(
+                    create_admin_app(relay, lambda: self._ready),
+                    admin_config,
+                    shutdown_trigger=self._shutdown.wait,
+                ),
+            )
+        finally:
+            self._ready = False
+            housekeeping.cancel()
+            relay.access_log.flush()
+            await store.close()
+            tenants.close()
+            log.info("relay stopped")
+
+    async def _until_shutdown(self) -> None:
+        await self._shutdown.wait()
+        self._ready = False
+        for connection in list(self.relay.bridges):
+            connection.terminate(CLOSE_SHUTDOWN)
+
+    # -- SIGHUP --------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the config and the certificate chain; on any error keep what serves."""
+        config = self.config
+        if self.config_path is not None:
+            try:
+                fresh = config_module.load(
+                    self.config_path,
+                    os.environ,
+                    {
+                        "state_dir": config.state_dir,
+                        "listen": config.listen,
+                        "admin_listen": config.admin_listen,
+                    },
+                )
+            except ConfigError as exc:
+                log.error("reload: config kept", extra={"why": str(exc)})
+            else:
+                changed = [k for k in RESTART_KEYS if getattr(fresh, k) != getattr(config, k)]
+                if changed:
+                    log.warning("reload: these keys need a restart", extra={"keys": changed})
+                    fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
+                config = fresh
+        try:
+            cert, key = self._tls_files(config)
+            policy.load_chain(self.ssl_context, cert, key)
+        except (policy.CertificateError, OSError, ValueError) as exc:
+            self.relay.metrics.tls_reload["failed"].inc()
+            log.error("reload: certificate kept", extra={"why": str(exc)})
+            config = config.replace(
+                tls_cert_file=self.config.tls_cert_file, tls_key_file=self.config.tls_key_file
+            )
+        else:
+            self.relay.metrics.tls_reload["ok"].inc()
+            log.info("reload: certificate loaded", extra={"chain": str(cert)})
+        self._apply(config)
+
+    def _apply(self, config: RelayConfig) -> None:
+        self.config = config
+        relay = self.relay
+        relay.config = config
+        assert isinstance(relay.store, SQLiteStore)
+        relay.store.limits = _limits(config)
+        relay.hub.backoff = config.nack_backoff
+        logging.getLogger().setLevel(config.log_level.upper())
+        relay.access_log.enabled = config.log_level in ("debug", "info")
+
+    # -- housekeeping --------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Notice tenant changes; expire and prune old rows."""
+        relay = self.relay
+        last_sweep = 0.0
+        while True:
+            await asyncio.sleep(self.config.tenant_poll_interval)
+            try:
+                await self._tenant_changes()
+                now = time.monotonic()
+                if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
+                    last_sweep = now
+                    await self._sweep()
+            except Exception:
+                # Housekeeping must outlive a bad moment (disk full, locked file).
+                log.exception("housekeeping failed")
+            relay.metrics.bridges_connected.set(len(relay.bridges))
+
+    async def _tenant_changes(self) -> None:
+        relay = self.relay
+        relay.tenants.refresh()
+        removed, rotated = relay.tenants.take_changes()
+        for tenant in removed:
+            for connection in relay.hub.close_tenant(tenant, "removed"):
+                connection.terminate(CLOSE_TENANT_REMOVED)
+            discarded = await relay.store.purge(tenant)
+            log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
+        for tenant in rotated:
+            for connection in [c for c in relay.bridges if c.tenant == tenant]:
+                connection.terminate(CLOSE_TOKEN_ROTATED)
+            log.info("tenant token rotated", extra={"tenant": tenant})
+
+    async def _sweep(self) -> None:
+        relay, config = self.relay, self.config
+        now_ms = int(time.time() * 1000)
+        expired = await relay.store.expire(now_ms - int(config.max_unacked_age * 1000))
+        by_tenant: dict[str, list[int]] = {}
+        for row in expired:
+            relay.metrics.expired.inc()
+            by_tenant.setdefault(row.tenant, []).append(row.seq)
+            log.warning(
+                "webhook expired unacked",
+                extra={
+                    "tenant": row.tenant,
+                    "delivery": delivery_id(row.seq),
+                    "age_s": round((now_ms - row.received_at) / 1000),
+                },
+            )
+        for tenant, seqs in by_tenant.items():
+            relay.hub.expired(tenant, seqs)
+        await relay.store.prune(now_ms - int(config.dedupe_window * 1000))
+
+
+def _raise_open_files_limit() -> None:
+    """Each bridge holds a socket: lift the soft limit to the hard one (often 1024 → 1M)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open files limit raised", extra={"from": soft, "to": hard})
+
+
+def _limits(config: RelayConfig) -> Limits:
+    return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
+
+
+def _listen(address: str) -> socket.socket:
+    """A listening socket on ``HOST:PORT``; raises :class:`ConfigError` if it cannot bind."""
+    host, port = config_module.parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(config: RelayConfig, config_path: Path | None = None) -> None:
+    """Serve ``config`` until told to stop."""
+    asyncio.run(Server(config, config_path).run())

@@ -1,0 +1,550 @@
+"""The durable per-tenant webhook queue.
+
+:class:`Store` is the interface the relay uses; :class:`SQLiteStore` is the
+single-node implementation (a Redis Streams store for several relay nodes can
+implement the same interface; tests/appliance/test_store.py is written against
+the interface).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when it
+returns. All work goes through one writer thread that drains a queue of
+operations and runs everything it found in **one transaction** (group commit):
+under load, many webhooks share one fsync, and each is answered only after
+that fsync. Row ids (``seq``) never repeat (AUTOINCREMENT), so a delivery id
+names one webhook forever.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import QueueFull, StoreError
+
+log = logging.getLogger(__name__)
+
+DELIVERY_PREFIX = "d-"
+
+# Row states.
+QUEUED, ACKED, EXPIRED = 0, 1, 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhooks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    body BLOB NOT NULL,
+    signature TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhooks_queued ON webhooks (tenant, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
+"""
+
+
+def delivery_id(seq: int) -> str:
+    """The wire id of row ``seq``: ``d-000000000042``."""
+    return f"{DELIVERY_PREFIX}{seq:012d}"
+
+
+def parse_delivery_id(value: str) -> int | None:
+    """The row of a wire id, or None if it is not one."""
+    digits = value[len(DELIVERY_PREFIX) :]
+    if not value.startswith(DELIVERY_PREFIX) or not digits.isdigit() or len(digits) > 18:
+        return None
+    return int(digits)
+
+
+def retry_digest(tenant: str, body: bytes, signature: str) -> bytes:
+    """What makes two requests the same retry: tenant, exact bytes, exact signature."""
+    h = hashlib.sha256(tenant.encode())
+    h.update(b"\0" + signature.encode() + b"\0")
+    h.update(body)
+    return h.digest()
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One queued webhook. ``attempts`` counts the times it was sent to a bridge."""
+
+    seq: int
+    tenant: str
+    body: bytes
+    signature: str
+    received_at: int
+    attempts: int = 0
+
+    @property
+    def id(self) -> str:
+        """The wire id."""
+        return delivery_id(self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A webhook that outlived ``max_unacked_age`` unacked."""
+
+    seq: int
+    tenant: str
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The store's tunables (from the relay config; changeable on reload)."""
+
+    queue_cap: int = 10_000
+    dedupe_window: float = 300.0
+    max_batch: int = 512
+
+
+CommitListener = Callable[[Sequence[Delivery]], None]
+BatchListener = Callable[[int, float], None]
+
+
+class Store(abc.ABC):
+    """The queue the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry.
+
+    Coroutines run on the relay's event loop. ``append`` returns a future so
+    the caller can answer by a deadline while the write goes on: a webhook
+    that commits after its 503 is kept and delivered (LINE's retry of it is
+    then a known duplicate).
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Start; load queue depths and recent digests."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and stop."""
+
+    @abc.abstractmethod
+    def append(
+        self, tenant: str, body: bytes, signature: str, received_at: int
+    ) -> asyncio.Future[Delivery | None]:
+        """Queue a webhook. The future gives the delivery once committed, or None for a retry.
+
+        Raises :class:`QueueFull` at once when the tenant is at its cap; the
+        future fails with :class:`StoreError` if the commit fails.
+        """
+
+    @abc.abstractmethod
+    async def pending(self, tenant: str, after: int, limit: int) -> list[Delivery]:
+        """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first."""
+
+    @abc.abstractmethod
+    def mark_sent(self, seqs: Sequence[int]) -> None:
+        """Record one more attempt for each row (written with the next batch)."""
+
+    @abc.abstractmethod
+    def ack(self, tenant: str, seq: int) -> None:
+        """Mark the row delivered (written with the next batch); unknown rows are ignored."""
+
+    @abc.abstractmethod
+    async def expire(self, older_than: int) -> list[Expired]:
+        """Mark unacked rows received before ``older_than`` (ms) expired; returns them."""
+
+    @abc.abstractmethod
+    async def prune(self, older_than: int) -> int:
+        """Delete acked and expired rows received before ``older_than`` (ms); returns the count."""
+
+    @abc.abstractmethod
+    async def purge(self, tenant: str) -> int:
+        """Delete every row of ``tenant``; returns how many were still unacked."""
+
+    @abc.abstractmethod
+    def depth(self, tenant: str) -> int:
+        """Unacked webhooks of ``tenant`` (committed or being committed)."""
+
+    @abc.abstractmethod
+    def depths(self) -> dict[str, int]:
+        """Unacked webhooks per tenant with any."""
+
+    @abc.abstractmethod
+    def subscribe(self, on_commit: CommitListener) -> None:
+        """Call ``on_commit`` on the loop with each batch of newly committed webhooks."""
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: str
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any] | None = None
+
+
+class SQLiteStore(Store):
+    """:class:`Store` on one SQLite file, with a group-committing writer thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        limits: Limits | None = None,
+        on_batch: BatchListener | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.limits = limits or Limits()
+        self._on_batch = on_batch
+        self._clock = clock
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._listeners: list[CommitListener] = []
+        self._depth: defaultdict[str, int] = defaultdict(int)
+        # Digests of recent appends (retry dedupe), oldest first, with their times.
+        self._recent: dict[bytes, float] = {}
+        self._recent_order: deque[tuple[float, bytes]] = deque()
+        # Appends submitted but not yet committed, by digest: a concurrent
+        # retry waits for the first copy instead of writing a second.
+        self._writing: dict[bytes, asyncio.Future[Delivery | None]] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or open the file, load depths and recent digests, start the writer."""
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[tuple[dict[str, int], list[tuple[bytes, int]]]]
+        ready = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name="store-writer", daemon=True
+        )
+        self._thread.start()
+        depths, recent = await ready
+        self._depth.update(depths)
+        for digest, received_at in recent:
+            self._remember(digest, received_at / 1000)
+
+    async def close(self) -> None:
+        """Finish queued work, then stop the writer thread."""
+        if self._thread is None:
+            return
+        self._ops.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    # -- the interface -----------------------------------------------------
+
+    def append(
+        self, tenant: str, body: bytes, signature: str, received_at: int
+    ) -> asyncio.Future[Delivery | None]:
+        assert self._loop is not None, "store is not open"
+        digest = retry_digest(tenant, body, signature)
+        self._forget_old()
+        if digest in self._recent:
+            return _done(self._loop, None)
+        first = self._writing.get(digest)
+        if first is not None:
+            return _follow(self._loop, first)
+        if self._depth[tenant] >= self.limits.queue_cap:
+            raise QueueFull(f"tenant {tenant} has {self._depth[tenant]} unacked webhooks")
+        future: asyncio.Future[Delivery | None] = self._loop.create_future()
+        self._depth[tenant] += 1
+        self._writing[digest] = future
+        self._ops.put(_Op("append", (tenant, body, signature, digest, received_at), future))
+        return future
+
+    async def pending(self, tenant: str, after: int, limit: int) -> list[Delivery]:
+        result: list[Delivery] = await self._call("pending", tenant, after, limit)
+        return result
+
+    def mark_sent(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            self._ops.put(_Op("sent", (tuple(seqs),)))
+
+    def ack(self, tenant: str, seq: int) -> None:
+        self._ops.put(_Op("ack", (tenant, seq)))
+        if self._depth[tenant] > 0:
+            self._depth[tenant] -= 1
+
+    async def expire(self, older_than: int) -> list[Expired]:
+        expired: list[Expired] = await self._call("expire", older_than)
+        for row in expired:
+            self._depth[row.tenant] = max(0, self._depth[row.tenant] - 1)
+        return expired
+
+    async def prune(self, older_than: int) -> int:
+        count: int = await self._call("prune", older_than)
+        return count
+
+    async def purge(self, tenant: str) -> int:
+        count: int = await self._call("purge", tenant)
+        self._depth.pop(tenant, None)
+        return count
+
+    def depth(self, tenant: str) -> int:
+        return self._depth.get(tenant, 0)
+
+    def depths(self) -> dict[str, int]:
+        return {tenant: n for tenant, n in self._depth.items() if n > 0}
+
+    def subscribe(self, on_commit: CommitListener) -> None:
+        self._listeners.append(on_commit)
+
+    # -- loop side -----------------------------------------------------------
+
+    def _call(self, kind: str, *args: Any) -> asyncio.Future[Any]:
+        assert self._loop is not None, "store is not open"
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._ops.put(_Op(kind, args, future))
+        return future
+
+    def _remember(self, digest: bytes, when: float) -> None:
+        self._recent[digest] = when
+        self._recent_order.append((when, digest))
+
+    def _forget_old(self) -> None:
+        horizon = self._clock() - self.limits.dedupe_window
+        order = self._recent_order
+        while order and order[0][0] < horizon:
+            _, digest = order.popleft()
+            if self._recent.get(digest, horizon) < horizon:
+                del self._recent[digest]
+
+    def _settle(self, results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        """Runs on the loop after each batch: resolve futures, then tell listeners."""
+        committed: list[Delivery] = []
+        for op, result, error in results:
+            if op.kind == "append":
+                tenant, _, _, digest, _ = op.args
+                self._writing.pop(digest, None)
+                if error is None:
+                    committed.append(result)
+                    self._remember(digest, self._clock())
+                else:
+                    self._depth[tenant] -= 1
+            future = op.future
+            if future is not None and not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+        if committed:
+            for listener in self._listeners:
+                listener(committed)
+
+    # -- writer thread -------------------------------------------------------
+
+    def _run(self, ready: asyncio.Future[Any]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            db = self._connect()
+            state = self._load(db)
+        except (sqlite3.Error, OSError) as exc:
+            loop.call_soon_threadsafe(_fail, ready, StoreError(f"cannot open store: {exc}"))
+            return
+        loop.call_soon_threadsafe(_resolve, ready, state)
+        try:
+            while True:
+                first = self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self.limits.max_batch:
+                    try:
+                        op = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if op is None:
+                        stop = True
+                        break
+                    batch.append(op)
+                results = self._commit(db, batch)
+                loop.call_soon_threadsafe(self._settle, results)
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _load(self, db: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[bytes, int]]]:
+        depths = dict(
+            db.execute("SELECT tenant, COUNT(*) FROM webhooks WHERE state = 0 GROUP BY tenant")
+        )
+        since = int((self._clock() - self.limits.dedupe_window) * 1000)
+        recent = db.execute(
+            "SELECT digest, received_at FROM webhooks WHERE received_at >= ? ORDER BY received_at",
+            (since,),
+        ).fetchall()
+        return depths, recent
+
+    def _commit(
+        self, db: sqlite3.Connection, batch: list[_Op]
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        started = time.perf_counter()
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                results.append((op, getattr(self, "_do_" + op.kind)(db, *op.args), None))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            log.error("store commit failed", extra={"error": str(exc), "batch": len(batch)})
+            failure = StoreError(f"commit failed: {exc}")
+            return [(op, None, failure) for op in batch]
+        if self._on_batch is not None:
+            self._on_batch(len(batch), time.perf_counter() - started)
+        return results
+
+    @staticmethod
+    def _do_append(
+        db: sqlite3.Connection,
+        tenant: str,
+        body: bytes,
+        signature: str,
+        digest: bytes,
+        received_at: int,
+    ) -> Delivery:
+        cursor = db.execute(
+            "INSERT INTO webhooks (tenant, body, signature, digest, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (tenant, body, signature, digest, received_at),
+        )
+        assert cursor.lastrowid is not None
+        return Delivery(cursor.lastrowid, tenant, body, signature, received_at)
+
+    @staticmethod
+    def _do_pending(db: sqlite3.Connection, tenant: str, after: int, limit: int) -> list[Delivery]:
+        rows = db.execute(
+            "SELECT seq, tenant, body, signature, received_at, attempts FROM webhooks "
+            "WHERE tenant = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?",
+            (tenant, after, limit),
+        )
+        return [Delivery(s, t, bytes(b), sig, r, a) for s, t, b, sig, r, a in rows]
+
+    @staticmethod
+    def _do_sent(db: sqlite3.Connection, seqs: tuple[int, ...]) -> None:
+        db.executemany(
+            "UPDATE webhooks SET attempts = attempts + 1 WHERE seq = ?", ((s,) for s in seqs)
+        )
+
+    @staticmethod
+    def _do_ack(db: sqlite3.Connection, tenant: str, seq: int) -> None:
+        db.execute(
+            "UPDATE webhooks SET state = ? WHERE seq = ? AND tenant = ? AND state = ?",
+            (ACKED, seq, tenant, QUEUED),
+        )
+
+    @staticmethod
+    def _do_expire(db: sqlite3.Connection, older_than: int) -> list[Expired]:
+        rows = db.execute(
+            "UPDATE webhooks SET state = ? WHERE state = ? AND received_at < ? "
+            "RETURNING seq, tenant, received_at",
+            (EXPIRED, QUEUED, older_than),
+        ).fetchall()
+        return [Expired(*row) for row in rows]
+
+    @staticmethod
+    def _do_prune(db: sqlite3.Connection, older_than: int) -> int:
+        cursor = db.execute(
+            "DELETE FROM webhooks WHERE state != ? AND received_at < ?", (QUEUED, older_than)
+        )
+        return cursor.rowcount
+
+    @staticmethod
+    def _do_purge(db: sqlite3.Connection, tenant: str) -> int:
+        (unacked,) = db.execute(
+            "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND state = ?", (tenant, QUEUED)
+        ).fetchone()
+        db.execute("DELETE FROM webhooks WHERE tenant = ?", (tenant,))
+        return int(unacked)
+
+
+def count_unacked(path: Path, tenant: str) -> int:
+    """Unacked rows of ``tenant`` in the store file at ``path`` (for the operator CLI)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND state = ?", (tenant, QUEUED)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+    return int(count)
+
+
+async def wait_until(future: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109
+    """Wait for ``future`` at most ``timeout`` seconds without cancelling it; True if done.
+
+    Cheaper than ``wait_for(shield(...))`` on the hot path: no task is created.
+    """
+    if future.done():
+        return True
+    if timeout <= 0:
+        return False
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
+    return future.done()
+
+
+def _done(loop: asyncio.AbstractEventLoop, value: Any) -> asyncio.Future[Any]:
+    future = loop.create_future()
+    future.set_result(value)
+    return future
+
+
+def _follow(
+    loop: asyncio.AbstractEventLoop, first: asyncio.Future[Delivery | None]
+) -> asyncio.Future[Delivery | None]:
+    """A future that settles when ``first`` does: None (a duplicate) or its error."""
+    follower: asyncio.Future[Delivery | None] = loop.create_future()
+
+    def copy(done: asyncio.Future[Delivery | None]) -> None:
+        if follower.done():
+            return
+        if done.cancelled() or done.exception() is None:
+            follower.set_result(None)
+        else:
+            follower.set_exception(done.exception())  # type: ignore[arg-type]
+
+    first.add_done_callback(copy)
+    return follower
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,220 @@
+"""Tenants: who may post webhooks and which bridge token serves them.
+
+The registry is a small SQLite file, ``STATE/tenants.db`` (mode 0600: it holds
+channel secrets, which the relay needs in clear to check signatures). Bridge
+tokens are stored only as SHA-256 digests: a token is 256 random bits, so a
+fast hash is enough to make the stored digest useless to a thief.
+
+:class:`TenantRegistry` is the CLI's view (add, list, remove, rotate).
+:class:`TenantDirectory` is the running relay's in-memory view; it notices
+the CLI's changes through SQLite's ``data_version`` and reloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.errors import TenantError
+
+TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TOKEN_PREFIX = "lrb_"  # noqa: S105 (a public prefix, not a secret)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    secret BLOB NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    rotated_at INTEGER NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One tenant as the relay serves it; secrets are kept out of ``repr``."""
+
+    id: str
+    secret: bytes = field(repr=False)
+    token_hash: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantInfo:
+    """What ``tenant list`` shows: nothing secret."""
+
+    id: str
+    created_at: int
+    rotated_at: int
+
+
+def validate_id(tenant: str) -> str:
+    """Return ``tenant`` if it is a valid id (PROTOCOL.md §1), else raise :class:`TenantError`."""
+    if not TENANT_ID.fullmatch(tenant):
+        raise TenantError(
+            f"invalid tenant id {tenant!r}: use 1-63 lowercase letters, digits and '-', "
+            "starting with a letter or digit"
+        )
+    return tenant
+
+
+def hash_token(token: str) -> bytes:
+    """The stored form of a bridge token."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def new_token() -> str:
+    """A fresh bridge token: a recognisable prefix and 256 random bits."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Create it private before any secret is written into it.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(_SCHEMA)
+    return db
+
+
+class TenantRegistry:
+    """The tenants file, as the operator CLI changes it."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _connect(path)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+    def add(self, tenant: str, secret: str) -> str:
+        """Add ``tenant``; returns its bridge token, which is not stored and cannot be shown again."""
+        validate_id(tenant)
+        secret = _validate_secret(secret)
+        token = new_token()
+        now = int(time.time())
+        try:
+            self._db.execute(
+                "INSERT INTO tenants (id, secret, token_hash, created_at, rotated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tenant, secret.encode("utf-8"), hash_token(token), now, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise TenantError(f"tenant {tenant!r} already exists") from exc
+        return token
+
+    def rotate(self, tenant: str) -> str:
+        """Give ``tenant`` a new bridge token; the old one stops working."""
+        token = new_token()
+        cursor = self._db.execute(
+            "UPDATE tenants SET token_hash = ?, rotated_at = ? WHERE id = ?",
+            (hash_token(token), int(time.time()), validate_id(tenant)),
+        )
+        if cursor.rowcount == 0:
+            raise TenantError(f"no tenant {tenant!r}")
+        return token
+
+    def remove(self, tenant: str) -> None:
+        """Remove ``tenant``; its webhooks stop being accepted and its bridges are closed."""
+        cursor = self._db.execute("DELETE FROM tenants WHERE id = ?", (validate_id(tenant),))
+        if cursor.rowcount == 0:
+            raise TenantError(f"no tenant {tenant!r}")
+
+    def exists(self, tenant: str) -> bool:
+        """Whether ``tenant`` is registered."""
+        row = self._db.execute("SELECT 1 FROM tenants WHERE id = ?", (tenant,)).fetchone()
+        return row is not None
+
+    def list(self) -> list[TenantInfo]:
+        """All tenants, by id."""
+        rows = self._db.execute("SELECT id, created_at, rotated_at FROM tenants ORDER BY id")
+        return [TenantInfo(*row) for row in rows]
+
+
+class TenantDirectory:
+    """The relay's in-memory tenants, reloaded when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _connect(path)
+        self._version = -1
+        self.by_id: dict[str, Tenant] = {}
+        self._by_token: dict[bytes, Tenant] = {}
+        self._removed: set[str] = set()
+        self._rotated: set[str] = set()
+        self.refresh()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+    def refresh(self) -> bool:
+        """Reload if another process changed the file; True if it did.
+
+        Cheap when nothing changed (one ``PRAGMA`` on an open connection), so
+        the relay calls it on every miss: a tenant added by the CLI is served
+        at once. What was removed or rotated is kept for :meth:`take_changes`.
+        """
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return False
+        self._version = version
+        rows = self._db.execute("SELECT id, secret, token_hash FROM tenants").fetchall()
+        fresh = {row[0]: Tenant(row[0], bytes(row[1]), bytes(row[2])) for row in rows}
+        self._removed |= set(self.by_id) - set(fresh)
+        self._rotated |= {
+            tid
+            for tid, old in self.by_id.items()
+            if tid in fresh and fresh[tid].token_hash != old.token_hash
+        }
+        self.by_id = fresh
+        self._by_token = {t.token_hash: t for t in fresh.values()}
+        return True
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """Tenant ids removed and rotated since the last call."""
+        changes = (self._removed - set(self.by_id), self._rotated)
+        self._removed, self._rotated = set(), set()
+        return changes
+
+    def get(self, tenant: str) -> Tenant | None:
+        """The tenant with this id, if any."""
+        found = self.by_id.get(tenant)
+        if found is None and self.refresh():
+            found = self.by_id.get(tenant)
+        return found
+
+    def authenticate(self, token: str | None) -> Tenant | None:
+        """The tenant whose bridge token this is, if any.
+
+        The dictionary lookup is by digest, so its timing says nothing useful
+        about the token; the final comparison is constant-time all the same.
+        """
+        if not token:
+            return None
+        digest = hash_token(token)
+        tenant = self._by_token.get(digest)
+        if tenant is None and self.refresh():
+            tenant = self._by_token.get(digest)
+        if tenant is None or not hmac.compare_digest(tenant.token_hash, digest):
+            return None
+        return tenant
+
+
+def _validate_secret(secret: str) -> str:
+    secret = secret.strip()
+    if not secret:
+        raise TenantError("the channel secret is empty")
+    if not secret.isprintable() or any(c.isspace() for c in secret):
+        raise TenantError("the channel secret contains spaces or control characters")
+    return secret

@@ -1,0 +1,399 @@
+"""``linerelay loadtest``: run the Locust harness against a relay and judge the run.
+
+Two forms share the command name (PROTOCOL.md §4 fixes the first)::
+
+    linerelay loadtest --target BASE_URL --tenant ID --channel-secret SECRET
+        [--bridge-token TOKEN] [--ca FILE] [--users N] [--rate PER_SECOND]
+        [--duration SECONDS] [--report DIR] [more options, see --help]
+    linerelay loadtest gateway [--listen HOST:PORT] [--latency-ms N] [--error-rate X]
+
+The first starts Locust (one process, or a master and ``--workers N``
+worker processes) on :mod:`loadtest.locustfile`, waits for the run and its
+drain, scrapes the relay's ``/metrics`` before and after when ``--admin-url``
+is given, and writes ``verdict.json`` next to Locust's HTML and CSV reports.
+Exit status: 0 the verdict passes, 1 it does not, 2 bad input or no run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.cli import add_state_dir
+from loadtest import gateway, metrics
+from loadtest.config import ENV_VAR, ConfigError, RunConfig, tenants_from_file, tenants_from_options
+from loadtest.pacing import PROFILES, PacingError, pace
+from loadtest.safety import BadTarget, ForbiddenTarget, check_target
+from loadtest.tally import Tally
+from loadtest.verdict import Slo, judge
+
+#: Bridge churn for the soak profile when ``--churn`` is not given: each bridge
+#: drops its connection about once a minute.
+SOAK_CHURN_SECONDS = 60.0
+#: The locustfile every Locust process of a run loads (``locust -f``).
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+#: How long Locust users get to finish an in-flight request when the shape removes them.
+STOP_TIMEOUT = 15
+#: How often the relay's metrics are read while the run goes on.
+POLL_SECONDS = 1.0
+#: How long a master waits for its workers to connect before giving up.
+WORKER_WAIT_SECONDS = 120
+#: Extra time, past duration and drain, before a hung Locust is stopped.
+GRACE_SECONDS = 120
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``loadtest`` (and its ``gateway`` form) to the ``linerelay`` parser."""
+    parser = subparsers.add_parser(
+        "loadtest",
+        help="load-test a relay with simulated LINE traffic and bridges (Locust)",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    add_state_dir(parser)
+    target = parser.add_argument_group("target and tenants")
+    target.add_argument("--target", help="the relay's base URL, e.g. https://relay.example:8443")
+    target.add_argument("--tenant", action="append", default=[], metavar="ID", help="repeatable")
+    target.add_argument(
+        "--channel-secret",
+        action="append",
+        default=[],
+        metavar="SECRET",
+        help="one per --tenant, in order",
+    )
+    target.add_argument(
+        "--bridge-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="one per --tenant, in order; enables simulated bridges and the delivery count",
+    )
+    target.add_argument(
+        "--tenants",
+        type=Path,
+        metavar="FILE",
+        help='JSON file: [{"tenant", "channel_secret", "bridge_token"?}, ...]',
+    )
+    target.add_argument("--ca", metavar="FILE", help="CA bundle for the relay's certificate")
+    target.add_argument(
+        "--admin-url",
+        metavar="URL",
+        help="the relay's admin listener (e.g. http://127.0.0.1:9443) for /metrics",
+    )
+    load = parser.add_argument_group("load")
+    load.add_argument("--rate", type=float, default=50.0, help="steady webhooks per second")
+    load.add_argument(
+        "--users",
+        type=int,
+        help=f"webhook users sharing the rate (default: rate / {5:g})",
+    )
+    load.add_argument("--duration", type=float, default=60.0, help="sending time in seconds")
+    load.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="at most this many seconds after sending for deliveries to arrive",
+    )
+    load.add_argument("--profile", choices=PROFILES, default="steady")
+    load.add_argument("--bridges", type=int, default=1, help="bridge connections per tenant")
+    load.add_argument(
+        "--churn",
+        type=float,
+        metavar="SECONDS",
+        help=f"bridges drop and reconnect about this often (soak default {SOAK_CHURN_SECONDS:g})",
+    )
+    load.add_argument(
+        "--new-connection-ratio",
+        type=float,
+        default=0.1,
+        help="share of requests that close their connection afterwards",
+    )
+    load.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Locust worker processes on this machine (0: a single process)",
+    )
+    load.add_argument(
+        "--master-bind",
+        metavar="HOST:PORT",
+        help="distributed mode across machines: listen for workers here",
+    )
+    load.add_argument(
+        "--expect-workers",
+        type=int,
+        default=0,
+        help="with --master-bind: wait for this many workers (local ones included)",
+    )
+    load.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        help="be a worker of the master at HOST:PORT (same options as the master)",
+    )
+    load.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        help="serve Locust's web UI here instead of running headless",
+    )
+    load.add_argument(
+        "--web-linger",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --web: keep the UI up this long after the run before judging it",
+    )
+    report = parser.add_argument_group("report and SLO")
+    report.add_argument("--report", type=Path, default=Path("loadtest-report"), metavar="DIR")
+    report.add_argument("--budget-ms", type=float, default=1000.0, help="the ack budget")
+    report.add_argument("--slo-ack-p99-ms", type=float, default=1000.0)
+    report.add_argument("--slo-max-over-budget", type=int, default=0)
+    report.add_argument("--slo-max-lost", type=int, default=0)
+    report.add_argument("--slo-max-error-rate", type=float, default=0.001)
+    parser.set_defaults(func=run)
+
+    forms = parser.add_subparsers(dest="loadtest_form", metavar="[gateway]")
+    gw = forms.add_parser("gateway", help="run the simulated Messaging API gateway")
+    add_state_dir(gw)
+    gw.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    gw.add_argument("--latency-ms", type=float, default=0.0)
+    gw.add_argument("--error-rate", type=float, default=0.0, help="share of 500 answers")
+    gw.set_defaults(func=run_gateway)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    """Serve the simulated gateway until interrupted."""
+    try:
+        host, port = _host_port(args.listen)
+        server = gateway.serve(host, port, args.latency_ms, args.error_rate)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"linerelay loadtest gateway: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"gateway": f"http://{host}:{server.server_port}"}), flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config from the parsed options; :class:`ConfigError` and friends on bad input."""
+    if not args.target:
+        raise ConfigError("--target is required")
+    check_target(args.target)
+    if args.tenants and (args.tenant or args.channel_secret or args.bridge_token):
+        raise ConfigError("give tenants either with --tenants FILE or with --tenant options")
+    tenants = (
+        tenants_from_file(args.tenants)
+        if args.tenants
+        else tenants_from_options(args.tenant, args.channel_secret, args.bridge_token)
+    )
+    if not tenants:
+        raise ConfigError("no tenant: give --tenant ID --channel-secret SECRET, or --tenants FILE")
+    if len({t.bridge_token is None for t in tenants}) > 1:
+        raise ConfigError("give a bridge token for every tenant or for none")
+    if args.ca and not Path(args.ca).is_file():
+        raise ConfigError(f"CA file {args.ca} does not exist")
+    if not math.isfinite(args.duration) or args.duration <= 0:
+        raise ConfigError("--duration must be a positive number of seconds")
+    if not math.isfinite(args.drain) or args.drain < 0:
+        raise ConfigError("--drain must be zero or a positive number of seconds")
+    if args.bridges < 1 or args.workers < 0:
+        raise ConfigError("--bridges must be at least 1 and --workers at least 0")
+    if not 0 <= args.new_connection_ratio <= 1:
+        raise ConfigError("--new-connection-ratio is a share between 0 and 1")
+    steady = pace(args.rate, args.users)
+    churn = (
+        args.churn
+        if args.churn is not None
+        else (SOAK_CHURN_SECONDS if args.profile == "soak" else None)
+    )
+    if churn is not None and churn <= 0:
+        raise ConfigError("--churn must be a positive number of seconds")
+    return RunConfig(
+        target=args.target,
+        tenants=tenants,
+        ca_file=str(Path(args.ca).resolve()) if args.ca else None,
+        profile=args.profile,
+        rate=steady.rate,
+        users=steady.users,
+        per_user_rate=steady.per_user_rate,
+        duration=args.duration,
+        drain=args.drain,
+        bridges=args.bridges,
+        churn_seconds=churn,
+        new_connection_ratio=args.new_connection_ratio,
+        budget_ms=args.budget_ms,
+        report_dir=str(args.report.resolve()),
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def locust_commands(
+    config: RunConfig, args: argparse.Namespace, free_port: Callable[[], int] = _free_port
+) -> list[list[str]]:
+    """The Locust command lines of the run: the main process first, then local workers.
+
+    Local workers find their master on ``free_port()`` unless ``--master-bind`` names one.
+    """
+    report = Path(config.report_dir)
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", config.target]
+    base += ["--loglevel", "WARNING", "--stop-timeout", str(STOP_TIMEOUT)]
+    if args.join:
+        host, port = _host_port(args.join)
+        return [[*base, "--worker", "--master-host", host, "--master-port", str(port)]]
+    main = [*base, "--html", str(report / "report.html"), "--csv", str(report / "locust")]
+    main += ["--logfile", str(report / "locust.log"), "--exit-code-on-error", "0", "--only-summary"]
+    if args.web:
+        host, port = _host_port(args.web)
+        main += ["--web-host", host, "--web-port", str(port), "--autostart"]
+        main += ["--autoquit", str(max(0, math.ceil(args.web_linger)))]
+    else:
+        main += ["--headless"]
+    expect = max(args.expect_workers, args.workers)
+    if not expect:
+        return [main]
+    if args.master_bind:
+        bind_host, bind_port = _host_port(args.master_bind)
+    else:
+        bind_host, bind_port = "127.0.0.1", free_port()
+    main += ["--master", "--master-bind-host", bind_host, "--master-bind-port", str(bind_port)]
+    main += ["--expect-workers", str(expect), "--expect-workers-max-wait", str(WORKER_WAIT_SECONDS)]
+    connect_host = "127.0.0.1" if bind_host in ("0.0.0.0", "*", "") else bind_host  # noqa: S104
+    worker = [*base, "--worker", "--master-host", connect_host, "--master-port", str(bind_port)]
+    return [main] + [worker for _ in range(args.workers)]
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _drive(
+    commands: list[list[str]], env: dict[str, str], timeout: float, admin_url: str | None
+) -> float | None:
+    """Run Locust's processes until the main one ends; the peak of connected bridges seen."""
+    processes: list[subprocess.Popen[bytes]] = []
+    peak: float | None = None
+    try:
+        for command in commands:
+            processes.append(subprocess.Popen(command, env=env))
+        deadline = time.monotonic() + timeout
+        while processes[0].poll() is None:
+            if time.monotonic() > deadline:
+                print(
+                    f"linerelay loadtest: Locust did not finish in {timeout:.0f} s", file=sys.stderr
+                )
+                break
+            # The bridge gauge is only interesting while the run holds its bridges.
+            during = metrics.scrape(admin_url, timeout=1.0) if admin_url else None
+            if during is not None and during.bridges_connected is not None:
+                peak = max(peak or 0.0, during.bridges_connected)
+            try:
+                processes[0].wait(timeout=POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        _stop(processes)
+    return peak
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the load test; 0 when the verdict passes, 1 when not, 2 when it could not run."""
+    try:
+        config = build_config(args)
+        slo = Slo(
+            budget_ms=args.budget_ms,
+            ack_p99_ms=args.slo_ack_p99_ms,
+            max_over_budget=args.slo_max_over_budget,
+            max_lost=args.slo_max_lost,
+            max_error_rate=args.slo_max_error_rate,
+        )
+        commands = locust_commands(config, args)
+    except (ForbiddenTarget, ConfigError, PacingError, BadTarget) as exc:
+        print(f"linerelay loadtest: {exc}", file=sys.stderr)
+        return 2
+    env = {**os.environ, ENV_VAR: config.to_env()}
+    if args.join:
+        # A worker of a master elsewhere: the master counts, judges and reports.
+        return 0 if subprocess.run(commands[0], env=env, check=False).returncode == 0 else 2
+    report = Path(config.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    tally_file = report / "tally.json"
+    tally_file.unlink(missing_ok=True)
+    before = metrics.scrape(args.admin_url) if args.admin_url else None
+    timeout = config.duration + config.drain + GRACE_SECONDS + (args.web_linger if args.web else 0)
+    peak_bridges = _drive(commands, env, timeout, args.admin_url)
+    if not tally_file.is_file():
+        print(
+            f"linerelay loadtest: the run produced no counts; see {report / 'locust.log'}",
+            file=sys.stderr,
+        )
+        return 2
+    tally = Tally.from_wire(json.loads(tally_file.read_text("utf-8")))
+    verdict = judge(tally, slo, with_bridges=config.with_bridges)
+    after = metrics.scrape(args.admin_url) if args.admin_url else None
+    summary: dict[str, Any] = {
+        "profile": config.profile,
+        "rate_target": config.rate,
+        "duration_s": config.duration,
+        "requests": tally.requests,
+        "rate_reached": round(tally.requests / config.duration, 1),
+        "statuses": dict(tally.statuses),
+        "ack_p50_ms": verdict.ack_p50_ms,
+        "e2e_p50_ms": tally.e2e.percentile(50),
+        "deliveries": tally.deliveries,
+        "bad_deliveries": tally.bad_deliveries,
+        "lost_sample": sorted(tally.waiting)[:100] if config.with_bridges else [],
+        "relay_metrics": metrics.difference(before, after) if after else None,
+    }
+    if summary["relay_metrics"] is not None:
+        summary["relay_metrics"]["bridges_connected_peak"] = peak_bridges
+    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    (report / "verdict.json").write_text(json.dumps(verdict.to_json(), indent=2) + "\n", "utf-8")
+    tally_file.unlink()
+    _print(verdict.to_json(), summary, report)
+    return 0 if verdict.passed else 1
+
+
+def _print(verdict: dict[str, Any], summary: dict[str, Any], report: Path) -> None:
+    word = "PASS" if verdict["pass"] else "FAIL"
+    print(
+        f"{word}: {summary['requests']} requests ({summary['rate_reached']}/s), "
+        f"{verdict['accepted']} accepted, "
+        f"delivered {verdict['delivered']}, lost {verdict['lost']}, "
+        f"ack p50 {summary['ack_p50_ms']} ms p99 {verdict['ack_p99_ms']} ms, "
+        f"over budget {verdict['over_budget']}, e2e p99 {verdict['e2e_p99_ms']} ms"
+    )
+    for reason in verdict["slo"]["failures"]:
+        print(f"  - {reason}")
+    print(f"report: {report}")

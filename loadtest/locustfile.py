@@ -1,0 +1,300 @@
+"""The Locust side of ``linerelay loadtest``: webhook users, bridge users, load shapes.
+
+Started by :mod:`loadtest.cli` (``locust -f`` this file) with the run's
+:class:`~loadtest.config.RunConfig` in the environment. Every process counts
+into its own :class:`~loadtest.tally.Tally`; workers ship theirs to the
+master once a second and when they stop, the master merges them, and the
+master (or the single local process) writes ``tally.json`` into the report
+directory when the test stops, for the command to judge.
+
+- :class:`WebhookUser` (FastHttpUser) posts signed LINE-like webhooks at a
+  constant per-user throughput, over keep-alive connections with a share of
+  requests closing theirs, as LINE's client does.
+- :class:`BridgeUser` holds one bridge WebSocket per tenant, acks every
+  delivery and reports its end-to-end latency as a Locust request event.
+- :class:`SteadyShape`, :class:`SpikeShape`, :class:`SoakShape`: the run's
+  profile over time, then a drain period with only the bridges left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.ssl
+from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import ClientConnection, connect
+
+from appliance import protocol
+from appliance.signature import sign, verify
+from loadtest.config import RunConfig
+from loadtest.events import Templates, WebhookFactory, destination_for, marker_of, ulid_ms
+from loadtest.pacing import Pace, drain_done, users_at
+from loadtest.tally import Tally
+
+log = logging.getLogger(__name__)
+
+CONFIG = RunConfig.from_env()
+PACE = Pace(CONFIG.rate, CONFIG.users, CONFIG.per_user_rate)
+TENANTS = {t.tenant: t for t in CONFIG.tenants}
+TALLY = Tally()
+TALLY_MESSAGE = "linerelay_tally"
+TALLY_FILE = "tally.json"
+#: How long a bridge waits before reconnecting after a drop (a real bridge backs off too).
+RECONNECT_PAUSE = 0.5
+
+_target = urlsplit(CONFIG.target)
+_PREFIX = _target.path.rstrip("/")
+_WS_SCHEME = "wss" if _target.scheme == "https" else "ws"
+BRIDGE_URL = f"{_WS_SCHEME}://{_target.netloc}{_PREFIX}/bridge"
+_rng = random.Random()  # noqa: S311 - traffic generation, not security
+_factory = WebhookFactory(Templates.load(), CONFIG.mix, _rng)
+
+
+def _ssl_context(**_: Any) -> ssl.SSLContext:
+    """A verifying client context trusting ``--ca`` (or the system store)."""
+    context: ssl.SSLContext = gevent.ssl.create_default_context(cafile=CONFIG.ca_file)
+    return context
+
+
+class WebhookUser(FastHttpUser):
+    """LINE's platform: signed webhooks at a constant per-user throughput."""
+
+    host = f"{_target.scheme}://{_target.netloc}"
+    wait_time = constant_throughput(CONFIG.per_user_rate)
+    insecure = False
+    ssl_context_factory = staticmethod(_ssl_context)
+    network_timeout = 30.0
+    connection_timeout = 10.0
+
+    @task
+    def send_webhook(self) -> None:
+        """Build, sign and post one webhook; count its answer."""
+        tenant = _rng.choice(CONFIG.tenants)
+        hook = _factory.build(destination_for(tenant.tenant), int(time.time() * 1000))
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "LineBotWebhook/2.0",
+            "x-line-signature": sign(tenant.channel_secret.encode(), hook.body),
+        }
+        if _rng.random() < CONFIG.new_connection_ratio:
+            headers["Connection"] = "close"
+        started = time.perf_counter()
+        with self.client.post(
+            f"{_PREFIX}/webhook/{tenant.tenant}",
+            # Locust's hints say str, but bytes go out as they are: the signed bytes exactly.
+            data=hook.body,  # type: ignore[arg-type]
+            headers=headers,
+            name=f"webhook {hook.kind}",
+            catch_response=True,
+        ) as answer:
+            ms = (time.perf_counter() - started) * 1000
+            status = answer.status_code or 0
+            if status == 0:
+                TALLY.failed(type(answer.error).__name__ if answer.error else "no answer", ms)
+                answer.failure(answer.error or "no answer")
+                return
+            TALLY.answered(status, ms, hook.marker)
+            if status != 200:
+                answer.failure(f"HTTP {status}")
+            elif ms > CONFIG.budget_ms:
+                answer.failure(
+                    f"answered after {ms:.0f} ms, over the {CONFIG.budget_ms:g} ms budget"
+                )
+            else:
+                answer.success()
+
+
+class BridgeUser(User):
+    """A bridge host: one WebSocket per tenant, acking every delivery."""
+
+    abstract = not CONFIG.with_bridges
+    fixed_count = CONFIG.bridges
+    wait_time = constant(1)
+
+    def on_start(self) -> None:
+        """Open one bridge connection per tenant, each in its own greenlet."""
+        self._running = True
+        self._sockets: dict[str, ClientConnection] = {}
+        self._holders = [gevent.spawn(self._hold, tenant) for tenant in TENANTS]
+
+    def on_stop(self) -> None:
+        """Close every connection; the relay redelivers what was not acked."""
+        self._running = False
+        for ws in list(self._sockets.values()):
+            ws.close()
+        gevent.killall(self._holders, block=True, timeout=5)
+
+    @task
+    def idle(self) -> None:
+        """Deliveries arrive on the connections' greenlets; the user itself only waits."""
+
+    def _hold(self, tenant: str) -> None:
+        token = TENANTS[tenant].bridge_token
+        context = _ssl_context() if _WS_SCHEME == "wss" else None
+        while self._running:
+            started = time.perf_counter()
+            try:
+                with connect(
+                    BRIDGE_URL,
+                    additional_headers={"Authorization": f"Bearer {token}"},
+                    ssl=context,
+                    open_timeout=15,
+                    max_size=2**22,
+                ) as ws:
+                    self._event("connect", "WSS", started, 0, None)
+                    self._sockets[tenant] = ws
+                    self._receive(tenant, ws)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
+                if self._running:
+                    self._event("connection", "WSS", started, 0, exc)
+            finally:
+                self._sockets.pop(tenant, None)
+            gevent.sleep(RECONNECT_PAUSE)
+
+    def _receive(self, tenant: str, ws: ClientConnection) -> None:
+        churn_at = (
+            time.monotonic() + CONFIG.churn_seconds * _rng.uniform(0.5, 1.5)
+            if CONFIG.churn_seconds
+            else None
+        )
+        secret = TENANTS[tenant].channel_secret.encode()
+        opened = time.perf_counter()
+        while True:
+            if churn_at is not None and time.monotonic() >= churn_at:
+                # Reported with the connection's lifetime as its "response time".
+                self._event("churn", "WSS", opened, 0, None)
+                return
+            try:
+                text = ws.recv(timeout=1.0)
+            except TimeoutError:
+                continue
+            try:
+                frame = protocol.decode(text)
+            except protocol.FrameError as exc:
+                self._event("bad frame", "WSS", time.perf_counter(), len(text), exc)
+                continue
+            if isinstance(frame, protocol.Webhook):
+                self._deliver(frame, secret)
+                ws.send(protocol.encode(protocol.Ack(frame.id)))
+            elif isinstance(frame, protocol.Hello) and frame.tenant != tenant:
+                wrong = ValueError(f"hello for tenant {frame.tenant!r} on {tenant!r}'s token")
+                self._event("bad frame", "WSS", time.perf_counter(), len(text), wrong)
+
+    def _deliver(self, frame: protocol.Webhook, secret: bytes) -> None:
+        body = frame.body.encode("utf-8")
+        marker = marker_of(body) if verify(secret, body, frame.signature) else None
+        sent_ms = ulid_ms(marker) if marker else None
+        e2e = time.time() * 1000 - sent_ms if sent_ms is not None else None
+        TALLY.delivered_one(marker, e2e)
+        name = "e2e delivery" if frame.attempt == 1 else "e2e redelivery"
+        error = None if marker else ValueError("delivered body is not ours or fails its signature")
+        self.environment.events.request.fire(
+            request_type="BRIDGE",
+            name=name,
+            response_time=max(0.0, e2e or 0.0),
+            response_length=len(body),
+            exception=error,
+            context={},
+        )
+
+    def _event(
+        self, name: str, kind: str, started: float, size: int, exc: Exception | None
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=kind,
+            name=name,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=size,
+            exception=exc,
+            context={},
+        )
+
+
+class _ProfileShape(LoadTestShape):
+    """Webhook users per the profile, plus the bridges; then the drain, bridges only."""
+
+    abstract = True
+    profile = "steady"
+
+    def tick(self) -> tuple[int, float] | None:
+        """The user count now, or None once the drain is done."""
+        t: float = self.get_run_time()  # type: ignore[no-untyped-call]
+        pending = TALLY.pending if CONFIG.with_bridges else 0
+        bridges = CONFIG.bridges if CONFIG.with_bridges else 0
+        # Webhook users told to stop still finish the request they are in; its answer counts.
+        senders = max(0, self.runner.user_count - bridges) if self.runner else 0
+        if drain_done(t, CONFIG.duration, CONFIG.drain, pending, senders):
+            return None
+        senders = users_at(self.profile, t, PACE, CONFIG.duration)
+        return senders + bridges, max(50.0, 10.0 * PACE.users)
+
+
+class SteadyShape(_ProfileShape):
+    """The steady rate for the whole duration."""
+
+    abstract = CONFIG.profile != "steady"
+    profile = "steady"
+
+
+class SpikeShape(_ProfileShape):
+    """The steady rate with a burst of ten times it in the middle of the run."""
+
+    abstract = CONFIG.profile != "spike"
+    profile = "spike"
+
+
+class SoakShape(_ProfileShape):
+    """The steady rate for a long run; the command turns bridge churn on for it."""
+
+    abstract = CONFIG.profile != "soak"
+    profile = "soak"
+
+
+def _flush(environment: Environment) -> None:
+    """A worker's delta to the master."""
+    delta = TALLY.take()
+    if environment.runner is not None and (delta.requests or delta.deliveries):
+        environment.runner.send_message(TALLY_MESSAGE, delta.to_wire())
+
+
+def _flusher(environment: Environment) -> None:
+    while True:
+        gevent.sleep(1.0)
+        _flush(environment)
+
+
+def _on_tally(environment: Environment, msg: Any, **_: Any) -> None:
+    TALLY.merge(Tally.from_wire(msg.data))
+
+
+def _on_init(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(TALLY_MESSAGE, _on_tally)
+    elif isinstance(environment.runner, WorkerRunner):
+        gevent.spawn(_flusher, environment)
+
+
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        _flush(environment)
+        return
+    report = Path(CONFIG.report_dir) / TALLY_FILE
+    tmp = report.with_suffix(".tmp")
+    tmp.write_text(json.dumps(TALLY.to_wire()), "utf-8")
+    tmp.replace(report)
+
+
+# Locust's event hooks carry no type hints, so mypy --strict cannot check these two calls.
+events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
+events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+from appliance.config import RelayConfig
+from appliance.errors import ConfigError
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    c = config.load()
+    assert (c.listen, c.admin_listen, c.tls_policy) == (
+        "127.0.0.1:8443",
+        "127.0.0.1:9443",
+        "modern",
+    )
+    assert c.max_body_bytes == 1024 * 1024
+    assert c.ack_deadline_ms == 800
+    assert c.uses_dev_pki
+
+
+def test_toml_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = "0.0.0.0:443"\nqueue_cap = 7\nack_deadline_ms = 500\n')
+    env = {"LINERELAY_QUEUE_CAP": "9", "LINERELAY_NOT_A_KEY": "x", "OTHER": "y"}
+    c = config.load(path, env, {"ack_deadline_ms": 300, "listen": None})
+    assert (c.listen, c.queue_cap, c.ack_deadline_ms) == ("0.0.0.0:443", 9, 300)
+
+
+def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
+    assert (
+        config.load(write(tmp_path, 'tls_policy = "intermediate"\n')).tls_policy == "intermediate"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("bogus = 1\n", "bogus"),
+        ('tls_policy = "old"\n', "tls_policy"),
+        ('queue_cap = "many"\n', "queue_cap"),
+        ("queue_cap = 0\n", "queue_cap"),
+        ("queue_cap = true\n", "queue_cap"),
+        ('listen = "nowhere"\n', "listen"),
+        ('listen = "127.0.0.1:99999"\n', "listen"),
+        ('tls_cert_file = "/x.pem"\n', "tls_cert_file"),
+        ("ping_interval = 30\nbridge_idle_timeout = 10\n", "bridge_idle_timeout"),
+        ("ack_deadline_ms = -1\n", "ack_deadline_ms"),
+        ("listen = \n", "TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        config.load(write(tmp_path, text))
+
+
+def test_bad_environment_override_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        config.load(None, {"LINERELAY_MAX_BODY_BYTES": "lots"})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_every_key_is_documented_in_docs_config_md() -> None:
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", DOCS.read_text(), re.MULTILINE))
+    assert documented == set(config.documented_keys())
+
+
+def test_every_key_has_a_docstring_in_its_field() -> None:
+    assert all(doc.strip() for doc in config.documented_keys().values())
+
+
+def test_replace_validates() -> None:
+    with pytest.raises(ConfigError):
+        RelayConfig().replace(bridge_window=0)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from appliance import logs
+
+
+def test_redact_removes_path_tokens_bearer_and_signatures() -> None:
+    text = (
+        'GET /bridge/lrb_abc123-_x?x=1 "Authorization: Bearer lrb_tok.en" '
+        "x-line-signature: c2lnbmF0dXJl+/= {'x-line-signature': 'AAAA='}"
+    )
+    out = logs.redact(text)
+    for secret in ("lrb_abc123-_x", "lrb_tok.en", "c2lnbmF0dXJl+/=", "AAAA="):
+        assert secret not in out
+    assert out.count(logs.REDACTED) == 4
+
+
+def test_redact_leaves_ordinary_text_alone() -> None:
+    assert logs.redact("POST /webhook/shop-1 200 bridge connected") == (
+        "POST /webhook/shop-1 200 bridge connected"
+    )
+
+
+def test_records_are_json_lines_with_extra_fields_redacted() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    logging.getLogger("t").info(
+        "request %s", "/bridge/lrb_secret", extra={"tenant": "a", "path": "/bridge/lrb_x"}
+    )
+    line = json.loads(stream.getvalue())
+    assert line["event"] == f"request /bridge/{logs.REDACTED}"
+    assert line["tenant"] == "a"
+    assert line["path"] == f"/bridge/{logs.REDACTED}"
+    assert line["level"] == "info"
+
+
+def test_exceptions_are_logged_redacted() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    try:
+        raise ValueError("Bearer lrb_leaky")
+    except ValueError:
+        logging.getLogger("t").exception("boom")
+    assert "lrb_leaky" not in stream.getvalue()

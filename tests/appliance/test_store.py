@@ -1,0 +1,334 @@
+"""Store behaviour, written against :class:`appliance.store.Store`.
+
+The ``store`` fixture is parametrised by implementation; a second store (Redis
+Streams) joins the list and must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import QueueFull
+from appliance.store import (
+    Delivery,
+    Limits,
+    SQLiteStore,
+    Store,
+    delivery_id,
+    parse_delivery_id,
+    wait_until,
+)
+
+StoreFactory = Callable[[Limits], Store]
+
+
+class Clock:
+    """The store's clock, movable by tests; starts at the real time like received_at."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    clock = Clock()
+    request.node.clock = clock
+
+    def make(limits: Limits) -> Store:
+        return SQLiteStore(tmp_path / "store.db", limits, clock=clock)
+
+    return make
+
+
+@pytest.fixture
+async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
+    s = make_store(Limits(queue_cap=5, dedupe_window=300))
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def put(store: Store, tenant: str, body: bytes, sig: str = "sig") -> Delivery | None:
+    return await store.append(tenant, body, sig, int(time.time() * 1000))
+
+
+async def test_append_returns_increasing_delivery_ids(store: Store) -> None:
+    first = await put(store, "a", b"1")
+    second = await put(store, "a", b"2")
+    assert first is not None
+    assert second is not None
+    assert second.seq > first.seq
+    assert parse_delivery_id(second.id) == second.seq
+
+
+async def test_pending_is_fifo_per_tenant(store: Store) -> None:
+    for i in range(4):
+        await put(store, "a", f"a{i}".encode())
+        await put(store, "b", f"b{i}".encode())
+    bodies = [d.body for d in await store.pending("a", 0, 10)]
+    assert bodies == [b"a0", b"a1", b"a2", b"a3"]
+
+
+async def test_pending_pages_after_a_seq(store: Store) -> None:
+    seqs = [(await put(store, "a", bytes([65 + i]))).seq for i in range(4)]  # type: ignore[union-attr]
+    page = await store.pending("a", seqs[1], 10)
+    assert [d.seq for d in page] == seqs[2:]
+    assert len(await store.pending("a", 0, 2)) == 2
+
+
+async def test_acked_webhooks_are_not_pending(store: Store) -> None:
+    one = await put(store, "a", b"1")
+    await put(store, "a", b"2")
+    assert one is not None
+    store.ack("a", one.seq)
+    assert [d.body for d in await store.pending("a", 0, 10)] == [b"2"]
+    assert store.depth("a") == 1
+
+
+async def test_an_ack_from_another_tenant_changes_nothing(store: Store) -> None:
+    one = await put(store, "a", b"1")
+    assert one is not None
+    store.ack("b", one.seq)
+    assert [d.seq for d in await store.pending("a", 0, 10)] == [one.seq]
+
+
+async def test_mark_sent_counts_attempts(store: Store) -> None:
+    one = await put(store, "a", b"1")
+    assert one is not None
+    store.mark_sent([one.seq])
+    store.mark_sent([one.seq])
+    (row,) = await store.pending("a", 0, 10)
+    assert row.attempts == 2
+
+
+async def test_a_retry_of_the_same_bytes_and_signature_is_stored_once(store: Store) -> None:
+    first = await put(store, "a", b"same", "s1")
+    again = await put(store, "a", b"same", "s1")
+    assert first is not None
+    assert again is None
+    assert len(await store.pending("a", 0, 10)) == 1
+
+
+async def test_concurrent_retries_are_stored_once(store: Store) -> None:
+    futures = [store.append("a", b"same", "s1", 1000) for _ in range(5)]
+    results = await asyncio.gather(*futures)
+    assert sum(r is not None for r in results) == 1
+    assert len(await store.pending("a", 0, 10)) == 1
+
+
+async def test_redeliveries_with_different_bytes_are_stored_again(store: Store) -> None:
+    await put(store, "a", b'{"isRedelivery":false}', "s1")
+    await put(store, "a", b'{"isRedelivery":true}', "s2")
+    assert len(await store.pending("a", 0, 10)) == 2
+
+
+async def test_same_body_for_another_tenant_is_not_a_retry(store: Store) -> None:
+    await put(store, "a", b"x", "s")
+    assert await put(store, "b", b"x", "s") is not None
+
+
+async def test_retry_dedupe_forgets_after_its_window(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    await put(store, "a", b"x", "s")
+    request.node.clock.now += 301
+    assert await put(store, "a", b"x", "s") is not None
+
+
+async def test_retry_dedupe_survives_a_restart(make_store: StoreFactory) -> None:
+    limits = Limits(queue_cap=5)
+    first = make_store(limits)
+    await first.open()
+    await put(first, "a", b"x", "s")
+    await first.close()
+    second = make_store(limits)
+    await second.open()
+    try:
+        assert await put(second, "a", b"x", "s") is None
+    finally:
+        await second.close()
+
+
+async def test_a_full_queue_refuses_at_once_and_keeps_what_it_has(store: Store) -> None:
+    for i in range(5):
+        await put(store, "a", bytes([i]))
+    with pytest.raises(QueueFull):
+        store.append("a", b"one too many", "s", 1000)
+    assert store.depth("a") == 5
+    assert await put(store, "b", b"other tenants unaffected") is not None
+
+
+async def test_an_ack_makes_room_under_the_cap(store: Store) -> None:
+    rows = [await put(store, "a", bytes([i])) for i in range(5)]
+    assert rows[0] is not None
+    store.ack("a", rows[0].seq)
+    assert await put(store, "a", b"fits now") is not None
+
+
+async def test_expire_marks_old_unacked_webhooks_and_reports_them(store: Store) -> None:
+    old = await store.append("a", b"old", "s", 1_000)
+    new = await store.append("a", b"new", "s", 9_000)
+    assert old is not None
+    assert new is not None
+    expired = await store.expire(older_than=5_000)
+    assert [(e.tenant, e.seq) for e in expired] == [("a", old.seq)]
+    assert [d.seq for d in await store.pending("a", 0, 10)] == [new.seq]
+    assert store.depth("a") == 1
+
+
+async def test_prune_deletes_only_acked_and_expired_rows(store: Store) -> None:
+    acked = await store.append("a", b"1", "s", 1_000)
+    await store.append("a", b"2", "s", 1_000)
+    assert acked is not None
+    store.ack("a", acked.seq)
+    assert await store.prune(older_than=5_000) == 1
+    assert len(await store.pending("a", 0, 10)) == 1
+
+
+async def test_purge_drops_a_tenant_and_counts_its_unacked(store: Store) -> None:
+    await put(store, "a", b"1")
+    await put(store, "a", b"2")
+    await put(store, "b", b"3")
+    assert await store.purge("a") == 2
+    assert await store.pending("a", 0, 10) == []
+    assert store.depth("a") == 0
+    assert len(await store.pending("b", 0, 10)) == 1
+
+
+async def test_commit_listeners_get_each_new_webhook_once(store: Store) -> None:
+    seen: list[bytes] = []
+    store.subscribe(lambda batch: seen.extend(d.body for d in batch))
+    await put(store, "a", b"1")
+    await put(store, "a", b"1")  # a retry: not new
+    await put(store, "a", b"2")
+    assert seen == [b"1", b"2"]
+
+
+async def test_depths_survive_a_restart(make_store: StoreFactory) -> None:
+    first = make_store(Limits())
+    await first.open()
+    for i in range(3):
+        await put(first, "a", bytes([i]))
+    await first.close()
+    second = make_store(Limits())
+    await second.open()
+    try:
+        assert second.depths() == {"a": 3}
+    finally:
+        await second.close()
+
+
+async def test_delivery_ids_are_never_reused_after_pruning(make_store: StoreFactory) -> None:
+    store = make_store(Limits())
+    await store.open()
+    first = await store.append("a", b"1", "s", 1)
+    assert first is not None
+    store.ack("a", first.seq)
+    await store.prune(older_than=10)
+    second = await store.append("a", b"2", "s", 20)
+    await store.close()
+    assert second is not None
+    assert second.seq > first.seq
+
+
+def test_delivery_ids_parse_back_and_reject_garbage() -> None:
+    assert delivery_id(42) == "d-000000000042"
+    assert parse_delivery_id("d-000000000042") == 42
+    for bad in ("", "d-", "x-1", "d-abc", "d-" + "9" * 30, "42"):
+        assert parse_delivery_id(bad) is None
+
+
+async def test_wait_until_does_not_cancel_a_slow_future() -> None:
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    assert not await wait_until(future, 0.01)
+    assert not future.cancelled()
+    future.set_result(1)
+    assert await wait_until(future, 0.01)
+
+
+# -- SQLite specifics --------------------------------------------------------
+
+
+async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_concurrent_appends_share_one_transaction(tmp_path: Path) -> None:
+    batches: list[int] = []
+    store = SQLiteStore(tmp_path / "s.db", on_batch=lambda n, _: batches.append(n))
+    await store.open()
+    await asyncio.gather(*(store.append("a", bytes([i]), "s", 1) for i in range(50)))
+    await store.close()
+    assert sum(batches) == 50
+    assert len(batches) < 50  # grouped: fewer commits (fsyncs) than webhooks
+
+
+async def test_a_failed_commit_fails_every_append_of_its_batch(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    # Another connection holds the write lock past busy_timeout? Too slow; make the
+    # table unwritable instead, as a full disk or a broken file would.
+    blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    blocker.execute(
+        "CREATE TRIGGER no_insert BEFORE INSERT ON webhooks BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    futures = [store.append("a", bytes([i]), "s", 1) for i in range(3)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    assert store.depth("a") == 0  # nothing counted that was not kept
+    blocker.execute("DROP TRIGGER no_insert")
+    assert await store.append("a", b"later", "s", 1) is not None
+    await store.close()
+
+
+CRASH_MID_BATCH = textwrap.dedent(
+    """
+    import os, sqlite3, sys
+    db = sqlite3.connect(sys.argv[1], isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("BEGIN IMMEDIATE")
+    for i in range(100):
+        db.execute(
+            "INSERT INTO webhooks (tenant, body, signature, digest, received_at) "
+            "VALUES ('a', ?, 's', randomblob(32), 1)", (b"uncommitted",))
+    os._exit(9)  # dies with the transaction open, as kill -9 would
+    """
+)
+
+
+async def test_a_crash_mid_batch_keeps_every_committed_webhook_and_none_of_the_batch(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    await store.open()
+    committed = [await store.append("a", bytes([i]), "s", 1) for i in range(10)]
+    await store.close()
+    crash = subprocess.run([sys.executable, "-c", CRASH_MID_BATCH, str(path)], check=False)
+    assert crash.returncode == 9
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        pending = await reopened.pending("a", 0, 1000)
+        assert [d.seq for d in pending] == [d.seq for d in committed if d]
+        assert reopened.depth("a") == 10
+    finally:
+        await reopened.close()
+    assert os.path.exists(path)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import TenantError
+from appliance.tenants import TenantDirectory, TenantRegistry, hash_token, validate_id
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Path:
+    return tmp_path / "tenants.db"
+
+
+@pytest.mark.parametrize("good", ["a", "shop-42", "0abc", "a" * 63])
+def test_valid_tenant_ids(good: str) -> None:
+    assert validate_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "-a", "A", "a_b", "a" * 64, "a/b", "ä", "a\n"])
+def test_invalid_tenant_ids_are_refused(bad: str) -> None:
+    with pytest.raises(TenantError, match="invalid tenant id"):
+        validate_id(bad)
+
+
+def test_the_file_is_private(paths: Path) -> None:
+    TenantRegistry(paths).add("a", "secret")
+    assert stat.S_IMODE(paths.stat().st_mode) == 0o600
+
+
+def test_tokens_are_stored_only_hashed(paths: Path) -> None:
+    token = TenantRegistry(paths).add("a", "secret")
+    raw = paths.read_bytes() + (paths.parent / "tenants.db-wal").read_bytes()
+    assert token.encode() not in raw
+    assert hash_token(token) in raw
+
+
+def test_a_token_authenticates_its_tenant_only(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    token_a = registry.add("a", "sa")
+    registry.add("b", "sb")
+    directory = TenantDirectory(paths)
+    tenant = directory.authenticate(token_a)
+    assert tenant is not None
+    assert tenant.id == "a"
+    assert tenant.secret == b"sa"
+    assert directory.authenticate("lrb_wrong") is None
+    assert directory.authenticate(None) is None
+    assert directory.authenticate("") is None
+
+
+def test_a_tenant_added_later_is_found_at_once(paths: Path) -> None:
+    directory = TenantDirectory(paths)
+    assert directory.get("late") is None
+    TenantRegistry(paths).add("late", "s")
+    found = directory.get("late")
+    assert found is not None
+    assert found.secret == b"s"
+
+
+def test_rotation_retires_the_old_token_and_is_reported(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    old = registry.add("a", "s")
+    directory = TenantDirectory(paths)
+    new = registry.rotate("a")
+    assert directory.authenticate(new) is not None
+    assert directory.authenticate(old) is None
+    assert directory.take_changes() == (set(), {"a"})
+    assert directory.take_changes() == (set(), set())
+
+
+def test_removal_is_reported(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    registry.add("a", "s")
+    directory = TenantDirectory(paths)
+    registry.remove("a")
+    directory.refresh()
+    assert directory.get("a") is None
+    assert directory.take_changes() == ({"a"}, set())
+
+
+@pytest.mark.parametrize("secret", ["", "   \n", "has space", "ctl\x00char"])
+def test_bad_secrets_are_refused_and_nothing_is_written(paths: Path, secret: str) -> None:
+    registry = TenantRegistry(paths)
+    with pytest.raises(TenantError):
+        registry.add("a", secret)
+    assert registry.list() == []
+
+
+def test_secret_whitespace_from_a_file_is_trimmed(paths: Path) -> None:
+    TenantRegistry(paths).add("a", "s3cret\n")
+    tenant = TenantDirectory(paths).get("a")
+    assert tenant is not None
+    assert tenant.secret == b"s3cret"
+
+
+def test_duplicates_and_unknown_tenants_are_errors(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    registry.add("a", "s")
+    with pytest.raises(TenantError, match="already exists"):
+        registry.add("a", "s2")
+    with pytest.raises(TenantError, match="no tenant"):
+        registry.remove("zzz")
+    with pytest.raises(TenantError, match="no tenant"):
+        registry.rotate("zzz")
+
+
+def test_secrets_stay_out_of_repr(paths: Path) -> None:
+    TenantRegistry(paths).add("a", "topsecret")
+    assert "topsecret" not in repr(TenantDirectory(paths).get("a"))

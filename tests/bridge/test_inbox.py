@@ -1,0 +1,107 @@
+"""The durable queue on a real SQLite file: dedupe decisions, claiming, recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.inbox import MAX_STARTS, Inbox, Incoming
+
+TTL = 3600.0
+
+
+def items(*keys: str, chat: str = "U1") -> list[Incoming]:
+    return [Incoming(i, key, chat, f'{{"n": {i}}}') for i, key in enumerate(keys)]
+
+
+@pytest.fixture
+def inbox(tmp_path: Path) -> Inbox:
+    box = Inbox(tmp_path / "inbox.sqlite3")
+    yield box
+    box.close()
+
+
+def test_new_events_are_queued(inbox: Inbox) -> None:
+    taken = inbox.take("d1", items("id:a", "id:b"), TTL, now=100)
+    assert (taken.queued, taken.duplicates, taken.known_body) == (2, 0, False)
+    assert inbox.depth() == 2
+
+
+def test_same_event_id_from_another_body_is_a_duplicate(inbox: Inbox) -> None:
+    inbox.take("d1", items("id:a"), TTL, now=100)
+    taken = inbox.take("d2", items("id:a"), TTL, now=101)
+    assert (taken.queued, taken.duplicates) == (0, 1)
+    assert inbox.depth() == 1
+
+
+def test_same_body_again_adds_nothing(inbox: Inbox) -> None:
+    inbox.take("d1", items("id:a"), TTL, now=100)
+    assert inbox.take("d1", items("id:a"), TTL, now=101).known_body
+
+
+def test_events_sharing_an_id_inside_one_body_are_all_kept(inbox: Inbox) -> None:
+    taken = inbox.take("d1", items(*["id:same"] * 28), TTL, now=100)
+    assert taken.queued == 28
+
+
+def test_dedupe_forgets_after_the_ttl(inbox: Inbox) -> None:
+    inbox.take("d1", items("id:a"), TTL, now=100)
+    assert inbox.take("d2", items("id:a"), TTL, now=100 + TTL + 1).queued == 1
+    assert inbox.prune(now=100 + 3 * TTL) >= 2
+
+
+def test_dedupe_survives_reopening_the_file(tmp_path: Path) -> None:
+    first = Inbox(tmp_path / "q.sqlite3")
+    first.take("d1", items("id:a"), TTL, now=100)
+    first.close()
+    second = Inbox(tmp_path / "q.sqlite3")
+    assert second.take("d2", items("id:a"), TTL, now=101).duplicates == 1
+    second.close()
+
+
+def test_claim_runs_one_job_per_chat_in_order(inbox: Inbox) -> None:
+    inbox.take("d1", items("id:a", "id:b", chat="U1"), TTL, now=100)
+    inbox.take("d2", items("id:c", chat="U2"), TTL, now=100)
+    first = inbox.claim(set())
+    assert first is not None
+    assert first.index == 0
+    assert first.chat == "U1"
+    second = inbox.claim({"U1"})
+    assert second is not None
+    assert second.chat == "U2"
+    assert inbox.claim({"U1", "U2"}) is None
+    inbox.finish(first.id)
+    third = inbox.claim({"U2"})
+    assert third is not None
+    assert (third.chat, third.index) == ("U1", 1)
+
+
+def test_running_jobs_resume_after_a_crash_with_their_answer(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    first = Inbox(path)
+    first.take("d1", items("id:a"), TTL, now=100)
+    job = first.claim(set())
+    assert job is not None
+    first.save_answer(job.id, "the answer")
+    first.mark_reply_attempted(job.id)
+    first.close()  # as good as a kill: nothing else was written
+    second = Inbox(path)
+    assert second.claim(set()) is None
+    assert second.recover() == 1
+    again = second.claim(set())
+    assert again is not None
+    assert again.answer == "the answer"
+    assert again.reply_attempted
+    assert again.retry_key == job.retry_key
+    second.close()
+
+
+def test_a_job_that_keeps_killing_the_process_is_given_up(inbox: Inbox) -> None:
+    inbox.take("d1", items("id:a"), TTL, now=100)
+    for _ in range(MAX_STARTS):
+        assert inbox.claim(set()) is not None
+        inbox.recover()
+    assert inbox.claim(set()) is None
+    assert inbox.failed() == 1
+    assert inbox.depth() == 0

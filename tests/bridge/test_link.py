@@ -1,0 +1,184 @@
+"""The link against a small real WebSocket server playing the relay's side of PROTOCOL.md §2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from appliance.protocol import Hello, Webhook, encode
+from bridge.backoff import Backoff
+from bridge.config import BridgeConfig, parse
+from bridge.link import IntakeResult, Link, connect_headers
+from bridge.status import BridgeStatus
+
+TOKEN = "lrb_test-token"
+
+
+def config_for(url: str, **overrides: Any) -> BridgeConfig:
+    return parse(
+        {
+            "relay_token": TOKEN,
+            "channel_secret": "s",
+            "channel_access_token": "a",
+            "relay_url": url,
+            "openclaw_url": "http://127.0.0.1:1/v1/chat/completions",
+            "backoff_min": 0.05,
+            "backoff_max": 0.2,
+            **overrides,
+        }
+    )
+
+
+def test_token_goes_in_the_header_unless_the_url_carries_it() -> None:
+    assert connect_headers(config_for("ws://h/bridge")) == {"Authorization": f"Bearer {TOKEN}"}
+    url_only = parse(
+        {
+            "channel_secret": "s",
+            "channel_access_token": "a",
+            "relay_url": f"ws://h/bridge/{TOKEN}",
+            "openclaw_url": "http://h/v1/chat/completions",
+        }
+    )
+    assert connect_headers(url_only) == {}
+
+
+def webhook(n: int) -> Webhook:
+    return Webhook(f"d-{n}", "shop", '{"events":[]}', "sig", 0, 1)
+
+
+class FakeRelay:
+    """Greets, sends the queued frames, records what the bridge sends; 401 for a wrong token."""
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames = frames
+        self.received: list[dict[str, Any]] = []
+        self.headers: list[Headers] = []
+        self.rejected = 0
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        port = next(iter(self.server.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/bridge"
+
+    def check_token(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.headers.append(request.headers)
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.rejected += 1
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "no\n")
+        return None
+
+    async def handler(self, ws: ServerConnection) -> None:
+        await ws.send(encode(Hello(tenant="shop", window=64)))
+        for frame in self.frames:
+            await ws.send(frame)
+        async for message in ws:
+            self.received.append(json.loads(message))
+
+
+@pytest.fixture
+async def relay_factory() -> AsyncIterator[Callable[[list[str]], Any]]:
+    servers: list[Server] = []
+
+    async def make(frames: list[str]) -> FakeRelay:
+        relay = FakeRelay(frames)
+        relay.server = await serve(relay.handler, "127.0.0.1", 0, process_request=relay.check_token)
+        servers.append(relay.server)
+        return relay
+
+    yield make
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def run_link(link: Link, until: Callable[[], bool]) -> None:
+    stopping = asyncio.Event()
+    task = asyncio.create_task(link.run(stopping))
+    try:
+        for _ in range(400):
+            if until():
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+
+
+pytestmark = pytest.mark.integration
+
+
+async def test_webhooks_are_acked_after_intake_and_nacked_when_it_fails(
+    relay_factory: Callable[[list[str]], Any],
+) -> None:
+    frames = [encode(webhook(1)), '{"type":"future-thing"}', "not json", encode(webhook(2))]
+    relay = await relay_factory(frames)
+    taken: list[str] = []
+
+    async def intake(frame: Webhook) -> IntakeResult:
+        taken.append(frame.id)
+        return IntakeResult(frame.id == "d-1", "" if frame.id == "d-1" else "queue unavailable")
+
+    status = BridgeStatus()
+    link = Link(lambda: config_for(relay.url), intake, status, Backoff(0.05, 0.2))
+    await run_link(link, lambda: len(relay.received) >= 2)
+    assert taken == ["d-1", "d-2"]
+    assert relay.received == [
+        {"type": "ack", "id": "d-1"},
+        {"type": "nack", "id": "d-2", "reason": "queue unavailable"},
+    ]
+    assert relay.headers[0]["Authorization"] == f"Bearer {TOKEN}"
+    assert status.counters["bad_frames"] == 1
+    assert status.tenant == "shop"
+
+
+async def test_rejected_token_is_reported_and_retried(
+    relay_factory: Callable[[list[str]], Any],
+) -> None:
+    relay = await relay_factory([])
+    status = BridgeStatus()
+    backoff = Backoff(0.05, 0.2)
+    link = Link(
+        lambda: config_for(relay.url, relay_token="wrong", backoff_min=0.05, backoff_max=0.2),
+        lambda frame: asyncio.sleep(0, IntakeResult(True)),
+        status,
+        backoff,
+    )
+    await run_link(link, lambda: relay.rejected >= 3)
+    assert relay.rejected >= 3
+    assert status.connection == "rejected"
+    assert "401" in status.last_error
+
+
+async def test_reconnect_request_drops_the_connection_and_connects_again(
+    relay_factory: Callable[[list[str]], Any],
+) -> None:
+    relay = await relay_factory([])
+    status = BridgeStatus()
+    link = Link(
+        lambda: config_for(relay.url),
+        lambda frame: asyncio.sleep(0, IntakeResult(True)),
+        status,
+        Backoff(0.05, 0.2),
+    )
+    kicked = False
+
+    def until() -> bool:
+        nonlocal kicked
+        if status.counters["hellos"] == 1 and not kicked:
+            kicked = True
+            link.reconnect()
+        return status.counters["hellos"] >= 2
+
+    await run_link(link, until)
+    assert status.counters["hellos"] == 2
+    assert len(relay.headers) == 2

@@ -1,0 +1,287 @@
+"""Shared pieces of the relay's integration tests.
+
+Real parts only: a :class:`Harness` wraps one :class:`RelayProcess` (a real
+``linerelay serve``), registers tenants through the real CLI and remembers
+every secret, token and signature a module used, so the module can check at
+teardown that none of them reached the relay's log. :class:`Bridge` is a
+python-websockets client speaking the bridge protocol (PROTOCOL.md §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+
+from appliance.signature import sign
+from appliance.tenants import TenantRegistry
+from tests.support.relay import RelayProcess, linerelay
+
+#: Generous: the machine has two cores shared with other test runs.
+TIMEOUT = 30.0
+
+
+def tls_context(*cafiles: Path) -> ssl.SSLContext:
+    """A client context trusting only ``cafiles`` (the relay's dev root, usually)."""
+    context = ssl.create_default_context(cafile=str(cafiles[0]))
+    for cafile in cafiles[1:]:
+        context.load_verify_locations(cafile=str(cafile))
+    return context
+
+
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout: float = TIMEOUT, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; that value is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    condition: Callable[[], Awaitable[Any]],
+    what: str,
+    timeout: float = TIMEOUT,
+    interval: float = 0.05,
+) -> Any:
+    """:func:`wait_for` for coroutine conditions."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def webhook_body(tag: str, *, redelivery: bool = False) -> bytes:
+    """A LINE-shaped body with one text message event whose text is ``tag``."""
+    event = {
+        "type": "message",
+        "mode": "active",
+        "timestamp": 1763800000123,
+        "webhookEventId": "01HZ" + uuid.uuid4().hex[:22].upper(),
+        "deliveryContext": {"isRedelivery": redelivery},
+        "source": {"type": "user", "userId": "U" + "0" * 32},
+        "replyToken": uuid.uuid4().hex,
+        "message": {"id": "1", "type": "text", "quoteToken": "q", "text": tag},
+    }
+    return json.dumps({"destination": "U" + "f" * 32, "events": [event]}, indent=1).encode()
+
+
+def tag_of(frame: dict[str, Any]) -> str:
+    """The ``tag`` of a :func:`webhook_body` delivered in a webhook frame."""
+    text: str = json.loads(frame["body"])["events"][0]["message"]["text"]
+    return text
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant registered through the CLI, with everything a test needs of it."""
+
+    id: str
+    secret: str
+    token: str
+    url: str
+
+
+@dataclass
+class Harness:
+    """One relay process and every sensitive value a test module gave it."""
+
+    relay: RelayProcess
+    sensitive: set[str] = field(default_factory=set)
+    #: Roots clients trust; empty: the relay's dev root.
+    trust: tuple[Path, ...] = ()
+
+    @property
+    def ssl(self) -> ssl.SSLContext:
+        """A fresh client context trusting :attr:`trust` (default: the relay's dev root)."""
+        return tls_context(*(self.trust or (self.relay.ca_file,)))
+
+    def tenant(self, prefix: str = "t") -> Tenant:
+        """A fresh tenant (unique id, random secret) in the relay's real tenants file.
+
+        Written with :class:`TenantRegistry`, the code behind ``linerelay tenant
+        add``, in this process: each CLI run costs one to two seconds of
+        start-up on this machine, too much for a tenant per test.
+        test_tenant_cli.py drives the CLI itself.
+        """
+        tenant_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        secret = secrets.token_hex(16)
+        registry = TenantRegistry(self.relay.state_dir / "tenants.db")
+        try:
+            token = registry.add(tenant_id, secret)
+        finally:
+            registry.close()
+        self.sensitive.update((secret, token))
+        return Tenant(tenant_id, secret, token, self.relay.webhook_url(tenant_id))
+
+    def remember(self, value: str) -> str:
+        """Record a sensitive value the test made itself (a token, a wrong signature)."""
+        self.sensitive.add(value)
+        return value
+
+    def sign(self, secret: str, body: bytes) -> str:
+        """LINE's signature of ``body`` under ``secret``; remembered for the log scan."""
+        return self.remember(sign(secret.encode(), body))
+
+    def headers(self, tenant: Tenant, body: bytes) -> dict[str, str]:
+        """Headers of a correctly signed webhook request."""
+        return {"x-line-signature": self.sign(tenant.secret, body)}
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``linerelay ARGS --state-dir STATE`` and return the result (never raises)."""
+        return linerelay(*args, state_dir=self.relay.state_dir, stdin=stdin, check=False)
+
+    def leaks(self) -> list[str]:
+        """Sensitive values that appear in the relay's output."""
+        output = self.relay.output()
+        return sorted(value for value in self.sensitive if value in output)
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        """The relay's JSON log lines whose ``event`` is ``event``."""
+        found = []
+        for line in self.relay.output().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+        return found
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on the admin listener's /metrics (0 when absent)."""
+        text = httpx.get(f"{self.relay.admin_url}/metrics", timeout=TIMEOUT).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
+
+
+@contextmanager
+def running_relay(
+    factory: pytest.TempPathFactory, name: str, config: str | None = None
+) -> Iterator[Harness]:
+    """A started relay for a test module.
+
+    On teardown the relay is stopped and its whole log scanned for every
+    secret, token and signature the module used.
+    """
+    state = factory.mktemp(name) / "state"
+    relay = RelayProcess(state, config=config).start()
+    harness = Harness(relay)
+    try:
+        yield harness
+    finally:
+        relay.stop()
+    leaked = harness.leaks()
+    assert not leaked, f"relay log {relay.log_file} contains {len(leaked)} secret(s)/token(s)"
+
+
+class Bridge:
+    """A bridge connection: python-websockets on real TLS, speaking PROTOCOL.md §2."""
+
+    def __init__(self, ws: ClientConnection, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.hello = hello
+
+    @classmethod
+    async def open(
+        cls, harness: Harness, token: str, *, in_url: bool = False, timeout: float = TIMEOUT
+    ) -> Bridge:
+        """Connect with ``token`` (as a Bearer header, or in the URL) and read the hello."""
+        relay = harness.relay
+        if in_url:
+            url, headers = f"{relay.bridge_url}/{token}", {}
+        else:
+            url, headers = relay.bridge_url, {"Authorization": f"Bearer {token}"}
+        ws = await connect(
+            url,
+            ssl=harness.ssl,
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=timeout,
+        )
+        bridge = cls(ws, {})
+        bridge.hello = await bridge.frame(timeout)
+        return bridge
+
+    async def __aenter__(self) -> Bridge:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (webhooks not acked stay queued at the relay)."""
+        await self.ws.close()
+
+    async def frame(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame, whatever its type."""
+        text = await asyncio.wait_for(self.ws.recv(), timeout)
+        assert isinstance(text, str), "the relay sent a binary frame"
+        frame: dict[str, Any] = json.loads(text)
+        return frame
+
+    async def webhook(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next frame, which must be a webhook."""
+        frame = await self.frame(timeout)
+        assert frame["type"] == "webhook", frame
+        return frame
+
+    async def webhooks(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """The next ``count`` webhook frames."""
+        return [await self.webhook(timeout) for _ in range(count)]
+
+    async def silent_for(self, seconds: float) -> bool:
+        """True if no frame arrives within ``seconds``."""
+        try:
+            frame = await self.frame(seconds)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"expected no frame, got {frame}")
+
+    async def ack(self, frame: dict[str, Any]) -> None:
+        """Acknowledge a webhook frame."""
+        await self.ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+
+    async def nack(self, frame: dict[str, Any], reason: str = "busy") -> None:
+        """Refuse a webhook frame; the relay redelivers it after a backoff."""
+        await self.ws.send(json.dumps({"type": "nack", "id": frame["id"], "reason": reason}))
+
+
+async def post(
+    client: httpx.AsyncClient, harness: Harness, tenant: Tenant, body: bytes
+) -> httpx.Response:
+    """POST ``body`` to ``tenant``'s webhook URL, signed."""
+    return await client.post(tenant.url, content=body, headers=harness.headers(tenant, body))
+
+
+def async_client(harness: Harness, *, http2: bool = False) -> httpx.AsyncClient:
+    """An httpx client trusting the relay's dev root."""
+    return httpx.AsyncClient(verify=harness.ssl, http2=http2, timeout=TIMEOUT)

@@ -1,0 +1,120 @@
+"""The command's options: validation before anything runs, and the Locust processes it starts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from loadtest.cli import build_config, locust_commands, register
+from loadtest.config import ConfigError
+from loadtest.pacing import PacingError
+
+BASE = ["--target", "https://127.0.0.1:8443", "--tenant", "a", "--channel-secret", "s"]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="linerelay")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["loadtest", *argv])
+
+
+def test_protocol_form_builds_a_run_with_bridges_and_paced_users() -> None:
+    config = build_config(parse(*BASE, "--bridge-token", "t", "--rate", "100", "--users", "20"))
+    assert config.with_bridges
+    assert (config.users, config.per_user_rate) == (20, 5.0)
+    assert config.churn_seconds is None
+
+
+def test_soak_turns_bridge_churn_on_unless_told_otherwise() -> None:
+    assert build_config(parse(*BASE, "--profile", "soak")).churn_seconds == 60
+    assert build_config(parse(*BASE, "--profile", "soak", "--churn", "5")).churn_seconds == 5
+
+
+def test_the_gateway_form_parses_beside_the_protocol_form() -> None:
+    args = parse("gateway", "--listen", "127.0.0.1:0", "--latency-ms", "5", "--error-rate", "0.1")
+    assert args.func.__name__ == "run_gateway"
+    assert (args.latency_ms, args.error_rate) == (5.0, 0.1)
+    assert parse(*BASE).func.__name__ == "run"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tenant", "a", "--channel-secret", "s"], "--target is required"),
+        (["--target", "https://127.0.0.1:1"], "no tenant"),
+        (
+            [
+                *BASE,
+                "--tenant",
+                "b",
+                "--channel-secret",
+                "s2",
+                "--bridge-token",
+                "t",
+                "--bridge-token",
+                "",
+            ],
+            "empty bridge token",
+        ),
+        (
+            [*BASE, "--tenant", "b", "--channel-secret", "s2", "--bridge-token", "t"],
+            "--bridge-token",
+        ),
+        ([*BASE, "--duration", "0"], "--duration"),
+        ([*BASE, "--drain", "-1"], "--drain"),
+        ([*BASE, "--churn", "0"], "--churn"),
+        ([*BASE, "--bridges", "0"], "--bridges"),
+        ([*BASE, "--ca", "/nonexistent/ca.pem"], "CA file"),
+        ([*BASE, "--new-connection-ratio", "2"], "share"),
+    ],
+)
+def test_bad_options_are_refused_with_a_reason(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config(parse(*argv))
+
+
+def test_a_zero_rate_is_refused() -> None:
+    with pytest.raises(PacingError):
+        build_config(parse(*BASE, "--rate", "0"))
+
+
+def test_tenant_options_and_a_tenants_file_do_not_mix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="either"):
+        build_config(parse(*BASE, "--tenants", str(tmp_path / "t.json")))
+
+
+def test_a_tenants_file_needs_bridge_tokens_for_all_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    path.write_text(
+        '[{"tenant": "a", "channel_secret": "s", "bridge_token": "t"},'
+        ' {"tenant": "b", "channel_secret": "s"}]'
+    )
+    args = parse("--target", "https://127.0.0.1:1", "--tenants", str(path))
+    with pytest.raises(ConfigError, match="every tenant or for none"):
+        build_config(args)
+
+
+def test_workers_join_one_master_on_the_same_free_port(tmp_path: Path) -> None:
+    args = parse(*BASE, "--workers", "2", "--report", str(tmp_path))
+    main, *workers = locust_commands(build_config(args), args, free_port=lambda: 45557)
+    assert len(workers) == 2
+    port = main[main.index("--master-bind-port") + 1]
+    assert port == "45557"
+    assert main[main.index("--expect-workers") + 1] == "2"
+    assert "--headless" in main
+    for worker in workers:
+        assert worker[worker.index("--master-port") + 1] == port
+        assert "--html" not in worker
+
+
+def test_web_ui_replaces_headless_and_join_runs_only_a_worker(tmp_path: Path) -> None:
+    args = parse(*BASE, "--web", "127.0.0.1:8089", "--report", str(tmp_path))
+    (main,) = locust_commands(build_config(args), args)
+    assert "--headless" not in main
+    assert main[main.index("--web-port") + 1] == "8089"
+    args = parse(*BASE, "--join", "10.0.0.5:5557")
+    (worker,) = locust_commands(build_config(args), args)
+    assert worker[worker.index("--master-host") + 1] == "10.0.0.5"
+    assert "--worker" in worker

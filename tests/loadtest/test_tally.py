@@ -1,0 +1,91 @@
+"""Tallies count answers and deliveries and merge exactly across processes."""
+
+from __future__ import annotations
+
+import json
+
+from loadtest.tally import Histogram, Tally
+
+
+def test_histogram_percentiles_are_nearest_rank_in_whole_milliseconds() -> None:
+    h = Histogram()
+    for ms in range(1, 101):
+        h.add(ms - 0.5)
+    assert h.total == 100
+    assert h.percentile(50) == 50
+    assert h.percentile(99) == 99
+    assert h.percentile(100) == 100
+    assert Histogram().percentile(99) is None
+
+
+def test_count_over_counts_only_samples_beyond_the_limit() -> None:
+    h = Histogram()
+    for ms in (999.0, 1000.0, 1000.2, 1200.0):
+        h.add(ms)
+    assert h.count_over(1000) == 2
+
+
+def test_negative_latencies_from_clock_skew_count_as_zero() -> None:
+    h = Histogram()
+    h.add(-3)
+    assert h.percentile(50) == 0
+
+
+def test_answers_accept_markers_only_on_200() -> None:
+    t = Tally()
+    t.answered(200, 10, "A")
+    t.answered(503, 20, "B")
+    t.failed("ConnectionRefusedError", 1)
+    assert t.accepted == 1
+    assert t.waiting == {"A"}
+    assert (t.requests, t.errors) == (3, 2)
+    assert t.statuses == {"200": 1, "503": 1, "ConnectionRefusedError": 1}
+
+
+def test_a_delivery_before_its_answer_still_matches() -> None:
+    t = Tally()
+    t.delivered_one("A", 3)
+    assert t.unmatched == {"A"}
+    t.answered(200, 10, "A")
+    assert (t.accepted, t.matched, t.pending) == (1, 1, 0)
+    assert not t.unmatched
+
+
+def test_a_marker_delivered_twice_counts_once_and_foreign_bodies_are_bad() -> None:
+    t = Tally()
+    t.answered(200, 10, "A")
+    t.delivered_one("A", 30)
+    t.delivered_one("A", 5000)
+    t.delivered_one(None, None)
+    assert t.matched == 1
+    assert t.deliveries == 3
+    assert t.bad_deliveries == 1
+    assert t.pending == 0
+
+
+def test_matched_markers_are_not_kept_in_memory() -> None:
+    t = Tally()
+    for i in range(1000):
+        t.answered(200, 1, f"m{i}")
+        t.delivered_one(f"m{i}", 1)
+    assert t.matched == 1000
+    assert not t.waiting
+    assert not t.unmatched
+
+
+def test_deltas_merged_on_a_master_equal_one_tally_of_everything() -> None:
+    sender, receiver, master = Tally(), Tally(), Tally()
+    sender.answered(200, 10, "A")
+    sender.answered(200, 12, "B")
+    sender.answered(200, 12, "C")
+    receiver.delivered_one("A", 40)
+    master.merge(Tally.from_wire(json.loads(json.dumps(receiver.take().to_wire()))))
+    master.merge(Tally.from_wire(json.loads(json.dumps(sender.take().to_wire()))))
+    receiver.delivered_one("B", 50)
+    master.merge(Tally.from_wire(receiver.take().to_wire()))
+    assert (master.accepted, master.matched) == (3, 2)
+    assert master.waiting == {"C"}
+    assert master.requests == 3
+    assert master.e2e.total == 2
+    assert sender.requests == 0
+    assert not sender.waiting

@@ -1,0 +1,174 @@
+"""A real ``linerelay serve`` process for integration tests.
+
+Starts the relay in a temporary state dir on free loopback ports, waits for
+``/readyz``, and offers the handles a test needs: URLs, the dev root CA,
+tenant management through the real CLI, stop, kill -9 and restart on the
+same ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+LINERELAY = str(VENV_BIN / "linerelay")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def linerelay(
+    *args: str,
+    state_dir: Path,
+    stdin: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``linerelay`` command and return its result."""
+    return subprocess.run(
+        [LINERELAY, *args, "--state-dir", str(state_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+        env=env,
+    )
+
+
+class RelayProcess:
+    """One relay process; :meth:`start` it, then use the URLs."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        config: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config_file: Path | None = None
+        if config is not None:
+            self.config_file = state_dir.parent / f"{state_dir.name}-relay.toml"
+            self.config_file.write_text(config)
+        self.env = {**os.environ, **(env or {})}
+        self.log_file = state_dir.parent / f"{state_dir.name}-relay.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``https://127.0.0.1:PORT``"""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (the admin listener)"""
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def bridge_url(self) -> str:
+        """``wss://127.0.0.1:PORT/bridge``"""
+        return f"wss://127.0.0.1:{self.port}/bridge"
+
+    @property
+    def ca_file(self) -> Path:
+        """The dev PKI's root certificate."""
+        return self.state_dir / "pki" / "root.pem"
+
+    def webhook_url(self, tenant: str) -> str:
+        """Where LINE would post ``tenant``'s webhooks."""
+        return f"{self.base_url}/webhook/{tenant}"
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        """Start the process and wait until it is ready."""
+        args = [
+            LINERELAY,
+            "serve",
+            "--state-dir",
+            str(self.state_dir),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+        ]
+        if self.config_file is not None:
+            args += ["--config", str(self.config_file)]
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.admin_url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"relay not ready after {timeout}s:\n{self.output()}")
+
+    def add_tenant(self, tenant: str, secret: str) -> str:
+        """Add a tenant through the CLI; returns its bridge token."""
+        result = linerelay(
+            "tenant", "add", tenant, "--channel-secret", secret, "--json", state_dir=self.state_dir
+        )
+        token: str = json.loads(result.stdout)["token"]
+        return token
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the relay."""
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> RelayProcess:
+        """Stop (if running) and start again on the same ports and state."""
+        self.stop()
+        return self.start()
+
+    def output(self) -> str:
+        """Everything the relay has written so far."""
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def metrics(self) -> str:
+        """The admin listener's Prometheus text."""
+        return httpx.get(f"{self.admin_url}/metrics", timeout=10).text
+
+    def metric(self, name: str) -> float:
+        """The sum of every sample named ``name`` (0 when absent)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total

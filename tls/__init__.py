@@ -1,0 +1,1 @@
+"""TLS policy and certificates for every listener of the appliance."""
