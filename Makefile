@@ -29,8 +29,8 @@ unit: $(STAMP)
 	$(BIN)/pytest -m 'not integration'
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
-	$(BIN)/python bench/idle_bridges.py
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.idle_bridges
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

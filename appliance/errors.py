@@ -53,10 +53,18 @@ class MethodNotAllowed(RelayError):
 
 
 class BodyTooLarge(RelayError):
-    """The body is over the configured limit."""
+    """The body is over the configured limit.
+
+    ``keep_alive`` is False when the rest of the body was not read: the
+    connection cannot carry another request and must be closed.
+    """
 
     status = 413
     code = "body_too_large"
+
+    def __init__(self, message: str = "", keep_alive: bool = True) -> None:
+        super().__init__(message)
+        self.keep_alive = keep_alive
 
 
 class BodyTimeout(RelayError):

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from appliance import payload, signature
@@ -62,6 +63,15 @@ _OUTCOME_OF = {
 }
 
 
+@dataclass(slots=True)
+class _Result:
+    """What one webhook request came to, for its metrics and log line."""
+
+    outcome: str | None = None  # None: accepted, or decided by the error raised
+    events: int | None = None
+    delivery: str | None = None
+
+
 class Relay:
     """What the hot paths share: config, tenants, store, hub, metrics."""
 
@@ -103,53 +113,26 @@ class Ingress:
     # -- webhooks ------------------------------------------------------------
 
     async def webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer one webhook request (PROTOCOL.md §1)."""
+        """Answer one webhook request (PROTOCOL.md §1), then count and log it."""
         started = time.perf_counter()
         relay = self.relay
         tenant_id = scope["path"][len(WEBHOOK_PREFIX) :]
-        outcome = "accepted"
-        events = delivery = None
+        result = _Result()
         try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed
-            tenant = relay.tenants.get(tenant_id)
-            if tenant is None:
-                raise UnknownTenant
-            body = await self._read_body(scope, receive)
-            claimed = _header(scope, b"x-line-signature")
-            if not signature.verify(tenant.secret, body, claimed):
-                raise InvalidSignature
-            events = payload.count_events(body)
-            if events == 0:
-                outcome = "verify"
-            else:
-                assert claimed is not None
-                future = relay.store.append(tenant_id, body, claimed, int(time.time() * 1000))
-                remaining = relay.config.ack_deadline_ms / 1000 - (time.perf_counter() - started)
-                if not await wait_until(future, remaining):
-                    raise Overloaded
-                try:
-                    stored = future.result()
-                except StoreError as exc:
-                    outcome = "store_error"
-                    raise Overloaded from exc
-                if stored is None:
-                    outcome = "duplicate"
-                else:
-                    delivery = stored.id
-            await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
-            await send({"type": "http.response.body", "body": b"{}"})
+            await self._accept(scope, receive, tenant_id, started, result)
             status = 200
+            await _respond(send, 200, _OK_HEADERS, b"{}")
         except RelayError as error:
-            if outcome not in ("store_error",):
-                outcome = _OUTCOME_OF.get(type(error), error.code)
+            result.outcome = result.outcome or _OUTCOME_OF.get(type(error), error.code)
             status, headers, body_out = response_for(error)
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body_out})
+            closing = isinstance(error, BodyTooLarge) and not error.keep_alive
+            if closing and scope.get("http_version") in ("1.0", "1.1"):
+                headers.append((b"connection", b"close"))
+            await _respond(send, status, headers, body_out)
         elapsed = time.perf_counter() - started
         metrics = relay.metrics
         metrics.ack_seconds.observe(elapsed)
-        metrics.outcome[outcome].inc()
+        metrics.outcome[result.outcome or "accepted"].inc()
         if elapsed * 1000 > relay.config.budget_ms:
             metrics.over_budget.inc()
         relay.access_log.write(
@@ -158,19 +141,60 @@ class Ingress:
                 # Only a well-formed id is logged: nothing else from the URL.
                 "tenant": tenant_id if TENANT_ID.fullmatch(tenant_id) else None,
                 "status": status,
-                "outcome": outcome,
+                "outcome": result.outcome or "accepted",
                 "ms": round(elapsed * 1000, 2),
-                "events": events,
-                "delivery": delivery,
+                "events": result.events,
+                "delivery": result.delivery,
                 "http": scope.get("http_version"),
             },
         )
 
+    async def _accept(
+        self, scope: Scope, receive: Receive, tenant_id: str, started: float, result: _Result
+    ) -> None:
+        """Check and store one webhook, filling ``result``; raises :class:`RelayError`."""
+        relay = self.relay
+        if scope["method"] != "POST":
+            raise MethodNotAllowed
+        tenant = relay.tenants.get(tenant_id)
+        if tenant is None:
+            raise UnknownTenant
+        body = await self._read_body(scope, receive)
+        claimed = _header(scope, b"x-line-signature")
+        if claimed is None or not signature.verify(tenant.secret, body, claimed):
+            raise InvalidSignature
+        result.events = payload.count_events(body)
+        if result.events == 0:
+            result.outcome = "verify"
+            return
+        future = relay.store.append(tenant_id, body, claimed, int(time.time() * 1000))
+        remaining = relay.config.ack_deadline_ms / 1000 - (time.perf_counter() - started)
+        if not await wait_until(future, remaining):
+            raise Overloaded
+        try:
+            stored = future.result()
+        except StoreError as exc:
+            result.outcome = "store_error"
+            raise Overloaded from exc
+        if stored is None:
+            result.outcome = "duplicate"
+        else:
+            result.delivery = stored.id
+
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, or :class:`BodyTooLarge` once it is known to be over the limit.
+
+        HTTP/1.x: answered at once (from Content-Length when it is given) and
+        the connection closed, as the unread rest of the body would otherwise
+        be taken for the next request. HTTP/2: the rest of the stream is read
+        and dropped (within ``body_timeout``) before the 413, so the client is
+        not left blocked on flow control and its connection stays usable.
+        """
         limit = self.relay.config.max_body_bytes
+        http2 = scope.get("http_version") == "2"
         length = _header(scope, b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            raise BodyTooLarge
+        if not http2 and length is not None and (not length.isdigit() or int(length) > limit):
+            raise BodyTooLarge(keep_alive=False)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -181,13 +205,16 @@ class Ingress:
                         raise BodyTimeout
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge
-                    chunks.append(chunk)
+                    if size > limit and not http2:
+                        raise BodyTooLarge(keep_alive=False)
+                    if size <= limit:
+                        chunks.append(chunk)
                     if not message.get("more_body", False):
                         break
         except TimeoutError as exc:
-            raise BodyTimeout from exc
+            raise BodyTooLarge() if size > limit else BodyTimeout() from exc
+        if size > limit:
+            raise BodyTooLarge
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- bridges -------------------------------------------------------------
@@ -233,6 +260,17 @@ class Ingress:
         finally:
             relay.bridges.discard(connection)
             relay.hub.detach(connection)
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    """Send a whole response; a client already gone is not an error of ours."""
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except OSError as exc:  # ssl.SSLError included: a TLS peer that already closed
+        log.debug("client gone before the answer", extra={"status": status, "why": repr(exc)})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from appliance import config as config_module
 from appliance import logs
-from appliance.cli import add_state_dir
+from appliance.cli import add_state_dir, explicit_state_dir
 from appliance.errors import ConfigError
 from tls import policy
 
@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
         "listen": args.listen,
         "admin_listen": args.admin_listen,
     }
-    # --state-dir given on the command line (or its env default) beats the file.
-    if "LINERELAY_STATE_DIR" in os.environ or args.state_dir != "var":
-        overrides["state_dir"] = args.state_dir
+    # --state-dir beats the file; $LINERELAY_STATE_DIR comes in with the other
+    # LINERELAY_* variables, and the config's default is ./var.
+    overrides["state_dir"] = explicit_state_dir(args)
     try:
         config = config_module.load(args.config, os.environ, overrides)
     except ConfigError as exc:

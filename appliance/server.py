@@ -234,10 +234,12 @@ class Server:
         relay = self.relay
         relay.tenants.refresh()
         removed, rotated = relay.tenants.take_changes()
-        for tenant in removed:
+        for tenant, recreated_at in removed.items():
             for connection in relay.hub.close_tenant(tenant, "removed"):
                 connection.terminate(CLOSE_TENANT_REMOVED)
-            discarded = await relay.store.purge(tenant)
+            # `tenant remove --force` purged the store; this catches webhooks
+            # accepted in between, and never touches a new tenant's under the same id.
+            discarded = await relay.store.purge(tenant, recreated_at)
             log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
         for tenant in rotated:
             for connection in [c for c in relay.bridges if c.tenant == tenant]:

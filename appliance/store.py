@@ -162,8 +162,9 @@ class Store(abc.ABC):
         """Delete acked and expired rows received before ``older_than`` (ms); returns the count."""
 
     @abc.abstractmethod
-    async def purge(self, tenant: str) -> int:
-        """Delete every row of ``tenant``; returns how many were still unacked."""
+    async def purge(self, tenant: str, received_before: int | None = None) -> int:
+        """Delete the rows of ``tenant`` (received before ``received_before`` ms, if
+        given); returns how many of them were still unacked."""
 
     @abc.abstractmethod
     def depth(self, tenant: str) -> int:
@@ -279,9 +280,9 @@ class SQLiteStore(Store):
         count: int = await self._call("prune", older_than)
         return count
 
-    async def purge(self, tenant: str) -> int:
-        count: int = await self._call("purge", tenant)
-        self._depth.pop(tenant, None)
+    async def purge(self, tenant: str, received_before: int | None = None) -> int:
+        count: int = await self._call("purge", tenant, received_before)
+        self._depth[tenant] = max(0, self._depth[tenant] - count)
         return count
 
     def depth(self, tenant: str) -> int:
@@ -466,12 +467,37 @@ class SQLiteStore(Store):
         return cursor.rowcount
 
     @staticmethod
-    def _do_purge(db: sqlite3.Connection, tenant: str) -> int:
-        (unacked,) = db.execute(
-            "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND state = ?", (tenant, QUEUED)
-        ).fetchone()
-        db.execute("DELETE FROM webhooks WHERE tenant = ?", (tenant,))
-        return int(unacked)
+    def _do_purge(db: sqlite3.Connection, tenant: str, received_before: int | None) -> int:
+        return _purge(db, tenant, received_before)
+
+
+def _purge(db: sqlite3.Connection, tenant: str, received_before: int | None) -> int:
+    before = received_before if received_before is not None else 2**62
+    (unacked,) = db.execute(
+        "SELECT COUNT(*) FROM webhooks WHERE tenant = ? AND state = ? AND received_at < ?",
+        (tenant, QUEUED, before),
+    ).fetchone()
+    db.execute("DELETE FROM webhooks WHERE tenant = ? AND received_at < ?", (tenant, before))
+    return int(unacked)
+
+
+def purge_file(path: Path, tenant: str) -> int:
+    """Delete every row of ``tenant`` from the store file at ``path`` (the operator CLI's
+    ``tenant remove --force``); returns how many were unacked. Safe beside a running relay."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        count = _purge(db, tenant, None)
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    finally:
+        db.close()
+    return count
 
 
 def count_unacked(path: Path, tenant: str) -> int:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance.cli import add_state_dir
+from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, TenantError
-from appliance.store import count_unacked
+from appliance.store import count_unacked, purge_file
 from appliance.tenants import TenantRegistry, validate_id
 
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _state(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir)
+    return state_dir(args)
 
 
 def _fail(message: str) -> int:
@@ -160,7 +160,11 @@ def _remove(args: argparse.Namespace) -> int:
             registry.close()
     except TenantError as exc:
         return _fail(str(exc))
-    print(f"removed {args.tenant}")
+    discarded = purge_file(_state(args) / "store.db", args.tenant)
+    print(
+        f"removed {args.tenant}"
+        + (f"; {discarded} unacked webhooks discarded" if discarded else "")
+    )
     return 0
 
 

@@ -39,12 +39,20 @@ def body_600(marker: str = "0") -> bytes:
         "mode": "active",
     }
     body = {"destination": "Uxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "events": [event]}
-    raw = json.dumps(body, indent=1).encode()
+    raw = json.dumps(body).encode()  # one line, as LINE sends it
     pad = 600 - len(raw)
     if pad > 0:
         event["message"]["text"] += " " + "x" * (pad - 1)  # type: ignore[index]
-        raw = json.dumps(body, indent=1).encode()
+        raw = json.dumps(body).encode()
     return raw
+
+
+def write_bodies(path: Path, count: int) -> None:
+    """``count`` distinct signed bodies, one ``signature<TAB>body`` line each, for wrk."""
+    with path.open("wb") as fh:
+        for i in range(count):
+            body = body_600(str(i))
+            fh.write(signature(body).encode() + b"\t" + body + b"\n")
 
 
 def signature(body: bytes) -> str:

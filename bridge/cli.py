@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from appliance import logs
-from appliance.cli import add_state_dir, default_state_dir
+from appliance.cli import add_state_dir, default_state_dir, explicit_state_dir
 from bridge.config import BridgeConfigError, ConfigFile, resolve_state_dir
 from bridge.status import StatusUnavailable, format_status, is_running, read_status
 
@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "See docs/bridge.md."
         ),
     )
-    add_state_dir(parser)
+    add_state_dir(
+        parser,
+        help="the bridge's queue and status (default: the state_dir key, else "
+        "$LINERELAY_STATE_DIR, else ./var)",
+    )
     parser.add_argument(
         "--config", required=True, type=Path, metavar="FILE", help="the bridge's JSON config file"
     )
@@ -37,18 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument("--json", action="store_true", help="with --status: print the raw JSON")
     parser.set_defaults(func=run)
-
-
-def _explicit_state_dir(args: argparse.Namespace) -> str | None:
-    """``--state-dir`` when given on the command line.
-
-    The top-level default ($LINERELAY_STATE_DIR or ./var) is the relay's
-    state dir, never the bridge's, so it is not used here.
-    """
-    value = getattr(args, "state_dir", None)
-    if value is None or value == default_state_dir():
-        return None
-    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from bridge.inbox import InboxError  # noqa: PLC0415
     from bridge.service import Bridge, StateDirBusy, lock_state_dir  # noqa: PLC0415
 
-    state_dir = resolve_state_dir(config_file.current, args.config, _explicit_state_dir(args))
+    state_dir = resolve_state_dir(
+        config_file.current, args.config, explicit_state_dir(args), default_state_dir()
+    )
     try:
         lock = lock_state_dir(state_dir)
     except (StateDirBusy, OSError) as exc:
@@ -88,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _show_status(args: argparse.Namespace) -> int:
     """Exit 0 when the bridge is running, 1 when it is not, 2 when there is no status."""
-    override = _explicit_state_dir(args)
+    override = explicit_state_dir(args)
     try:
         config = ConfigFile(args.config).current
     except BridgeConfigError as exc:
         print(f"linerelay bridge: {exc}", file=sys.stderr)
         return 2
-    state_dir = resolve_state_dir(config, args.config, override)
+    state_dir = resolve_state_dir(config, args.config, override, default_state_dir())
     try:
         snapshot = read_status(state_dir)
     except StatusUnavailable as exc:

@@ -62,7 +62,7 @@ class BridgeConfig:
     state_dir: str = _doc(
         "",
         "Where the queue and status live; relative to the config file. Empty: "
-        "<config name>.state beside the config file (--state-dir overrides). Restart to change.",
+        "$LINERELAY_STATE_DIR, else ./var (--state-dir overrides). Restart to change.",
     )
     concurrency: int = _doc(4, "Events answered at the same time (1-64).")
     reply_fallback_push: bool = _doc(
@@ -195,14 +195,17 @@ def _read_json(path: Path) -> object:
         raise BridgeConfigError(f"config {path} is not valid JSON: {exc}") from exc
 
 
-def resolve_state_dir(config: BridgeConfig, config_path: Path, override: str | None) -> Path:
-    """The state directory: ``override``, else ``state_dir`` (relative to the file), else beside it."""
-    base = config_path.resolve().parent
+def resolve_state_dir(
+    config: BridgeConfig, config_path: Path, override: str | None, default: str
+) -> Path:
+    """The state directory: ``override`` (``--state-dir``), else the ``state_dir`` key
+    (relative to the config file), else ``default`` ($LINERELAY_STATE_DIR or ./var,
+    as for every linerelay command)."""
     if override:
         return Path(override).resolve()
     if config.state_dir:
-        return (base / config.state_dir).resolve()
-    return base / f"{config_path.stem}.state"
+        return (config_path.resolve().parent / config.state_dir).resolve()
+    return Path(default).resolve()
 
 
 def _coerce(key: str, kind: Any, value: Any) -> Any:

@@ -34,7 +34,7 @@ from loadtest import gateway, metrics
 from loadtest.config import ENV_VAR, ConfigError, RunConfig, tenants_from_file, tenants_from_options
 from loadtest.pacing import PROFILES, PacingError, pace
 from loadtest.safety import BadTarget, ForbiddenTarget, check_target
-from loadtest.tally import Tally
+from loadtest.tally import TALLY_FILE, Tally
 from loadtest.verdict import Slo, judge
 
 #: Bridge churn for the soak profile when ``--churn`` is not given: each bridge
@@ -88,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--admin-url",
         metavar="URL",
         help="the relay's admin listener (e.g. http://127.0.0.1:9443) for /metrics",
+    )
+    target.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="simulated bridges reply through this Messaging API (e.g. the loadtest gateway)",
     )
     load = parser.add_argument_group("load")
     load.add_argument("--rate", type=float, default=50.0, help="steady webhooks per second")
@@ -197,6 +202,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if not args.target:
         raise ConfigError("--target is required")
     check_target(args.target)
+    if args.gateway:
+        check_target(args.gateway)
     if args.tenants and (args.tenant or args.channel_secret or args.bridge_token):
         raise ConfigError("give tenants either with --tenants FILE or with --tenant options")
     tenants = (
@@ -208,6 +215,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         raise ConfigError("no tenant: give --tenant ID --channel-secret SECRET, or --tenants FILE")
     if len({t.bridge_token is None for t in tenants}) > 1:
         raise ConfigError("give a bridge token for every tenant or for none")
+    if args.gateway and tenants[0].bridge_token is None:
+        raise ConfigError("--gateway needs simulated bridges: give --bridge-token")
     if args.ca and not Path(args.ca).is_file():
         raise ConfigError(f"CA file {args.ca} does not exist")
     if not math.isfinite(args.duration) or args.duration <= 0:
@@ -240,6 +249,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         churn_seconds=churn,
         new_connection_ratio=args.new_connection_ratio,
         budget_ms=args.budget_ms,
+        gateway=args.gateway.rstrip("/") if args.gateway else None,
         report_dir=str(args.report.resolve()),
     )
 
@@ -348,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if subprocess.run(commands[0], env=env, check=False).returncode == 0 else 2
     report = Path(config.report_dir)
     report.mkdir(parents=True, exist_ok=True)
-    tally_file = report / "tally.json"
+    tally_file = report / TALLY_FILE
     tally_file.unlink(missing_ok=True)
     before = metrics.scrape(args.admin_url) if args.admin_url else None
     timeout = config.duration + config.drain + GRACE_SECONDS + (args.web_linger if args.web else 0)

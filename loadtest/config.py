@@ -53,6 +53,7 @@ class RunConfig:
     churn_seconds: float | None = None
     new_connection_ratio: float = 0.1
     budget_ms: float = 1000.0
+    gateway: str | None = None
     mix: Mix = field(default_factory=Mix)
     report_dir: str = "."
 

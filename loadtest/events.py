@@ -199,3 +199,41 @@ class WebhookFactory:
             if message.get("type") == "text" and not message.get("emojis"):
                 message["text"] = rng.choice(_TEXTS)
         return event
+
+
+#: The text simulated bridges reply with.
+REPLY_TEXT = "Thanks, we got your message."
+
+
+def gateway_calls(body: str | bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The Messaging API calls a bridge makes for a delivered body: ``(path, JSON)`` pairs.
+
+    Every message event with a reply token gets a reply; in a one-on-one chat
+    the loading animation is started first, as the project's bridge does.
+    Other events (follows, postbacks, unknown types) are acknowledged and
+    left unanswered.
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return []
+    events = obj.get("events") if isinstance(obj, dict) else None
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for event in events if isinstance(events, list) else []:
+        if not isinstance(event, dict) or event.get("type") != "message":
+            continue
+        token = event.get("replyToken")
+        if not isinstance(token, str):
+            continue
+        source = event.get("source")
+        if isinstance(source, dict) and source.get("type") == "user" and source.get("userId"):
+            calls.append(
+                ("/v2/bot/chat/loading/start", {"chatId": source["userId"], "loadingSeconds": 5})
+            )
+        calls.append(
+            (
+                "/v2/bot/message/reply",
+                {"replyToken": token, "messages": [{"type": "text", "text": REPLY_TEXT}]},
+            )
+        )
+    return calls

@@ -11,7 +11,8 @@ directory when the test stops, for the command to judge.
   constant per-user throughput, over keep-alive connections with a share of
   requests closing theirs, as LINE's client does.
 - :class:`BridgeUser` holds one bridge WebSocket per tenant, acks every
-  delivery and reports its end-to-end latency as a Locust request event.
+  delivery and reports its end-to-end latency as a Locust request event;
+  with ``--gateway`` it then answers through the simulated Messaging API.
 - :class:`SteadyShape`, :class:`SpikeShape`, :class:`SoakShape`: the run's
   profile over time, then a drain period with only the bridges left.
 """
@@ -19,7 +20,6 @@ directory when the test stops, for the command to judge.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import ssl
 import time
@@ -28,8 +28,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.pool
 import gevent.ssl
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
+from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -38,18 +40,26 @@ from websockets.sync.client import ClientConnection, connect
 from appliance import protocol
 from appliance.signature import sign, verify
 from loadtest.config import RunConfig
-from loadtest.events import Templates, WebhookFactory, destination_for, marker_of, ulid_ms
+from loadtest.events import (
+    Templates,
+    WebhookFactory,
+    destination_for,
+    gateway_calls,
+    marker_of,
+    ulid_ms,
+)
 from loadtest.pacing import Pace, drain_done, users_at
-from loadtest.tally import Tally
-
-log = logging.getLogger(__name__)
+from loadtest.tally import TALLY_FILE, Tally
 
 CONFIG = RunConfig.from_env()
 PACE = Pace(CONFIG.rate, CONFIG.users, CONFIG.per_user_rate)
 TENANTS = {t.tenant: t for t in CONFIG.tenants}
 TALLY = Tally()
 TALLY_MESSAGE = "linerelay_tally"
-TALLY_FILE = "tally.json"
+#: Gateway calls one bridge host has in flight at most.
+GATEWAY_CONCURRENCY = 50
+#: A channel access token for the simulated gateway, which only checks that there is one.
+GATEWAY_HEADERS = {"Authorization": "Bearer loadtest-channel-token"}
 #: How long a bridge waits before reconnecting after a drop (a real bridge backs off too).
 RECONNECT_PAUSE = 0.5
 
@@ -126,6 +136,20 @@ class BridgeUser(User):
         """Open one bridge connection per tenant, each in its own greenlet."""
         self._running = True
         self._sockets: dict[str, ClientConnection] = {}
+        # Answers go out after the ack, as a bridge works; a full pool holds up receiving.
+        self._answers = gevent.pool.Pool(GATEWAY_CONCURRENCY)
+        self._api = (
+            FastHttpSession(
+                CONFIG.gateway,
+                self.environment.events.request,
+                self,
+                insecure=False,
+                ssl_context_factory=_ssl_context,
+                concurrency=GATEWAY_CONCURRENCY,
+            )
+            if CONFIG.gateway
+            else None
+        )
         self._holders = [gevent.spawn(self._hold, tenant) for tenant in TENANTS]
 
     def on_stop(self) -> None:
@@ -185,13 +209,23 @@ class BridgeUser(User):
                 self._event("bad frame", "WSS", time.perf_counter(), len(text), exc)
                 continue
             if isinstance(frame, protocol.Webhook):
-                self._deliver(frame, secret)
+                ours = self._deliver(frame, secret)
                 ws.send(protocol.encode(protocol.Ack(frame.id)))
+                if ours and self._api is not None:
+                    self._answers.spawn(self._answer, frame.body)
             elif isinstance(frame, protocol.Hello) and frame.tenant != tenant:
                 wrong = ValueError(f"hello for tenant {frame.tenant!r} on {tenant!r}'s token")
                 self._event("bad frame", "WSS", time.perf_counter(), len(text), wrong)
 
-    def _deliver(self, frame: protocol.Webhook, secret: bytes) -> None:
+    def _answer(self, body: str) -> None:
+        """Call the gateway as a bridge would for ``body`` (Locust counts each call)."""
+        assert self._api is not None
+        for path, payload in gateway_calls(body):
+            name = "gateway reply" if path.endswith("/reply") else "gateway loading"
+            self._api.post(path, json=payload, headers=GATEWAY_HEADERS, name=name)
+
+    def _deliver(self, frame: protocol.Webhook, secret: bytes) -> bool:
+        """Count one delivery; whether the body was ours, with a valid signature."""
         body = frame.body.encode("utf-8")
         marker = marker_of(body) if verify(secret, body, frame.signature) else None
         sent_ms = ulid_ms(marker) if marker else None
@@ -207,6 +241,7 @@ class BridgeUser(User):
             exception=error,
             context={},
         )
+        return marker is not None
 
     def _event(
         self, name: str, kind: str, started: float, size: int, exc: Exception | None

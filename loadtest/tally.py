@@ -15,6 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The file in the report directory where the master leaves the merged tally for the command.
+TALLY_FILE = "tally.json"
+
 
 @dataclass(slots=True)
 class Histogram:

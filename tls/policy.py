@@ -68,18 +68,21 @@ def load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path) -> None
     The pair is first tried on a scratch context, so a bad file (unreadable,
     not PEM, key not matching the leaf) never reaches a context that serves.
     """
+    for path in (cert_file, key_file):
+        # ssl names neither file in its errors, so look first.
+        if not os.access(path, os.R_OK):
+            why = "permission denied" if Path(path).exists() else "no such file"
+            raise CertificateError(f"{path}: {why}")
     scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         scratch.load_cert_chain(cert_file, key_file)
-    except FileNotFoundError as exc:
-        raise CertificateError(f"{exc.filename}: no such file") from exc
-    except PermissionError as exc:
-        raise CertificateError(f"{exc.filename}: permission denied") from exc
     except ssl.SSLError as exc:
         raise CertificateError(
             f"{cert_file} / {key_file}: cannot be served ({exc.reason or exc}); "
             "check the chain is PEM, leaf first, and the key is the leaf's"
         ) from exc
+    except OSError as exc:
+        raise CertificateError(f"{cert_file} / {key_file}: cannot be read ({exc})") from exc
     context.load_cert_chain(cert_file, key_file)
 
 

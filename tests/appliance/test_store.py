@@ -26,6 +26,7 @@ from appliance.store import (
     Store,
     delivery_id,
     parse_delivery_id,
+    purge_file,
     wait_until,
 )
 
@@ -205,6 +206,22 @@ async def test_purge_drops_a_tenant_and_counts_its_unacked(store: Store) -> None
     assert await store.purge("a") == 2
     assert await store.pending("a", 0, 10) == []
     assert store.depth("a") == 0
+    assert len(await store.pending("b", 0, 10)) == 1
+
+
+async def test_purge_before_a_time_keeps_newer_rows(store: Store) -> None:
+    await store.append("a", b"old", "s", 1_000)
+    await store.append("a", b"new", "s", 9_000)
+    assert await store.purge("a", received_before=5_000) == 1
+    assert [d.body for d in await store.pending("a", 0, 10)] == [b"new"]
+    assert store.depth("a") == 1
+
+
+async def test_purge_file_works_beside_an_open_store(store: Store, tmp_path: Path) -> None:
+    await put(store, "a", b"1")
+    await put(store, "b", b"2")
+    assert purge_file(tmp_path / "store.db", "a") == 1
+    assert await store.pending("a", 0, 10) == []
     assert len(await store.pending("b", 0, 10)) == 1
 
 

@@ -67,8 +67,8 @@ def test_rotation_retires_the_old_token_and_is_reported(paths: Path) -> None:
     new = registry.rotate("a")
     assert directory.authenticate(new) is not None
     assert directory.authenticate(old) is None
-    assert directory.take_changes() == (set(), {"a"})
-    assert directory.take_changes() == (set(), set())
+    assert directory.take_changes() == ({}, {"a"})
+    assert directory.take_changes() == ({}, set())
 
 
 def test_removal_is_reported(paths: Path) -> None:
@@ -76,9 +76,32 @@ def test_removal_is_reported(paths: Path) -> None:
     registry.add("a", "s")
     directory = TenantDirectory(paths)
     registry.remove("a")
-    directory.refresh()
     assert directory.get("a") is None
-    assert directory.take_changes() == ({"a"}, set())
+    assert directory.take_changes() == ({"a": None}, set())
+
+
+def test_changes_apply_to_the_next_lookup_without_a_poll(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    old = registry.add("a", "s")
+    directory = TenantDirectory(paths)
+    registry.rotate("a")
+    assert directory.authenticate(old) is None
+    registry.remove("a")
+    assert directory.get("a") is None
+
+
+def test_a_tenant_removed_and_added_again_is_a_removal_not_a_rotation(paths: Path) -> None:
+    registry = TenantRegistry(paths)
+    registry.add("a", "old-secret")
+    directory = TenantDirectory(paths)
+    registry.remove("a")
+    registry.add("a", "new-secret")
+    tenant = directory.get("a")
+    assert tenant is not None
+    assert tenant.secret == b"new-secret"
+    removed, rotated = directory.take_changes()
+    assert removed == {"a": tenant.created_at}
+    assert rotated == set()
 
 
 @pytest.mark.parametrize("secret", ["", "   \n", "has space", "ctl\x00char"])

@@ -68,7 +68,14 @@ class BridgeProcess:
     def start(self) -> BridgeProcess:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
-                [LINERELAY, "bridge", "--config", str(self.config_file)],
+                [
+                    LINERELAY,
+                    "bridge",
+                    "--config",
+                    str(self.config_file),
+                    "--state-dir",
+                    str(self.state_dir),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

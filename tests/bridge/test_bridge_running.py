@@ -106,13 +106,22 @@ def test_text_message_is_answered_by_reply_after_the_loading_animation(
 
 
 def test_status_readout_shows_connection_queue_and_last_error(bridge: BridgeProcess) -> None:
-    shown = run_bridge_cli("--config", str(bridge.config_file), "--status", "--json")
+    shown = run_bridge_cli(
+        "--config",
+        str(bridge.config_file),
+        "--state-dir",
+        str(bridge.state_dir),
+        "--status",
+        "--json",
+    )
     assert shown.returncode == 0, shown.stderr
     snapshot = json.loads(shown.stdout)
     assert snapshot["connection"] == "connected"
     assert snapshot["tenant"] == bridge.status()["tenant"]
     assert {"queue_depth", "last_error", "counters"} <= set(snapshot)
-    human = run_bridge_cli("--config", str(bridge.config_file), "--status")
+    human = run_bridge_cli(
+        "--config", str(bridge.config_file), "--state-dir", str(bridge.state_dir), "--status"
+    )
     assert "connection:   connected" in human.stdout
     assert "queue depth:" in human.stdout
 
@@ -340,7 +349,9 @@ def test_tls_and_dns_failures_are_retried_and_recovered(
 
 
 def test_second_bridge_on_the_same_state_dir_is_refused(bridge: BridgeProcess) -> None:
-    result = run_bridge_cli("--config", str(bridge.config_file))
+    result = run_bridge_cli(
+        "--config", str(bridge.config_file), "--state-dir", str(bridge.state_dir)
+    )
     assert result.returncode == 2
     assert "another bridge is running" in result.stderr
     bridge.check_alive()
@@ -362,7 +373,9 @@ def test_sigterm_lets_the_answer_in_flight_finish_and_exits_cleanly(
     assert bridge.stop() == 0
     assert len(replies_to(fake_line, "rt-term")) == 1
     assert bridge.status()["connection"] == "stopped"
-    shown = run_bridge_cli("--config", str(bridge.config_file), "--status")
+    shown = run_bridge_cli(
+        "--config", str(bridge.config_file), "--state-dir", str(bridge.state_dir), "--status"
+    )
     assert shown.returncode == 1
     assert "running:      no" in shown.stdout
     assert any(e.get("event") == "bridge stopped" for e in bridge.log_events())
@@ -373,7 +386,7 @@ def test_missing_required_key_exits_2_naming_it(tmp_path: Path) -> None:
     path.write_text(
         json.dumps({"relay_token": "x", "channel_secret": "y", "relay_url": "wss://h/bridge"})
     )
-    result = run_bridge_cli("--config", str(path))
+    result = run_bridge_cli("--config", str(path), "--state-dir", str(tmp_path / "b.state"))
     assert result.returncode == 2
     assert "channel_access_token" in result.stderr
     assert "openclaw_url" in result.stderr

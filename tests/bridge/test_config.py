@@ -152,15 +152,14 @@ def test_in_place_edit_is_picked_up(tmp_path: Path) -> None:
     assert new.changed_keys(parse(BASE)) == ["channel_access_token"]
 
 
-def test_state_dir_defaults_beside_the_config(tmp_path: Path) -> None:
+def test_state_dir_is_the_flag_then_the_key_then_the_linerelay_default(tmp_path: Path) -> None:
     path = tmp_path / "unit7.json"
-    assert resolve_state_dir(parse(BASE), path, None) == tmp_path.resolve() / "unit7.state"
+    default = str(tmp_path / "var")
+    assert resolve_state_dir(parse(BASE), path, None, default) == (tmp_path / "var").resolve()
+    keyed = parse({**BASE, "state_dir": "q"})
+    assert resolve_state_dir(keyed, path, None, default) == tmp_path.resolve() / "q"
     assert (
-        resolve_state_dir(parse({**BASE, "state_dir": "q"}), path, None) == tmp_path.resolve() / "q"
-    )
-    assert (
-        resolve_state_dir(parse({**BASE, "state_dir": "q"}), path, str(tmp_path / "x"))
-        == (tmp_path / "x").resolve()
+        resolve_state_dir(keyed, path, str(tmp_path / "x"), default) == (tmp_path / "x").resolve()
     )
 
 

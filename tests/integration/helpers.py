@@ -1,9 +1,9 @@
 """Shared pieces of the relay's integration tests.
 
 Real parts only: a :class:`Harness` wraps one :class:`RelayProcess` (a real
-``linerelay serve``), registers tenants through the real CLI and remembers
-every secret, token and signature a module used, so the module can check at
-teardown that none of them reached the relay's log. :class:`Bridge` is a
+``linerelay serve``), registers tenants in its real tenants file and
+remembers every secret, token and signature a module used, so the module can
+check at teardown that none of them reached the relay's log. :class:`Bridge` is a
 python-websockets client speaking the bridge protocol (PROTOCOL.md §2).
 """
 
@@ -74,14 +74,14 @@ async def async_wait_for(
         await asyncio.sleep(interval)
 
 
-def webhook_body(tag: str, *, redelivery: bool = False) -> bytes:
+def webhook_body(tag: str) -> bytes:
     """A LINE-shaped body with one text message event whose text is ``tag``."""
     event = {
         "type": "message",
         "mode": "active",
         "timestamp": 1763800000123,
         "webhookEventId": "01HZ" + uuid.uuid4().hex[:22].upper(),
-        "deliveryContext": {"isRedelivery": redelivery},
+        "deliveryContext": {"isRedelivery": False},
         "source": {"type": "user", "userId": "U" + "0" * 32},
         "replyToken": uuid.uuid4().hex,
         "message": {"id": "1", "type": "text", "quoteToken": "q", "text": tag},
@@ -97,7 +97,7 @@ def tag_of(frame: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Tenant:
-    """A tenant registered through the CLI, with everything a test needs of it."""
+    """A tenant of the relay, with everything a test needs of it."""
 
     id: str
     secret: str

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     tag_of,
     webhook_body,
 )
+from tests.support.relay import RelayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -369,3 +370,15 @@ async def test_a_bridge_that_stops_answering_pings_is_dropped_and_its_webhooks_m
         frame = await bridge.webhook()
         assert (tag_of(frame), frame["attempt"]) == ("to-the-dead", 2)
         await bridge.ack(frame)
+
+
+async def test_shutdown_after_a_bridge_left_is_clean(relay: RelayProcess) -> None:
+    harness = Harness(relay)
+    tenant = harness.tenant()
+    await post_tags(harness, tenant, "last")
+    async with await Bridge.open(harness, tenant.token) as bridge:
+        await bridge.ack(await bridge.webhook())
+    assert relay.stop() == 0
+    errors = [line for line in relay.output().splitlines() if '"level":"error"' in line]
+    assert harness.leaks() == []
+    assert errors == []

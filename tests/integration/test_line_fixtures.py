@@ -46,6 +46,7 @@ async def test_fixture_reaches_the_bridge_byte_identical_and_verifiable(
             tenant.url, content=body, headers={"X-Line-Signature": signature}
         )
     assert response.status_code == 200, response.text
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
     async with await Bridge.open(harness, tenant.token) as bridge:
         # The embedded default's window.
         assert bridge.hello == {"type": "hello", "protocol": 1, "tenant": tenant.id, "window": 64}

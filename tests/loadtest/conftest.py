@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,11 +30,6 @@ def loadtest(argv: list[str]) -> int:
     args = parse(argv)
     status: int = args.func(args)
     return status
-
-
-def read_json(path: Path) -> Any:
-    """The JSON document at ``path``."""
-    return json.loads(path.read_text("utf-8"))
 
 
 def _start(mode: str) -> Iterator[str]:
@@ -84,3 +78,20 @@ def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture
+def gateway() -> Iterator[str]:
+    """A ``linerelay loadtest gateway`` process (20 ms latency); its base URL."""
+    linerelay = str(Path(sys.executable).with_name("linerelay"))
+    process = subprocess.Popen(
+        [linerelay, "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "20"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield json.loads(process.stdout.readline())["gateway"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -206,3 +206,27 @@ def test_web_ui_serves_the_live_run_and_the_verdict_follows(
     assert "running" in states
     assert status == 0
     assert json.loads((report / "verdict.json").read_text())["lost"] == 0
+
+
+def test_a_worker_joining_from_elsewhere_sends_for_the_master(
+    shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
+) -> None:
+    report = tmp_path / "report"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = [
+        *common(shared_relay, report),
+        *tenant_options(shared_relay, "join", 1),
+        "--rate", "10", "--duration", "4",
+    ]  # fmt: skip
+    with ThreadPoolExecutor(2) as pool:
+        master = pool.submit(
+            run_loadtest,
+            [*options, "--master-bind", f"127.0.0.1:{port}", "--expect-workers", "1"],
+        )
+        worker = pool.submit(run_loadtest, [*options, "--join", f"127.0.0.1:{port}"])
+        assert master.result(timeout=300) == 0
+        assert worker.result(timeout=60) == 0
+    verdict = json.loads((report / "verdict.json").read_text())
+    assert verdict["accepted"] == verdict["delivered"] >= 10

@@ -10,6 +10,7 @@ import pytest
 from loadtest.cli import build_config, locust_commands, register
 from loadtest.config import ConfigError
 from loadtest.pacing import PacingError
+from loadtest.safety import ForbiddenTarget
 
 BASE = ["--target", "https://127.0.0.1:8443", "--tenant", "a", "--channel-secret", "s"]
 
@@ -73,6 +74,15 @@ def test_the_gateway_form_parses_beside_the_protocol_form() -> None:
 def test_bad_options_are_refused_with_a_reason(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_config(parse(*argv))
+
+
+def test_a_gateway_needs_bridges_and_must_not_be_line() -> None:
+    with pytest.raises(ConfigError, match="--bridge-token"):
+        build_config(parse(*BASE, "--gateway", "http://127.0.0.1:8090"))
+    with pytest.raises(ForbiddenTarget):
+        build_config(parse(*BASE, "--bridge-token", "t", "--gateway", "https://api.line.me"))
+    config = build_config(parse(*BASE, "--bridge-token", "t", "--gateway", "http://127.0.0.1:1/"))
+    assert config.gateway == "http://127.0.0.1:1"
 
 
 def test_a_zero_rate_is_refused() -> None:

@@ -9,10 +9,12 @@ from collections import Counter
 import pytest
 
 from loadtest.events import (
+    REPLY_TEXT,
     Mix,
     Templates,
     WebhookFactory,
     destination_for,
+    gateway_calls,
     marker_of,
     new_ulid,
     ulid_ms,
@@ -91,3 +93,30 @@ def test_a_mix_of_only_zero_weights_is_refused(templates: Templates) -> None:
 )
 def test_marker_of_foreign_bodies_is_none(body: bytes) -> None:
     assert marker_of(body) is None
+
+
+def test_a_bridge_replies_to_message_events_with_loading_first_in_user_chats(
+    templates: Templates,
+) -> None:
+    gen = factory(
+        templates, Mix(text=1, sticker=0, image=0, follow=0, postback=0, multi=0, redelivery=0)
+    )
+    hook = next(h for h in (gen.build("U0", NOW) for _ in range(50)) if b'"type":"user"' in h.body)
+    event = json.loads(hook.body)["events"][0]
+    calls = gateway_calls(hook.body)
+    assert calls == [
+        ("/v2/bot/chat/loading/start", {"chatId": event["source"]["userId"], "loadingSeconds": 5}),
+        (
+            "/v2/bot/message/reply",
+            {"replyToken": event["replyToken"], "messages": [{"type": "text", "text": REPLY_TEXT}]},
+        ),
+    ]
+
+
+def test_follows_postbacks_and_foreign_bodies_get_no_reply(templates: Templates) -> None:
+    gen = factory(
+        templates, Mix(text=0, sticker=0, image=0, follow=1, postback=1, multi=0, redelivery=0)
+    )
+    assert all(gateway_calls(gen.build("U0", NOW).body) == [] for _ in range(20))
+    assert gateway_calls(b"not json") == []
+    assert gateway_calls(b'{"events": [{"type": "message"}]}') == []

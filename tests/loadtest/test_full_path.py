@@ -1,13 +1,14 @@
-"""The full path under load: harness -> relay -> a real bridge -> the simulated gateway."""
+"""The full path under load: harness -> relay -> bridges -> the simulated Messaging API."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,21 +31,6 @@ def gateway_stats(base: str) -> dict[str, int]:
     with urllib.request.urlopen(base + "/stats", timeout=10) as answer:
         stats: dict[str, int] = json.loads(answer.read())["answers"]
     return stats
-
-
-@pytest.fixture
-def gateway() -> Iterator[str]:
-    process = subprocess.Popen(
-        [LINERELAY, "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "20"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        yield json.loads(process.stdout.readline())["gateway"]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_a_real_bridge_answers_generated_traffic_through_the_gateway(
@@ -93,3 +79,31 @@ def test_a_real_bridge_answers_generated_traffic_through_the_gateway(
     finally:
         bridge.terminate()
         bridge.wait(timeout=20)
+
+
+def test_simulated_bridges_reply_through_the_gateway_and_locust_counts_each_call(
+    shared_relay: RelayProcess,
+    gateway: str,
+    run_loadtest: Callable[[list[str]], int],
+    tmp_path: Path,
+) -> None:
+    token = shared_relay.add_tenant("sim-gw-1", "secret-sim")
+    report = tmp_path / "report"
+    status = run_loadtest(
+        ["--target", shared_relay.base_url, "--ca", str(shared_relay.ca_file),
+         "--tenant", "sim-gw-1", "--channel-secret", "secret-sim", "--bridge-token", token,
+         "--gateway", gateway, "--budget-ms", "10000", "--slo-ack-p99-ms", "10000",
+         "--rate", "10", "--duration", "4", "--report", str(report)]
+    )  # fmt: skip
+    verdict = json.loads((report / "verdict.json").read_text())
+    assert status == 0, verdict
+    with (report / "locust_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    stats = gateway_stats(gateway)
+    replies = stats.get("/v2/bot/message/reply 200", 0)
+    assert replies > 0
+    assert int(rows["gateway reply"]["Request Count"]) == replies
+    assert int(rows["gateway loading"]["Request Count"]) == stats.get(
+        "/v2/bot/chat/loading/start 202", 0
+    )
+    assert int(rows["gateway reply"]["Failure Count"]) == 0

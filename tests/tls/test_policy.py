@@ -53,5 +53,7 @@ def test_a_mismatched_key_is_refused_and_the_live_context_keeps_its_chain(
     context = policy.server_context("modern", pki.chain, pki.key)
     with pytest.raises(policy.CertificateError, match="cannot be served"):
         policy.load_chain(context, other.chain, pki.key)
-    with pytest.raises(policy.CertificateError, match="no such file"):
+    with pytest.raises(policy.CertificateError, match=r"absent\.pem: no such file"):
         policy.load_chain(context, tmp_path / "absent.pem", pki.key)
+    with pytest.raises(policy.CertificateError, match=r"absent\.key: no such file"):
+        policy.load_chain(context, pki.chain, tmp_path / "absent.key")
