@@ -71,6 +71,11 @@ class RelayConfig:
         1.0, "Seconds between checks for tenants added, removed or rotated by the CLI."
     )
     log_level: str = _doc("info", "debug, info, warning or error.")
+    hypercorn_access_log: bool = _doc(
+        False,
+        "Also write Hypercorn's access log (one more line per request, bridge tokens "
+        "in URLs redacted); the relay's own line per webhook is always written.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.tls_policy in TLS_POLICIES, "tls_policy", f"must be one of {TLS_POLICIES}")
@@ -169,6 +174,12 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                 if not isinstance(value, str):
                     raise TypeError
                 return value
+            case "bool":
+                if isinstance(value, bool):
+                    return value
+                if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                    return value.lower() in ("true", "1")
+                raise TypeError
             case "int":
                 if isinstance(value, bool):
                     raise TypeError

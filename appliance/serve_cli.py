@@ -10,7 +10,7 @@ from pathlib import Path
 from appliance import config as config_module
 from appliance import logs
 from appliance.cli import add_state_dir, explicit_state_dir
-from appliance.errors import ConfigError
+from appliance.errors import ConfigError, TenantError
 from tls import policy
 
 
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         server.run(config, args.config)
-    except (ConfigError, policy.CertificateError) as exc:
+    except (ConfigError, policy.CertificateError, TenantError) as exc:
         print(f"linerelay serve: {exc}", file=sys.stderr)
         return 2
     return 0

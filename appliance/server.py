@@ -34,7 +34,7 @@ from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTA
 from appliance.ingress import Relay
 from appliance.metrics import Metrics
 from appliance.store import Limits, SQLiteStore, delivery_id
-from appliance.tenants import TenantDirectory
+from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import DevPKI
 
@@ -67,6 +67,7 @@ class Server:
         self.state_dir = config.state_dir
         self._shutdown = asyncio.Event()
         self._ready = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
         if config.uses_dev_pki:
@@ -82,6 +83,8 @@ class Server:
         tuning.apply()
         _raise_open_files_limit()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # First of all: one relay per state dir, and the tenant CLI can find it.
+        pid_fd = hold_pid_file(self.state_dir)
         cert, key = self._tls_files(config)
         self.ssl_context = policy.server_context(config.tls_policy, cert, key)
         public_sock = _listen(config.listen)
@@ -97,30 +100,15 @@ class Server:
         hub = Hub(store, metrics, config.bridge_window, config.nack_backoff)
         self.relay = relay = Relay(config, tenants, store, hub, metrics)
 
-        public_config = _TLSConfig()
-        public_config.ssl_context = self.ssl_context
-        public_config.certfile, public_config.keyfile = str(cert), str(key)
-        # Hypercorn takes the bound sockets over (and closes them at the end).
-        public_config.bind = [f"fd://{public_sock.detach()}"]
-        public_config.websocket_ping_interval = config.ping_interval
-        # A connection that sends nothing, not even a pong, for this long is dead.
-        public_config.read_timeout = int(config.bridge_idle_timeout)
-        public_config.websocket_max_message_size = protocol.MAX_BRIDGE_FRAME_BYTES
-        public_config.ssl_handshake_timeout = 10
-        public_config.keep_alive_timeout = 30
-        public_config.backlog = 2048
-        admin_config = HypercornConfig()
-        admin_config.bind = [f"fd://{admin_sock.detach()}"]
-        for hconfig in (public_config, admin_config):
-            hconfig.include_server_header = False
-            hconfig.graceful_timeout = 5
-            hconfig.errorlog = logging.getLogger("hypercorn.error")
-            hconfig.accesslog = None
-
+        public_config, admin_config = _hypercorn_configs(
+            config, self.ssl_context, (cert, key), public_sock, admin_sock
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # `linerelay tenant ...` signals a change so it applies to the next request.
+        loop.add_signal_handler(signal.SIGUSR1, self._on_tenants_changed)
 
         housekeeping = loop.create_task(self._housekeeping())
         self._ready = True
@@ -153,6 +141,7 @@ class Server:
             self._ready = False
             housekeeping.cancel()
             relay.access_log.flush()
+            os.close(pid_fd)
             await store.close()
             tenants.close()
             log.info("relay stopped")
@@ -230,6 +219,12 @@ class Server:
                 log.exception("housekeeping failed")
             relay.metrics.bridges_connected.set(len(relay.bridges))
 
+    def _on_tenants_changed(self) -> None:
+        self.relay.tenants.refresh()
+        task = asyncio.get_running_loop().create_task(self._tenant_changes())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _tenant_changes(self) -> None:
         relay = self.relay
         relay.tenants.refresh()
@@ -265,6 +260,39 @@ class Server:
         for tenant, seqs in by_tenant.items():
             relay.hub.expired(tenant, seqs)
         await relay.store.prune(now_ms - int(config.dedupe_window * 1000))
+
+
+def _hypercorn_configs(
+    config: RelayConfig,
+    context: ssl.SSLContext,
+    chain: tuple[Path, Path],
+    public_sock: socket.socket,
+    admin_sock: socket.socket,
+) -> tuple[HypercornConfig, HypercornConfig]:
+    """Hypercorn's configs for the public (TLS) and admin (plain) listeners."""
+    public = _TLSConfig()
+    public.ssl_context = context
+    public.certfile, public.keyfile = str(chain[0]), str(chain[1])
+    # Hypercorn takes the bound sockets over (and closes them at the end).
+    public.bind = [f"fd://{public_sock.detach()}"]
+    public.websocket_ping_interval = config.ping_interval
+    # A connection that sends nothing, not even a pong, for this long is dead.
+    public.read_timeout = int(config.bridge_idle_timeout)
+    public.websocket_max_message_size = protocol.MAX_BRIDGE_FRAME_BYTES
+    public.ssl_handshake_timeout = 10
+    public.keep_alive_timeout = 30
+    public.backlog = 2048
+    admin = HypercornConfig()
+    admin.bind = [f"fd://{admin_sock.detach()}"]
+    for hconfig in (public, admin):
+        hconfig.include_server_header = False
+        hconfig.graceful_timeout = 5
+        hconfig.errorlog = logging.getLogger("hypercorn.error")
+        hconfig.accesslog = None
+    if config.hypercorn_access_log:
+        # Through the JSON formatter, which redacts /bridge/{token} paths.
+        public.accesslog = logging.getLogger("hypercorn.access")
+    return public, admin
 
 
 def _raise_open_files_limit() -> None:

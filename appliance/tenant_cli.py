@@ -18,7 +18,7 @@ from appliance import config as config_module
 from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, TenantError
 from appliance.store import count_unacked, purge_file
-from appliance.tenants import TenantRegistry, validate_id
+from appliance.tenants import TenantRegistry, notify_relay, validate_id
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,6 +105,7 @@ def _add(args: argparse.Namespace) -> int:
             token = registry.add(args.tenant, secret)
         finally:
             registry.close()
+        notify_relay(_state(args))
     except TenantError as exc:
         return _fail(str(exc))
     url = _webhook_url(args, args.tenant)
@@ -158,6 +159,7 @@ def _remove(args: argparse.Namespace) -> int:
             registry.remove(args.tenant)
         finally:
             registry.close()
+        notify_relay(_state(args))
     except TenantError as exc:
         return _fail(str(exc))
     discarded = purge_file(_state(args) / "store.db", args.tenant)
@@ -175,6 +177,7 @@ def _rotate(args: argparse.Namespace) -> int:
             token = registry.rotate(args.tenant)
         finally:
             registry.close()
+        notify_relay(_state(args))
     except TenantError as exc:
         return _fail(str(exc))
     if args.json:

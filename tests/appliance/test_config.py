@@ -86,3 +86,15 @@ def test_every_key_has_a_docstring_in_its_field() -> None:
 def test_replace_validates() -> None:
     with pytest.raises(ConfigError):
         RelayConfig().replace(bridge_window=0)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("0", False), ("False", False)])
+def test_booleans_from_the_environment(raw: str, expected: bool) -> None:
+    assert (
+        config.load(None, {"LINERELAY_HYPERCORN_ACCESS_LOG": raw}).hypercorn_access_log is expected
+    )
+
+
+def test_a_non_boolean_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="hypercorn_access_log"):
+        config.load(write(tmp_path, 'hypercorn_access_log = "yes please"\n'))

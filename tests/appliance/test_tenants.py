@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from appliance.errors import TenantError
-from appliance.tenants import TenantDirectory, TenantRegistry, hash_token, validate_id
+from appliance.tenants import (
+    PID_FILE,
+    TenantDirectory,
+    TenantRegistry,
+    hash_token,
+    hold_pid_file,
+    notify_relay,
+    validate_id,
+)
 
 
 @pytest.fixture
@@ -65,7 +74,7 @@ def test_rotation_retires_the_old_token_and_is_reported(paths: Path) -> None:
     old = registry.add("a", "s")
     directory = TenantDirectory(paths)
     new = registry.rotate("a")
-    assert directory.authenticate(new) is not None
+    assert directory.authenticate(new) is not None  # a miss re-reads the file
     assert directory.authenticate(old) is None
     assert directory.take_changes() == ({}, {"a"})
     assert directory.take_changes() == ({}, set())
@@ -76,18 +85,20 @@ def test_removal_is_reported(paths: Path) -> None:
     registry.add("a", "s")
     directory = TenantDirectory(paths)
     registry.remove("a")
+    assert directory.refresh()
     assert directory.get("a") is None
     assert directory.take_changes() == ({"a": None}, set())
 
 
-def test_changes_apply_to_the_next_lookup_without_a_poll(paths: Path) -> None:
+def test_hits_are_served_from_memory_until_a_refresh(paths: Path) -> None:
     registry = TenantRegistry(paths)
-    old = registry.add("a", "s")
+    registry.add("a", "s")
     directory = TenantDirectory(paths)
-    registry.rotate("a")
-    assert directory.authenticate(old) is None
     registry.remove("a")
+    assert directory.get("a") is not None  # what the relay's SIGUSR1 or poll corrects
+    assert directory.refresh()
     assert directory.get("a") is None
+    assert not directory.refresh()  # nothing changed since
 
 
 def test_a_tenant_removed_and_added_again_is_a_removal_not_a_rotation(paths: Path) -> None:
@@ -96,6 +107,7 @@ def test_a_tenant_removed_and_added_again_is_a_removal_not_a_rotation(paths: Pat
     directory = TenantDirectory(paths)
     registry.remove("a")
     registry.add("a", "new-secret")
+    directory.refresh()
     tenant = directory.get("a")
     assert tenant is not None
     assert tenant.secret == b"new-secret"
@@ -133,3 +145,25 @@ def test_duplicates_and_unknown_tenants_are_errors(paths: Path) -> None:
 def test_secrets_stay_out_of_repr(paths: Path) -> None:
     TenantRegistry(paths).add("a", "topsecret")
     assert "topsecret" not in repr(TenantDirectory(paths).get("a"))
+
+
+def test_a_stale_pid_file_is_never_signalled(tmp_path: Path) -> None:
+    # Our own pid, unlocked: what a relay killed with -9 leaves behind. If it were
+    # signalled, SIGUSR1's default action would end this test run.
+    (tmp_path / PID_FILE).write_text(f"{os.getpid()}\n")
+    assert notify_relay(tmp_path) is False
+
+
+def test_no_pid_file_means_no_relay_to_tell(tmp_path: Path) -> None:
+    assert notify_relay(tmp_path) is False
+
+
+def test_a_second_relay_on_one_state_dir_is_refused(tmp_path: Path) -> None:
+    fd = hold_pid_file(tmp_path)
+    try:
+        assert (tmp_path / PID_FILE).read_text().strip() == str(os.getpid())
+        with pytest.raises(TenantError, match="another relay is running"):
+            hold_pid_file(tmp_path)
+    finally:
+        os.close(fd)
+    os.close(hold_pid_file(tmp_path))  # free again once the first let go
