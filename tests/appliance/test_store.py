@@ -349,3 +349,28 @@ async def test_a_crash_mid_batch_keeps_every_committed_webhook_and_none_of_the_b
     finally:
         await reopened.close()
     assert os.path.exists(path)
+
+
+async def test_a_locked_database_delays_the_batch_and_loses_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a backup or a CLI purge holds the write lock
+    future = store.append("a", b"waits", "s", 1)
+    await asyncio.sleep(0.05)
+    assert not future.done()
+    other.execute("ROLLBACK")
+    other.close()
+    delivery = await asyncio.wait_for(future, 5)
+    assert delivery is not None
+    assert [d.body for d in await store.pending("a", 0, 10)] == [b"waits"]
+    await store.close()
+
+
+async def test_what_was_answered_is_in_the_file_after_close(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    await asyncio.gather(*(store.append("a", bytes([i]), "s", 1) for i in range(20)))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0] == 20
