@@ -100,7 +100,7 @@ class Metrics:
         self.registry.register(_QueueDepth(depths))
 
     def observe_batch(self, size: int, seconds: float) -> None:
-        """Record one store commit (called from the writer thread; prometheus-client is thread-safe)."""
+        """Record one store batch: its size and the time to write and fsync it."""
         self.batch_size.observe(size)
         self.commit_seconds.observe(seconds)
 

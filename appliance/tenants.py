@@ -169,9 +169,9 @@ class TenantDirectory:
         One ``PRAGMA`` on an open connection. The relay calls it when the
         tenant CLI signals a change (SIGUSR1), on its poll, and on a lookup
         that misses (a tenant just added is served at once). Not on every
-        lookup: any SQLite call releases the GIL, and under load the store's
-        writer thread then holds the event loop up (measured: 8 % of the
-        relay's time). What was removed (or removed and added again) and
+        lookup: any SQLite call releases the GIL, and under load another
+        thread then holds the event loop up (measured: 8 % of the relay's
+        time). What was removed (or removed and added again) and
         rotated is kept for :meth:`take_changes`.
         """
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
