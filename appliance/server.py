@@ -36,7 +36,7 @@ from appliance.metrics import Metrics
 from appliance.store import Limits, SQLiteStore, delivery_id
 from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
-from tls.pki import DevPKI
+from tls.pki import EmbeddedPKI
 
 log = logging.getLogger("appliance.server")
 
@@ -71,7 +71,7 @@ class Server:
 
     def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
         if config.uses_dev_pki:
-            pki = DevPKI(self.state_dir / "pki")
+            pki = EmbeddedPKI(self.state_dir / "pki")
             if pki.ensure():
                 log.info("dev PKI written", extra={"root": str(pki.root)})
             return pki.chain, pki.key

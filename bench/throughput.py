@@ -40,7 +40,7 @@ from bench.common import (
     wait_http,
     write_bodies,
 )
-from tls.pki import DevPKI
+from tls.pki import EmbeddedPKI
 
 CONNECTIONS = 64
 LUA = Path(__file__).with_name("post.lua")
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--bodies", type=int, default=60_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-bench-"))
-    pki = DevPKI(work / "pki")
+    pki = EmbeddedPKI(work / "pki")
     pki.ensure()
     bodies = work / "bodies.tsv"
     write_bodies(bodies, args.bodies)

@@ -31,8 +31,9 @@ _PrivateKey = ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
-class DevPKI:
-    """Where the dev PKI's files live under ``STATE/pki``."""
+class EmbeddedPKI:
+    """The relay's own dev PKI under ``STATE/pki``: where its files live, and
+    making them. (``tls dev-pki``, for trying other setups, is tls/devpki.py.)"""
 
     directory: Path
 

@@ -31,7 +31,7 @@ from tests.integration.helpers import (
     wait_for,
     webhook_body,
 )
-from tls.pki import DevPKI
+from tls.pki import EmbeddedPKI
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +40,12 @@ pytestmark = pytest.mark.integration
 class Certs:
     """Two independent dev PKIs and the two files the relay is configured to serve."""
 
-    old: DevPKI
-    new: DevPKI
+    old: EmbeddedPKI
+    new: EmbeddedPKI
     chain: Path
     key: Path
 
-    def serve(self, pki: DevPKI) -> None:
+    def serve(self, pki: EmbeddedPKI) -> None:
         """Put ``pki``'s chain and key where the relay reads them."""
         shutil.copyfile(pki.key, self.key)
         shutil.copyfile(pki.chain, self.chain)
@@ -54,7 +54,7 @@ class Certs:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     base = tmp_path_factory.mktemp("certs")
-    old, new = DevPKI(base / "old"), DevPKI(base / "new")
+    old, new = EmbeddedPKI(base / "old"), EmbeddedPKI(base / "new")
     old.ensure()
     new.ensure()
     serving = base / "serving"
@@ -76,7 +76,7 @@ def config_text(certs: Certs, extra: str = "") -> str:
     return f'tls_cert_file = "{certs.chain}"\ntls_key_file = "{certs.key}"\n{extra}'
 
 
-def leaf_der(pki: DevPKI) -> bytes:
+def leaf_der(pki: EmbeddedPKI) -> bytes:
     """The DER bytes of ``pki``'s leaf certificate."""
     cert = x509.load_pem_x509_certificate(pki.leaf.read_bytes())
     return cert.public_bytes(serialization.Encoding.DER)

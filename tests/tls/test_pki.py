@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import verification
 
-from tls.pki import LEAF_DAYS, DevPKI
+from tls.pki import LEAF_DAYS, EmbeddedPKI
 
 
 def load_chain(path: Path) -> list[x509.Certificate]:
@@ -18,7 +18,7 @@ def load_chain(path: Path) -> list[x509.Certificate]:
 
 
 def test_chain_is_leaf_then_intermediate_under_the_root(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     assert pki.ensure()
     leaf, intermediate = load_chain(pki.chain)
     root = x509.load_pem_x509_certificate(pki.root.read_bytes())
@@ -44,7 +44,7 @@ def test_chain_is_leaf_then_intermediate_under_the_root(tmp_path: Path) -> None:
 def test_a_strict_rfc5280_verifier_accepts_the_leaf_for_localhost_and_loopback(
     tmp_path: Path,
 ) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     leaf, intermediate = load_chain(pki.chain)
     store = verification.Store([x509.load_pem_x509_certificate(pki.root.read_bytes())])
@@ -62,7 +62,7 @@ def test_a_strict_rfc5280_verifier_accepts_the_leaf_for_localhost_and_loopback(
 
 
 def test_leaf_lives_at_most_90_days(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     leaf = load_chain(pki.chain)[0]
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= dt.timedelta(
@@ -71,7 +71,7 @@ def test_leaf_lives_at_most_90_days(tmp_path: Path) -> None:
 
 
 def test_pki_is_made_once_and_the_root_is_kept(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     root = pki.root.read_bytes()
     assert not pki.ensure()
@@ -79,7 +79,7 @@ def test_pki_is_made_once_and_the_root_is_kept(tmp_path: Path) -> None:
 
 
 def test_a_leaf_near_expiry_is_reissued_under_the_same_root(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     old_leaf, root = pki.leaf.read_bytes(), pki.root.read_bytes()
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=LEAF_DAYS - 10)
@@ -89,14 +89,14 @@ def test_a_leaf_near_expiry_is_reissued_under_the_same_root(tmp_path: Path) -> N
 
 
 def test_private_keys_are_private(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     for key in (tmp_path / "pki").glob("*.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_a_missing_leaf_is_reissued_from_the_kept_intermediate(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     root = pki.root.read_bytes()
     pki.leaf.unlink()
@@ -106,7 +106,7 @@ def test_a_missing_leaf_is_reissued_from_the_kept_intermediate(tmp_path: Path) -
 
 
 def test_a_pki_folder_without_its_intermediate_is_a_clear_error(tmp_path: Path) -> None:
-    pki = DevPKI(tmp_path / "pki")
+    pki = EmbeddedPKI(tmp_path / "pki")
     pki.ensure()
     (tmp_path / "pki" / "intermediate.key").unlink()
     with pytest.raises(FileNotFoundError, match="remove the folder"):

@@ -6,23 +6,23 @@ from pathlib import Path
 import pytest
 
 from tls import policy
-from tls.pki import DevPKI
+from tls.pki import EmbeddedPKI
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
-    dev = DevPKI(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedPKI:
+    dev = EmbeddedPKI(tmp_path_factory.mktemp("pki"))
     dev.ensure()
     return dev
 
 
-def test_modern_is_tls13_only(pki: DevPKI) -> None:
+def test_modern_is_tls13_only(pki: EmbeddedPKI) -> None:
     context = policy.server_context("modern", pki.chain, pki.key)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_3
     assert context.maximum_version == ssl.TLSVersion.TLSv1_3
 
 
-def test_intermediate_allows_tls12_with_ecdhe_aead_only(pki: DevPKI) -> None:
+def test_intermediate_allows_tls12_with_ecdhe_aead_only(pki: EmbeddedPKI) -> None:
     context = policy.server_context("intermediate", pki.chain, pki.key)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     tls12 = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
@@ -32,7 +32,7 @@ def test_intermediate_allows_tls12_with_ecdhe_aead_only(pki: DevPKI) -> None:
     assert not any("CBC" in n or "3DES" in n or n[-4:] == "-SHA" for n in tls12)
 
 
-def test_compression_and_renegotiation_are_off(pki: DevPKI) -> None:
+def test_compression_and_renegotiation_are_off(pki: EmbeddedPKI) -> None:
     context = policy.server_context("modern", pki.chain, pki.key)
     assert context.options & ssl.OP_NO_COMPRESSION
     assert context.options & ssl.OP_NO_RENEGOTIATION
@@ -40,15 +40,15 @@ def test_compression_and_renegotiation_are_off(pki: DevPKI) -> None:
     assert context.options & ssl.OP_NO_SSLv3
 
 
-def test_unknown_policy_is_refused(pki: DevPKI) -> None:
+def test_unknown_policy_is_refused(pki: EmbeddedPKI) -> None:
     with pytest.raises(ValueError, match="unknown TLS policy"):
         policy.server_context("legacy", pki.chain, pki.key)
 
 
 def test_a_mismatched_key_is_refused_and_the_live_context_keeps_its_chain(
-    pki: DevPKI, tmp_path: Path
+    pki: EmbeddedPKI, tmp_path: Path
 ) -> None:
-    other = DevPKI(tmp_path / "other")
+    other = EmbeddedPKI(tmp_path / "other")
     other.ensure()
     context = policy.server_context("modern", pki.chain, pki.key)
     with pytest.raises(policy.CertificateError, match="cannot be served"):
