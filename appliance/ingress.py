@@ -6,8 +6,8 @@ machinery on purpose: measured on these machines, Quart's request handling
 alone costs about half of Hypercorn's ceiling, which would put the relay
 below a bare FastAPI peer (README, "Performance").
 
-A webhook is answered in this order (PROTOCOL.md §1): method, tenant, body
-(size limit and read deadline), signature over the raw bytes, body shape,
+A webhook is answered in this order (PROTOCOL.md §1): body (size limit and
+read deadline), method, tenant, signature over the raw bytes, body shape,
 then the durable write, awaited up to the acknowledgement deadline.
 """
 
@@ -154,12 +154,16 @@ class Ingress:
     ) -> None:
         """Check and store one webhook, filling ``result``; raises :class:`RelayError`."""
         relay = self.relay
+        # The body is read first, whatever the answer will be: answered before
+        # its body is read, an HTTP/1.1 request leaves a connection that
+        # Hypercorn must close, and a keep-alive client (LINE's) loses the
+        # request it sends next on it.
+        body = await self._read_body(scope, receive)
         if scope["method"] != "POST":
             raise MethodNotAllowed
         tenant = relay.tenants.get(tenant_id)
         if tenant is None:
             raise UnknownTenant
-        body = await self._read_body(scope, receive)
         claimed = _header(scope, b"x-line-signature")
         if claimed is None or not signature.verify(tenant.secret, body, claimed):
             raise InvalidSignature

@@ -213,6 +213,9 @@ class SQLiteStore(Store):
         self._db: sqlite3.Connection | None = None
         self._wal_fd = -1
         self._syncer: ThreadPoolExecutor | None = None
+        # Checkpoints get their own thread: queued behind one, a batch's fsync
+        # would wait for the database file's writes and fsync too.
+        self._checkpoints: ThreadPoolExecutor | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._commits = 0
         self._listeners: list[CommitListener] = []
@@ -238,6 +241,7 @@ class SQLiteStore(Store):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-fsync")
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="store-checkpoint")
         self._depth.update(depths)
         for digest, received_at in recent:
             self._remember(digest, received_at / 1000)
@@ -251,8 +255,10 @@ class SQLiteStore(Store):
             self._schedule_flush()
             await self._drained.wait()
         assert self._syncer is not None
-        self._syncer.submit(self._close_checkpointer).result()
+        assert self._checkpoints is not None
         self._syncer.shutdown(wait=True)
+        self._checkpoints.submit(self._close_checkpointer).result()
+        self._checkpoints.shutdown(wait=True)
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         os.close(self._wal_fd)
         self._db.close()
@@ -383,8 +389,8 @@ class SQLiteStore(Store):
         self._finish(results, started)
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
-            assert self._syncer is not None
-            self._syncer.submit(self._checkpoint)
+            assert self._checkpoints is not None
+            self._checkpoints.submit(self._checkpoint)
         if self._pending:
             self._schedule_flush()
         else:
@@ -396,7 +402,7 @@ class SQLiteStore(Store):
         self._settle(results)
 
     def _checkpoint(self) -> None:
-        """Move WAL pages into the database file, on the helper thread (its own connection)."""
+        """Move WAL pages into the database file, on the checkpoint thread (own connection)."""
         try:
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None, timeout=5)

@@ -8,6 +8,7 @@ import json
 import socket
 import sqlite3
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -421,6 +422,20 @@ async def test_body_far_over_the_limit_is_refused_413(
     assert_error(response, 413, "body_too_large", signature)
 
 
+def read_response(tls: ssl.SSLSocket) -> bytes:
+    """One whole answer read off a raw TLS socket (JSON body, plain or chunked)."""
+    data = b""
+    while not (data.endswith(b"0\r\n\r\n") or (data.endswith(b"}") and b"\r\n\r\n" in data)):
+        try:
+            chunk = tls.recv(65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_an_early_413_announces_close_or_leaves_the_connection_usable(
     small: Harness, small_refusing: Tenant, small_accepting: Tenant
 ) -> None:
@@ -431,18 +446,6 @@ def test_an_early_413_announces_close_or_leaves_the_connection_usable(
             f"X-Line-Signature: {small.sign(tenant.secret, body)}\r\n\r\n"
         ).encode()
         return head, body
-
-    def read_response(tls: ssl.SSLSocket) -> bytes:
-        data = b""
-        while not (data.endswith(b"0\r\n\r\n") or (data.endswith(b"}") and b"\r\n\r\n" in data)):
-            try:
-                chunk = tls.recv(65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        return data
 
     big_head, big_body = request(small_refusing, padded_body(SMALL_LIMIT + 1000))
     with (
@@ -517,3 +520,37 @@ async def test_webhook_not_committed_by_the_deadline_gets_503_and_its_retry_is_n
             await bridge.ack(frame)
     assert [f["body"].encode() for f in frames] == [body, sentinel]
     assert harness.metric("linerelay_webhooks_total", outcome="overloaded") >= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path_tenant"), [("POST", "nobody-here"), ("PUT", None)], ids=["404", "405"]
+)
+def test_an_early_error_leaves_the_keep_alive_connection_usable(
+    small: Harness, small_accepting: Tenant, method: str, path_tenant: str | None
+) -> None:
+    """Answered before its body was read, a request would cost the client its next one."""
+    target = path_tenant or small_accepting.id
+    bad_body = b'{"events": [{"type": "follow"}]}'
+    good_body = webhook_body("after-early-error")
+    head = (
+        f"{method} /webhook/{target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(bad_body)}\r\n\r\n"
+    ).encode()
+    good = (
+        f"POST /webhook/{small_accepting.id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(good_body)}\r\n"
+        f"x-line-signature: {small.sign(small_accepting.secret, good_body)}\r\n\r\n"
+    ).encode()
+    with (
+        socket.create_connection(("127.0.0.1", small.relay.port), timeout=TIMEOUT) as raw,
+        small.ssl.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        # Headers, then the body a moment later, as a client's separate writes
+        # may arrive: an answer sent before the body would close the connection.
+        tls.sendall(head)
+        time.sleep(0.3)
+        tls.sendall(bad_body)
+        first = read_response(tls)
+        assert first.split(b" ", 2)[1] in (b"404", b"405")
+        tls.sendall(good + good_body)
+        assert read_response(tls).startswith(b"HTTP/1.1 200 ")
