@@ -57,3 +57,12 @@ def test_a_mismatched_key_is_refused_and_the_live_context_keeps_its_chain(
         policy.load_chain(context, tmp_path / "absent.pem", pki.key)
     with pytest.raises(policy.CertificateError, match=r"absent\.key: no such file"):
         policy.load_chain(context, pki.chain, tmp_path / "absent.key")
+
+
+def test_openssl_conf_pins_exactly_the_documented_groups_and_suites() -> None:
+    text = policy.OPENSSL_CONF.read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert settings["Groups "].strip().split(":") == list(policy.GROUPS)
+    assert settings["Ciphersuites "].strip().split(":") == list(policy.TLS13_SUITES)
