@@ -209,6 +209,7 @@ class Server:
         while True:
             await asyncio.sleep(self.config.tenant_poll_interval)
             try:
+                relay.tenants.refresh()
                 await self._tenant_changes()
                 now = time.monotonic()
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
@@ -226,8 +227,11 @@ class Server:
         task.add_done_callback(self._background.discard)
 
     async def _tenant_changes(self) -> None:
+        """Close the bridges of removed or rotated tenants; purge removed ones' rows.
+
+        The caller has refreshed the tenant directory.
+        """
         relay = self.relay
-        relay.tenants.refresh()
         removed, rotated = relay.tenants.take_changes()
         for tenant, recreated_at in removed.items():
             for connection in relay.hub.close_tenant(tenant, "removed"):
