@@ -11,7 +11,6 @@ import os
 import pty
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.relay import free_port
 from tls import devpki
 
 pytestmark = pytest.mark.integration
@@ -383,14 +383,8 @@ def test_the_html_report_screenshot_is_not_blank_and_shows_red(stock_run, tmp_pa
 # Could not run: exit status 2, and no report pretending otherwise.
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_connection_refused_exits_2(run_conformance, tmp_path: Path):
-    run = run_conformance(tmp_path, f"https://127.0.0.1:{_free_port()}/webhook/acme")
+    run = run_conformance(tmp_path, f"https://127.0.0.1:{free_port()}/webhook/acme")
     assert run.returncode == 2
     assert "cannot connect" in run.stderr
     assert not run.json_path.exists()

@@ -258,6 +258,13 @@ class Bridge:
         """The next ``count`` webhook frames."""
         return [await self.webhook(timeout) for _ in range(count)]
 
+    async def take(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """The next ``count`` webhook frames, each acked."""
+        frames = await self.webhooks(count, timeout)
+        for frame in frames:
+            await self.ack(frame)
+        return frames
+
     async def silent_for(self, seconds: float) -> bool:
         """True if no frame arrives within ``seconds``."""
         try:

@@ -259,10 +259,8 @@ async def test_retry_with_identical_bytes_is_answered_200_and_queued_once(
         await client.post(tenant.url, content=sentinel, headers=harness.headers(tenant, sentinel))
     ).status_code == 200
     async with await Bridge.open(harness, tenant.token) as bridge:
-        frames = await bridge.webhooks(2)
+        frames = await bridge.take(2)
         assert [f["body"].encode() for f in frames] == [body, sentinel]
-        for frame in frames:
-            await bridge.ack(frame)
 
 
 async def test_line_redelivery_with_different_bytes_is_queued_as_a_new_webhook(
@@ -279,11 +277,9 @@ async def test_line_redelivery_with_different_bytes_is_queued_as_a_new_webhook(
         )
         assert response.status_code == 200
     async with await Bridge.open(harness, tenant.token) as bridge:
-        frames = await bridge.webhooks(2)
+        frames = await bridge.take(2)
         assert [f["body"].encode() for f in frames] == [original, redelivery]
         assert frames[0]["id"] != frames[1]["id"]
-        for frame in frames:
-            await bridge.ack(frame)
 
 
 async def test_concurrent_identical_retries_are_all_answered_200_and_queued_once(
@@ -301,10 +297,8 @@ async def test_concurrent_identical_retries_are_all_answered_200_and_queued_once
     )
     assert response.status_code == 200
     async with await Bridge.open(harness, tenant.token) as bridge:
-        frames = await bridge.webhooks(2)
+        frames = await bridge.take(2)
         assert [f["body"].encode() for f in frames] == [body, sentinel]
-        for frame in frames:
-            await bridge.ack(frame)
 
 
 async def test_body_just_under_the_default_limit_is_accepted_and_relayed_intact(
@@ -515,9 +509,7 @@ async def test_webhook_not_committed_by_the_deadline_gets_503_and_its_retry_is_n
     )
     assert response.status_code == 200
     async with await Bridge.open(harness, tenant.token) as bridge:
-        frames = await bridge.webhooks(2)
-        for frame in frames:
-            await bridge.ack(frame)
+        frames = await bridge.take(2)
     assert [f["body"].encode() for f in frames] == [body, sentinel]
     assert harness.metric("linerelay_webhooks_total", outcome="overloaded") >= 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.relay import RelayProcess
+from tests.support.relay import RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -181,9 +180,7 @@ def test_web_ui_serves_the_live_run_and_the_verdict_follows(
     shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
 ) -> None:
     report = tmp_path / "report"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     argv = [
         *common(shared_relay, report),
         *tenant_options(shared_relay, "web", 1),
@@ -212,9 +209,7 @@ def test_a_worker_joining_from_elsewhere_sends_for_the_master(
     shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
 ) -> None:
     report = tmp_path / "report"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     options = [
         *common(shared_relay, report),
         *tenant_options(shared_relay, "join", 1),
