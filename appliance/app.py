@@ -48,7 +48,7 @@ def create_admin_app(relay: Relay, is_ready: Callable[[], bool]) -> Quart:
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, object], int]:
         ready = is_ready()
-        return {"ready": ready, "bridges": len(relay.bridges)}, 200 if ready else 503
+        return {"ready": ready, "bridges": len(relay.hub.connections)}, 200 if ready else 503
 
     @app.get("/metrics")
     async def metrics() -> Response:

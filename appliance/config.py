@@ -20,6 +20,10 @@ from appliance.errors import ConfigError
 ENV_PREFIX = "LINERELAY_"
 TLS_POLICIES = ("modern", "intermediate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: Keys a reload (SIGHUP) cannot change: a reload that changes one says so and
+#: keeps the running value. Every other key applies on reload, to live
+#: connections and tenants too.
+RESTART_KEYS = ("state_dir", "listen", "admin_listen", "tls_policy", "hypercorn_access_log")
 
 
 def _doc(default: Any, doc: str) -> Any:
@@ -60,12 +64,68 @@ class RelayConfig:
         512, "Most writes grouped into one SQLite transaction (one fsync)."
     )
     bridge_window: int = _doc(64, "Webhooks in flight unacked on one bridge connection.")
+    bridge_window_bytes: int = _doc(
+        4 * 1024 * 1024,
+        "Bytes of webhook bodies in flight unacked on one bridge connection: large "
+        "webhooks make the window fewer than bridge_window (one is always allowed).",
+    )
     nack_backoff: float = _doc(
         1.0, "Seconds before a nacked webhook is sent again; doubles per attempt, at most 60."
     )
     ping_interval: float = _doc(20.0, "Seconds between WebSocket pings to each bridge.")
     bridge_idle_timeout: float = _doc(
         60.0, "A connection silent this long (no pong, no frame) is dropped as dead."
+    )
+    send_timeout: float = _doc(
+        10.0,
+        "Seconds a peer has to take an answer or a bridge frame; one that does not (an "
+        "HTTP/2 client holding its flow-control window at zero, a bridge that stopped "
+        "reading) is disconnected.",
+    )
+    max_connections: int = _doc(
+        50_000,
+        "Public connections open at once; more are refused before TLS. Lowered at start "
+        "to what the open-files limit leaves room for.",
+    )
+    max_connections_per_address: int = _doc(
+        256, "Public connections open at once from one client address (IPv6: one /64)."
+    )
+    connection_rate_per_address: float = _doc(
+        100.0,
+        "New public connections a second from one client address, after a burst of ten "
+        "seconds' worth (a TLS scanner's); more are refused before TLS.",
+    )
+    tls_handshake_timeout: float = _doc(10.0, "Seconds allowed for a TLS handshake.")
+    h2_max_streams: int = _doc(
+        1000,
+        "HTTP/2 streams on one connection before the relay asks the client to open a "
+        "new one (GOAWAY); a client that goes on well past it is disconnected.",
+    )
+    h2_reset_burst: int = _doc(
+        100,
+        "Stream resets (RST_STREAM) an HTTP/2 client may send on one connection in a "
+        "burst; past it and h2_reset_rate the connection is closed (rapid reset, "
+        "CVE-2023-44487).",
+    )
+    h2_reset_rate: float = _doc(
+        10.0, "Stream resets a second an HTTP/2 client may send on one connection after the burst."
+    )
+    bridge_auth_burst: int = _doc(
+        10,
+        "Failed bridge authentications from one client address before the address is "
+        "answered 429 + Retry-After (IPv6: per /64).",
+    )
+    bridge_auth_interval: float = _doc(
+        6.0,
+        "Seconds after which one more bridge authentication from a locked-out address is allowed.",
+    )
+    bridge_connect_burst: int = _doc(
+        10,
+        "Bridge connections one tenant may open in a burst; past it and "
+        "bridge_connect_interval they are answered 429 + Retry-After.",
+    )
+    bridge_connect_interval: float = _doc(
+        2.0, "Seconds after which a tenant past its burst may open one more bridge connection."
     )
     tenant_poll_interval: float = _doc(
         1.0, "Seconds between checks for tenants added, removed or rotated by the CLI."
@@ -87,11 +147,29 @@ class RelayConfig:
         )
         for name in ("listen", "admin_listen"):
             parse_address(getattr(self, name), name)
-        for name in ("max_body_bytes", "ack_deadline_ms", "budget_ms", "queue_cap"):
-            _check(getattr(self, name) > 0, name, "must be positive")
-        for name in ("commit_max_batch", "bridge_window"):
+        for name in (
+            "max_body_bytes",
+            "ack_deadline_ms",
+            "budget_ms",
+            "queue_cap",
+            "commit_max_batch",
+            "bridge_window",
+            "bridge_window_bytes",
+            "max_connections",
+            "max_connections_per_address",
+            "h2_max_streams",
+            "h2_reset_burst",
+            "bridge_auth_burst",
+            "bridge_connect_burst",
+        ):
             _check(getattr(self, name) > 0, name, "must be positive")
         for name in (
+            "send_timeout",
+            "connection_rate_per_address",
+            "tls_handshake_timeout",
+            "h2_reset_rate",
+            "bridge_auth_interval",
+            "bridge_connect_interval",
             "body_timeout",
             "max_unacked_age",
             "dedupe_window",
@@ -120,6 +198,70 @@ class RelayConfig:
 def documented_keys() -> dict[str, str]:
     """Each config key and its documentation, in declaration order."""
     return {f.name: f.metadata["doc"] for f in dataclasses.fields(RelayConfig)}
+
+
+_DOCS_INTRO = """\
+# Relay configuration
+
+<!-- Generated by `linerelay config --docs` from appliance/config.py; edit there. -->
+
+`linerelay serve [--config FILE]` reads one TOML file of top-level keys. Every
+key may also be set in the environment as `LINERELAY_<KEY>` (upper case), which
+beats the file; `--state-dir`, `--listen` and `--admin-listen` beat both. With no
+file at all the relay runs on the embedded default: the values below.
+
+Unknown keys, values of the wrong type and out-of-range values are refused at
+start with a message naming the key (exit status 2). `SIGHUP` re-reads the file;
+a broken edit keeps the running config and logs why. Keys marked *restart* in
+the table need a restart to change (a reload that changes them says so and keeps
+the old values); every other key applies on reload, to open connections and
+tenants too.
+
+| key | type | default | reload | meaning |
+|---|---|---|---|---|
+"""
+
+_DOCS_EXAMPLE = """
+## Example: a production relay
+
+```toml
+listen = "0.0.0.0:443"
+admin_listen = "127.0.0.1:9443"
+tls_cert_file = "/etc/letsencrypt/live/relay.example.com/fullchain.pem"
+tls_key_file = "/etc/letsencrypt/live/relay.example.com/privkey.pem"
+tls_policy = "modern"          # "intermediate" to also accept TLS 1.2 (ECDHE + AEAD only)
+state_dir = "/var/lib/linerelay"
+queue_cap = 50000
+max_unacked_age = 259200       # three days
+```
+
+Use the **full chain** (`fullchain.pem`: leaf, then intermediates), not `cert.pem`:
+LINE's platform rejects a server that does not send its intermediates.
+"""
+
+
+def render_docs() -> str:
+    """docs/config.md, from the fields of :class:`RelayConfig` (``linerelay config --docs``)."""
+    rows = []
+    for f in dataclasses.fields(RelayConfig):
+        reload = "restart" if f.name in RESTART_KEYS else "yes"
+        default = _toml_value(f.default)
+        if f.name == "state_dir":
+            default += " (or `--state-dir`, `$LINERELAY_STATE_DIR`)"
+        rows.append(f"| `{f.name}` | {f.type} | {default} | {reload} | {f.metadata['doc']} |\n")
+    return _DOCS_INTRO + "".join(rows) + _DOCS_EXAMPLE
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it would be written in the TOML file, with byte sizes spelled out."""
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, str | Path):
+        return f'`"{value}"`'
+    if isinstance(value, int) and value >= 1024 and value % 1024 == 0:
+        size = f"{value // 1024**2} MiB" if value % 1024**2 == 0 else f"{value // 1024} KiB"
+        return f"`{value}` ({size})"
+    return f"`{value}`"
 
 
 def parse_address(value: str, key: str = "address") -> tuple[str, int]:

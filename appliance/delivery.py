@@ -15,12 +15,16 @@ Rules (PROTOCOL.md §2, and our choices where it is silent):
 - Whenever the active connection changes, everything in memory is dropped and
   reloaded from the store, which is the truth: unacked webhooks are sent again
   in order of receipt, with ``attempt`` raised.
-- At most ``window`` webhooks are in flight unacked on the active connection.
+- At most ``window`` webhooks are in flight unacked on the active connection,
+  and no more than ``window_bytes`` of bodies (at least one is always sent):
+  memory per tenant stays bounded however large the webhooks.
+- An ack or nack counts only for a webhook sent on the connection that sends
+  it (PROTOCOL.md §2); a bridge cannot ack away webhooks it never received.
 - A nacked webhook is sent again after a backoff that doubles per attempt
   (``backoff`` seconds at first, at most :data:`MAX_BACKOFF`).
 - Webhooks committed while the tenant is caught up go straight to memory; a
   tenant that is behind (no bridge, or a slow one) reads them back from the
-  store in pages, so memory stays bounded however long the queue.
+  store in pages of bounded size, so memory stays bounded however long the queue.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from appliance import protocol
 from appliance.store import Delivery
 
 MAX_BACKOFF = 60.0
+#: Ids remembered per connection as sent and not yet answered, in windows; a
+#: bridge answering older ones than that gets them again instead.
+SENT_MEMORY = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +53,13 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Load up to ``limit`` unacked rows with ``seq > after``, then call :meth:`TenantDelivery.loaded`."""
+    """Load up to ``limit`` unacked rows (``max_bytes`` of bodies) with ``seq > after``,
+    then call :meth:`TenantDelivery.loaded`."""
 
     after: int
     limit: int
     generation: int
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +80,40 @@ class TenantDelivery:
         "_fetching",
         "_generation",
         "_inflight",
+        "_inflight_bytes",
         "_loaded_upto",
         "_max_committed",
         "_ready",
+        "_ready_bytes",
         "_retry",
+        "_sent",
         "backoff",
         "connections",
         "tenant",
         "window",
+        "window_bytes",
     )
 
-    def __init__(self, tenant: str, window: int, backoff: float = 1.0) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        window: int,
+        backoff: float = 1.0,
+        window_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self.tenant = tenant
         self.window = window
+        self.window_bytes = window_bytes
         self.backoff = backoff
         self.connections: list[Hashable] = []  # oldest first; the last is active
         # Loaded, not sent, in seq order; at most 2 * window long, so a list's
         # pop(0) is cheap, and an idle tenant does not pay for an empty deque.
         self._ready: list[Delivery] = []
+        self._ready_bytes = 0
         self._inflight: dict[int, Delivery] = {}  # sent on the active connection
+        self._inflight_bytes = 0
+        # Per connection, the ids sent on it and not yet answered: what its acks may name.
+        self._sent: dict[Hashable, dict[str, int]] = {}
         self._retry: list[tuple[float, int, Delivery]] = []  # (due, seq, delivery) heap
         self._loaded_upto = 0  # highest seq in memory or known handled
         self._max_committed = 0  # highest seq the store reported committed
@@ -124,6 +148,7 @@ class TenantDelivery:
     def disconnect(self, connection: Hashable, now: float) -> list[Action]:
         """A bridge went away; if it was active, the next newest takes over."""
         was_active = connection == self.active
+        self._sent.pop(connection, None)
         if connection in self.connections:
             self.connections.remove(connection)
         if not was_active:
@@ -139,37 +164,62 @@ class TenantDelivery:
             or not self._caught_up
             or delivery.seq <= self._loaded_upto
             or len(self._ready) >= 2 * self.window
+            or self._ready_bytes >= self.window_bytes
         ):
             # Not kept in memory: the store has it, and a Fetch will find it.
             self._caught_up = False
             return self._pump(now)
-        self._ready.append(delivery)
-        self._loaded_upto = delivery.seq
+        self._append_ready(delivery)
         return self._pump(now)
 
-    def loaded(self, rows: list[Delivery], limit: int, generation: int, now: float) -> list[Action]:
-        """Rows arrived for a :class:`Fetch`; stale ones (from before a reset) are dropped."""
+    def loaded(self, rows: list[Delivery], generation: int, now: float) -> list[Action]:
+        """Rows arrived for a :class:`Fetch`; stale ones (from before a reset) are dropped.
+
+        Only an empty page proves the tenant caught up: a page may be short
+        because of its byte limit, not because the queue ended.
+        """
         if generation != self._generation:
             return []
         self._fetching = False
         for row in rows:
-            if row.seq > self._loaded_upto:
-                self._ready.append(row)
-                self._loaded_upto = row.seq
-        self._caught_up = len(rows) < limit and self._loaded_upto >= self._max_committed
+            if row.seq <= self._loaded_upto:
+                continue
+            if self._ready and self._ready_bytes >= self.window_bytes:
+                break  # the rest stays in the store for the next Fetch
+            self._append_ready(row)
+        self._caught_up = not rows and self._loaded_upto >= self._max_committed
         return self._pump(now)
 
-    def ack(self, seq: int, now: float) -> list[Action]:
-        """A bridge acked row ``seq``; unknown ids are ignored."""
-        if self._inflight.pop(seq, None) is None and not self._discard(seq):
-            return []
+    def ack(self, connection: Hashable, delivery_id: str, now: float) -> list[Action] | None:
+        """``connection`` acked ``delivery_id``; None if that id was not sent on it.
+
+        The ack stands even if the webhook has since been sent again on a
+        newer connection: the bridge that acked it has it.
+        """
+        seq = self._sent.get(connection, {}).pop(delivery_id, None)
+        if seq is None:
+            return None
+        delivery = self._inflight.pop(seq, None)
+        if delivery is not None:
+            self._inflight_bytes -= len(delivery.body)
+        else:
+            self._discard(seq)
         return [StoreAck(seq), *self._pump(now)]
 
-    def nack(self, seq: int, now: float) -> list[Action]:
-        """A bridge refused row ``seq``: send it again after a backoff."""
-        delivery = self._inflight.pop(seq, None)
+    def nack(self, connection: Hashable, delivery_id: str, now: float) -> list[Action] | None:
+        """``connection`` refused ``delivery_id``: send it again after a backoff.
+
+        None if that id was not sent on it. A nack from a connection that is
+        no longer active changes nothing: the webhook is being sent again anyway.
+        """
+        seq = self._sent.get(connection, {}).get(delivery_id)
+        if seq is None:
+            return None
+        delivery = self._inflight.get(seq) if connection == self.active else None
         if delivery is None:
             return []
+        del self._inflight[seq]
+        self._inflight_bytes -= len(delivery.body)
         delay = min(MAX_BACKOFF, self.backoff * 2 ** max(0, delivery.attempts - 1))
         heapq.heappush(self._retry, (now + delay, seq, delivery))
         return self._pump(now)
@@ -181,15 +231,24 @@ class TenantDelivery:
     def expired(self, seqs: Iterable[int], now: float) -> list[Action]:
         """The store expired these rows: stop delivering them."""
         for seq in seqs:
-            self._inflight.pop(seq, None)
+            delivery = self._inflight.pop(seq, None)
+            if delivery is not None:
+                self._inflight_bytes -= len(delivery.body)
             self._discard(seq)
         return self._pump(now)
 
     # -- internals -----------------------------------------------------------
 
+    def _append_ready(self, delivery: Delivery) -> None:
+        self._ready.append(delivery)
+        self._ready_bytes += len(delivery.body)
+        self._loaded_upto = delivery.seq
+
     def _reset(self) -> None:
         self._ready.clear()
+        self._ready_bytes = 0
         self._inflight.clear()
+        self._inflight_bytes = 0
         self._retry.clear()
         self._loaded_upto = 0
         self._caught_up = False
@@ -201,6 +260,7 @@ class TenantDelivery:
         for delivery in self._ready:
             if delivery.seq == seq:
                 self._ready.remove(delivery)
+                self._ready_bytes -= len(delivery.body)
                 return True
         for i, (_, retry_seq, _) in enumerate(self._retry):
             if retry_seq == seq:
@@ -214,19 +274,29 @@ class TenantDelivery:
         if connection is None:
             return []
         actions: list[Action] = []
-        while len(self._inflight) < self.window:
+        sent = self._sent.setdefault(connection, {})
+        while len(self._inflight) < self.window and (
+            not self._inflight or self._inflight_bytes < self.window_bytes
+        ):
             if self._retry and self._retry[0][0] <= now:
                 delivery = heapq.heappop(self._retry)[2]
             elif self._ready:
                 delivery = self._ready.pop(0)
+                self._ready_bytes -= len(delivery.body)
             else:
                 break
             delivery.attempts += 1
             self._inflight[delivery.seq] = delivery
+            self._inflight_bytes += len(delivery.body)
+            sent[delivery.id] = delivery.seq
             actions.append(Send(connection, _frame(delivery), delivery.seq))
+        while len(sent) > SENT_MEMORY * self.window:
+            del sent[next(iter(sent))]
         if not self._ready and not self._caught_up and not self._fetching:
             self._fetching = True
-            actions.append(Fetch(self._loaded_upto, 2 * self.window, self._generation))
+            actions.append(
+                Fetch(self._loaded_upto, 2 * self.window, self._generation, self.window_bytes)
+            )
         return actions
 
 

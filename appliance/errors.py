@@ -24,11 +24,27 @@ class InvalidSignature(RelayError):
     code = "invalid_signature"
 
 
+class InvalidToken(RelayError):
+    """A bridge upgrade without a valid bridge token."""
+
+    status = 401
+    code = "invalid_token"
+
+
 class MalformedBody(RelayError):
     """The body is not UTF-8 JSON, not an object, or ``events`` is not an array."""
 
     status = 400
     code = "malformed_body"
+
+
+class AmbiguousFraming(RelayError):
+    """An HTTP/1 request with both Content-Length and Transfer-Encoding (RFC 9112 §6.3):
+    where its body ends is ambiguous (the shape of request smuggling), so it is
+    refused and its connection closed."""
+
+    status = 400
+    code = "malformed_request"
 
 
 class UnknownTenant(RelayError):
@@ -55,16 +71,19 @@ class MethodNotAllowed(RelayError):
 class BodyTooLarge(RelayError):
     """The body is over the configured limit.
 
-    ``keep_alive`` is False when the rest of the body was not read: the
-    connection cannot carry another request and must be closed.
+    ``unread`` says whether the rest of the body is still on its way (the
+    answer goes out first, and the rest is drained after it), and
+    ``hopeless`` whether it is too large to be worth draining (the
+    connection is closed instead).
     """
 
     status = 413
     code = "body_too_large"
 
-    def __init__(self, message: str = "", keep_alive: bool = True) -> None:
-        super().__init__(message)
-        self.keep_alive = keep_alive
+    def __init__(self, unread: bool = False, hopeless: bool = False) -> None:
+        super().__init__("body over the limit")
+        self.unread = unread
+        self.hopeless = hopeless
 
 
 class BodyTimeout(RelayError):
@@ -72,6 +91,18 @@ class BodyTimeout(RelayError):
 
     status = 408
     code = "body_timeout"
+
+
+class TooManyRequests(RelayError):
+    """A bridge upgrade refused for a while: its address failed to authenticate too
+    often, or its tenant reconnects too often. ``retry_after`` is in seconds."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after}s")
+        self.retry_after = retry_after
 
 
 class Overloaded(RelayError):
@@ -93,6 +124,10 @@ class ConfigError(ValueError):
     """A config file or environment override is invalid; the message says which key and why."""
 
 
+class StateDirError(ValueError):
+    """The state directory is missing or unusable; the message says which and why."""
+
+
 class TenantError(ValueError):
     """A tenant command got bad input (invalid id, duplicate, unknown, empty secret)."""
 
@@ -106,6 +141,12 @@ def response_for(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], byt
     headers = [(b"content-type", b"application/json")]
     if isinstance(error, Overloaded):
         headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    if isinstance(error, TooManyRequests):
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    if isinstance(error, InvalidToken):
+        headers.append((b"www-authenticate", b"Bearer"))
+    if isinstance(error, AmbiguousFraming):
+        headers.append((b"connection", b"close"))
     if isinstance(error, MethodNotAllowed):
         headers.append((b"allow", b"POST"))
     body = b'{"error": "' + error.code.encode() + b'"}'

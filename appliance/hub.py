@@ -4,6 +4,12 @@ Thin asyncio around :class:`appliance.delivery.TenantDelivery`. Each
 connection has an outbox drained by its own sender task, so the state machine
 never waits on a slow socket; the store's commit callback pushes new webhooks
 to connected bridges at once (no polling).
+
+A bridge that stops reading cannot make the relay hold more than its window:
+the outbox only ever holds frames of webhooks in flight (bounded by
+``window`` and ``window_bytes``), a connection that stops being active has
+its unsent frames dropped (its successor gets them), and a frame the peer
+does not take within ``send_timeout`` drops the connection.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import Any
 
 from appliance import protocol
 from appliance.delivery import Action, Fetch, Send, StoreAck, TenantDelivery
+from appliance.logs import Throttle
 from appliance.metrics import Metrics
-from appliance.store import Delivery, Store, parse_delivery_id
+from appliance.store import Delivery, Store
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,8 @@ ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 CLOSE_TENANT_REMOVED = 4404
 CLOSE_TOKEN_ROTATED = 4401
 CLOSE_SHUTDOWN = 1001
+#: Seconds before a failed store read for a bridge is tried again.
+FETCH_RETRY = 1.0
 
 
 class BridgeConnection:
@@ -36,12 +45,34 @@ class BridgeConnection:
     bridge holds no task of its own (bench/idle_bridges.py counts the bytes).
     """
 
-    __slots__ = ("_close_code", "_closed", "_drain", "_outbox", "_send", "peer", "tenant")
+    __slots__ = (
+        "_abort",
+        "_close_code",
+        "_closed",
+        "_drain",
+        "_on_timeout",
+        "_outbox",
+        "_send",
+        "peer",
+        "send_timeout",
+        "tenant",
+    )
 
-    def __init__(self, tenant: str, send: ASGISend, peer: str) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        send: ASGISend,
+        peer: str,
+        abort: Callable[[], None] = lambda: None,
+        send_timeout: float = 10.0,
+        on_timeout: Callable[[BridgeConnection], None] = lambda _: None,
+    ) -> None:
         self.tenant = tenant
         self.peer = peer
+        self.send_timeout = send_timeout
         self._send = send  # the connection's ASGI send
+        self._abort = abort  # drops the TCP connection
+        self._on_timeout = on_timeout
         # A list, not a deque: an empty deque costs 760 bytes, and idle bridges are many.
         self._outbox: list[str] = []
         self._drain: asyncio.Task[None] | None = None
@@ -53,6 +84,10 @@ class BridgeConnection:
         if not self._closed:
             self._outbox.append(text)
             self._start_drain()
+
+    def drop_unsent(self) -> None:
+        """Forget frames not yet handed to the socket (another connection gets them)."""
+        self._outbox.clear()
 
     def close(self) -> None:
         """Stop sending: the socket is gone."""
@@ -72,38 +107,76 @@ class BridgeConnection:
 
     async def _run_drain(self) -> None:
         try:
-            while self._outbox and not self._closed:
-                await self._send({"type": "websocket.send", "text": self._outbox.pop(0)})
-            if self._close_code is not None and not self._closed:
-                self._closed = True
-                await self._send({"type": "websocket.close", "code": self._close_code})
+            async with asyncio.timeout(None) as deadline:
+                loop = asyncio.get_running_loop()
+                while self._outbox and not self._closed:
+                    deadline.reschedule(loop.time() + self.send_timeout)
+                    await self._send({"type": "websocket.send", "text": self._outbox.pop(0)})
+                if self._close_code is not None and not self._closed:
+                    self._closed = True
+                    deadline.reschedule(loop.time() + self.send_timeout)
+                    await self._send({"type": "websocket.close", "code": self._close_code})
+        except TimeoutError:
+            # The peer stopped reading: its frames would pile up in memory.
+            self._closed = True
+            self._outbox.clear()
+            self._on_timeout(self)
+            self._abort()
         except (OSError, RuntimeError) as exc:
             # The peer vanished mid-send; the receive side sees the disconnect.
-            log.info("bridge send failed", extra={"tenant": self.tenant, "why": repr(exc)})
+            log.debug("bridge send failed", extra={"tenant": self.tenant, "why": repr(exc)})
             self._closed = True
         finally:
             self._drain = None
 
 
 class Hub:
-    """Routes committed webhooks to bridges and bridge acks to the store."""
+    """Routes committed webhooks to bridges and bridge acks to the store.
+
+    :attr:`connections` is the one registry of open bridge connections.
+    """
 
     def __init__(
-        self, store: Store, metrics: Metrics, window: int = 64, backoff: float = 1.0
+        self,
+        store: Store,
+        metrics: Metrics,
+        window: int = 64,
+        backoff: float = 1.0,
+        window_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.window = window
+        self.window_bytes = window_bytes
         self.backoff = backoff
+        self.connections: set[BridgeConnection] = set()
         self._tenants: dict[str, TenantDelivery] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._bad_frames = Throttle(log, logging.INFO, "bad bridge frames")
+        self._send_timeouts = Throttle(log, logging.INFO, "bridges dropped: not reading")
         store.subscribe(self._on_commit)
+
+    def configure(
+        self, window: int, window_bytes: int, backoff: float, send_timeout: float
+    ) -> None:
+        """New limits for every tenant, connected ones included (config reload).
+
+        A smaller window applies as acks come in: nothing already sent is taken back.
+        """
+        self.window, self.window_bytes, self.backoff = window, window_bytes, backoff
+        for connection in self.connections:
+            connection.send_timeout = send_timeout
+        for state in self._tenants.values():
+            state.window, state.window_bytes, state.backoff = window, window_bytes, backoff
+            self._run(state, state.tick(time.monotonic()))
 
     def _state(self, tenant: str) -> TenantDelivery:
         state = self._tenants.get(tenant)
         if state is None:
-            state = self._tenants[tenant] = TenantDelivery(tenant, self.window, self.backoff)
+            state = self._tenants[tenant] = TenantDelivery(
+                tenant, self.window, self.backoff, self.window_bytes
+            )
         return state
 
     # -- connections ---------------------------------------------------------
@@ -113,8 +186,14 @@ class Hub:
         connection.push(
             protocol.encode(protocol.Hello(tenant=connection.tenant, window=self.window))
         )
+        self.connections.add(connection)
         self.metrics.bridges_connected.inc()
         state = self._state(connection.tenant)
+        previous = state.active
+        if isinstance(previous, BridgeConnection):
+            # Its unsent frames go to the new connection; keeping them would
+            # let a bridge that stopped reading hold a window per connection.
+            previous.drop_unsent()
         log.info(
             "bridge connected",
             extra={
@@ -128,6 +207,9 @@ class Hub:
     def detach(self, connection: BridgeConnection) -> None:
         """A bridge went away: hand its unacked webhooks to the next connection."""
         connection.close()
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
         self.metrics.bridges_connected.dec()
         state = self._tenants.get(connection.tenant)
         log.info(
@@ -139,6 +221,11 @@ class Hub:
         if not state.connections:
             self._forget(connection.tenant)
 
+    def send_timed_out(self, connection: BridgeConnection) -> None:
+        """``connection`` did not take a frame within its send timeout; it is being dropped."""
+        self.metrics.send_timeouts["bridge"].inc()
+        self._send_timeouts(time.monotonic(), tenant=connection.tenant, peer=connection.peer)
+
     def receive(self, connection: BridgeConnection, data: str | bytes) -> None:
         """A frame arrived from ``connection``; malformed ones are counted and ignored."""
         if isinstance(data, bytes):
@@ -148,26 +235,34 @@ class Hub:
             frame = protocol.decode(data)
         except protocol.FrameError as exc:
             self.metrics.frame_rejected["malformed"].inc()
-            log.warning("bad bridge frame", extra={"tenant": connection.tenant, "why": str(exc)})
+            self._bad_frames(time.monotonic(), tenant=connection.tenant, why=str(exc))
             return
         if not isinstance(frame, protocol.Ack | protocol.Nack):
             return  # hello/webhook from a bridge, or an unknown type: ignored by design
-        seq = parse_delivery_id(frame.id)
         state = self._tenants.get(connection.tenant)
-        if seq is None or state is None:
+        now = time.monotonic()
+        actions: list[Action] | None = None
+        if state is not None and isinstance(frame, protocol.Ack):
+            actions = state.ack(connection, frame.id, now)
+            if actions is not None:
+                self.metrics.acks.inc()
+        elif state is not None and isinstance(frame, protocol.Nack):
+            actions = state.nack(connection, frame.id, now)
+            if actions is not None:
+                self.metrics.nacks.inc()
+                log.info(
+                    "bridge nack",
+                    extra={
+                        "tenant": connection.tenant,
+                        "delivery": frame.id,
+                        "reason": frame.reason,
+                    },
+                )
+        if actions is None or state is None:
+            # Not an id sent on this connection (PROTOCOL.md §2): ignored.
             self.metrics.frame_rejected["unknown_id"].inc()
             return
-        now = time.monotonic()
-        if isinstance(frame, protocol.Ack):
-            self.metrics.acks.inc()
-            self._run(state, state.ack(seq, now))
-        else:
-            self.metrics.nacks.inc()
-            log.info(
-                "bridge nack",
-                extra={"tenant": connection.tenant, "delivery": frame.id, "reason": frame.reason},
-            )
-            self._run(state, state.nack(seq, now))
+        self._run(state, actions)
 
     def close_tenant(self, tenant: str, why: str) -> list[BridgeConnection]:
         """Stop serving ``tenant`` (removed or token rotated); returns its connections to close."""
@@ -178,6 +273,10 @@ class Hub:
         connections = [c for c in state.connections if isinstance(c, BridgeConnection)]
         self._forget(tenant)
         return connections
+
+    def of_tenant(self, tenant: str) -> list[BridgeConnection]:
+        """The open connections of ``tenant``."""
+        return [c for c in self.connections if c.tenant == tenant]
 
     def expired(self, tenant: str, seqs: Sequence[int]) -> None:
         """The store expired rows of ``tenant``: stop delivering them."""
@@ -195,13 +294,22 @@ class Hub:
                 self._run(state, state.committed(delivery, now))
 
     async def _fetch(self, state: TenantDelivery, action: Fetch) -> None:
-        try:
-            rows = await self.store.pending(state.tenant, action.after, action.limit)
-        except Exception:
-            log.exception("store read failed", extra={"tenant": state.tenant})
-            rows = []
+        while True:
+            try:
+                rows = await self.store.pending(
+                    state.tenant, action.after, action.limit, action.max_bytes
+                )
+                break
+            except Exception as exc:
+                # An empty page would read as "caught up": try again instead.
+                log.warning(
+                    "store read failed; retrying", extra={"tenant": state.tenant, "why": str(exc)}
+                )
+                await asyncio.sleep(FETCH_RETRY)
+                if self._tenants.get(state.tenant) is not state:
+                    return
         if self._tenants.get(state.tenant) is state:
-            self._run(state, state.loaded(rows, action.limit, action.generation, time.monotonic()))
+            self._run(state, state.loaded(rows, action.generation, time.monotonic()))
 
     # -- carrying out actions ------------------------------------------------
 

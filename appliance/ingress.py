@@ -9,11 +9,16 @@ below a bare FastAPI peer (README, "Performance").
 A webhook is answered in this order (PROTOCOL.md §1): body (size limit and
 read deadline), method, tenant, signature over the raw bytes, body shape,
 then the durable write, awaited up to the acknowledgement deadline.
+
+Every answer is sent within ``send_timeout``: a peer that will not take it
+(an HTTP/2 client that keeps its flow-control window shut) has its
+connection dropped, instead of holding a handler and a socket forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -23,19 +28,24 @@ from typing import Any
 from appliance import payload, signature
 from appliance.config import RelayConfig
 from appliance.errors import (
+    AmbiguousFraming,
     BodyTimeout,
     BodyTooLarge,
     InvalidSignature,
+    InvalidToken,
     MethodNotAllowed,
     Overloaded,
     QueueFull,
     RelayError,
     StoreError,
+    TooManyRequests,
     UnknownTenant,
     response_for,
 )
 from appliance.hub import BridgeConnection, Hub
-from appliance.logs import AccessLog
+from appliance.limits import KeyedBuckets, address_key, retry_after
+from appliance.listener import connection_of
+from appliance.logs import AccessLog, Throttle
 from appliance.metrics import Metrics
 from appliance.store import Store, wait_until
 from appliance.tenants import TENANT_ID, TenantDirectory
@@ -48,6 +58,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: An oversized HTTP/1 body up to this many bytes (or 4 times ``max_body_bytes``
+#: if more) is drained after its 413, so the answer reaches a client that reads
+#: only once it has sent everything (see Ingress._refuse_oversized).
+DRAIN_BYTES = 16 * 1024 * 1024
 WEBHOOK_PREFIX = "/webhook/"
 BRIDGE_PATH = "/bridge"
 _OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2")]
@@ -60,6 +74,7 @@ _OUTCOME_OF = {
     MethodNotAllowed: "method_not_allowed",
     QueueFull: "queue_full",
     Overloaded: "overloaded",
+    AmbiguousFraming: "malformed_request",
 }
 
 
@@ -73,7 +88,7 @@ class _Result:
 
 
 class Relay:
-    """What the hot paths share: config, tenants, store, hub, metrics."""
+    """What the hot paths share: config, tenants, store, hub, metrics, abuse limits."""
 
     def __init__(
         self,
@@ -88,8 +103,26 @@ class Relay:
         self.store = store
         self.hub = hub
         self.metrics = metrics
-        self.bridges: set[BridgeConnection] = set()
         self.access_log = AccessLog()
+        #: Failed bridge authentications per client address (IPv6: per /64).
+        self.auth_failures = KeyedBuckets(config.bridge_auth_burst, config.bridge_auth_interval)
+        #: Bridge connections per tenant: a reconnect storm is its own tenant's problem.
+        self.bridge_connects = KeyedBuckets(
+            config.bridge_connect_burst, config.bridge_connect_interval
+        )
+        self.auth_log = Throttle(log, logging.WARNING, "bridge authentication failures")
+
+    def configure(self, config: RelayConfig) -> None:
+        """Apply a reloaded config to what the hot paths share."""
+        self.config = config
+        self.auth_failures.configure(config.bridge_auth_burst, config.bridge_auth_interval)
+        self.bridge_connects.configure(config.bridge_connect_burst, config.bridge_connect_interval)
+        self.hub.configure(
+            config.bridge_window,
+            config.bridge_window_bytes,
+            config.nack_backoff,
+            config.send_timeout,
+        )
 
 
 class Ingress:
@@ -101,14 +134,67 @@ class Ingress:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith(WEBHOOK_PREFIX):
+        kind = scope["type"]
+        if kind == "http" and _ambiguous_framing(scope):
+            await self._refuse(scope, send, AmbiguousFraming())
+        elif kind == "http" and path.startswith(WEBHOOK_PREFIX):
             await self.webhook(scope, receive, send)
-        elif scope["type"] == "websocket" and (
-            path == BRIDGE_PATH or path.startswith(BRIDGE_PATH + "/")
-        ):
+        elif kind == "websocket" and (path == BRIDGE_PATH or path.startswith(BRIDGE_PATH + "/")):
             await self.bridge(scope, receive, send)
-        else:
+        elif kind == "lifespan":
             await self.fallback(scope, receive, send)
+        else:
+            await self.fallback(scope, receive, self._bounded(scope, send))
+
+    # -- answers -------------------------------------------------------------
+
+    def _bounded(self, scope: Scope, send: Send) -> Send:
+        """``send`` with the send deadline, for what the fallback app answers."""
+
+        async def bounded(message: Message) -> None:
+            await self._within_deadline(scope, send, [message])
+
+        return bounded
+
+    async def _within_deadline(self, scope: Scope, send: Send, messages: list[Message]) -> None:
+        """Send ``messages`` within ``send_timeout``, else drop the connection."""
+        try:
+            async with asyncio.timeout(self.relay.config.send_timeout):
+                for message in messages:
+                    await send(message)
+        except TimeoutError:
+            self.relay.metrics.send_timeouts["answer"].inc()
+            connection = connection_of(scope)
+            if connection is not None:
+                connection.abort()
+        except OSError as exc:  # ssl.SSLError included: a TLS peer that already closed
+            log.debug("client gone before the answer", extra={"why": repr(exc)})
+
+    async def _respond(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        kind: str = "http",
+    ) -> None:
+        """Send a whole response (``kind`` "websocket.http" before a refused upgrade)."""
+        await self._within_deadline(
+            scope,
+            send,
+            [
+                {"type": f"{kind}.response.start", "status": status, "headers": headers},
+                {"type": f"{kind}.response.body", "body": body},
+            ],
+        )
+
+    async def _refuse(self, scope: Scope, send: Send, error: RelayError) -> None:
+        """Answer a request refused before its body is read."""
+        self.relay.metrics.outcome[_OUTCOME_OF.get(type(error), error.code)].inc()
+        status, headers, body = response_for(error)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._respond(scope, send, status, headers, body)
 
     # -- webhooks ------------------------------------------------------------
 
@@ -121,14 +207,15 @@ class Ingress:
         try:
             await self._accept(scope, receive, tenant_id, started, result)
             status = 200
-            await _respond(send, 200, _OK_HEADERS, b"{}")
+            await self._respond(scope, send, 200, _OK_HEADERS, b"{}")
+        except BodyTooLarge as error:
+            result.outcome = _OUTCOME_OF[BodyTooLarge]
+            status = error.status
+            await self._refuse_oversized(scope, receive, send, error)
         except RelayError as error:
             result.outcome = result.outcome or _OUTCOME_OF.get(type(error), error.code)
             status, headers, body_out = response_for(error)
-            closing = isinstance(error, BodyTooLarge) and not error.keep_alive
-            if closing and scope.get("http_version") in ("1.0", "1.1"):
-                headers.append((b"connection", b"close"))
-            await _respond(send, status, headers, body_out)
+            await self._respond(scope, send, status, headers, body_out)
         elapsed = time.perf_counter() - started
         metrics = relay.metrics
         metrics.ack_seconds.observe(elapsed)
@@ -186,19 +273,12 @@ class Ingress:
             result.delivery = stored.id
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole body, or :class:`BodyTooLarge` once it is known to be over the limit.
-
-        HTTP/1.x: answered at once (from Content-Length when it is given) and
-        the connection closed, as the unread rest of the body would otherwise
-        be taken for the next request. HTTP/2: the rest of the stream is read
-        and dropped (within ``body_timeout``) before the 413, so the client is
-        not left blocked on flow control and its connection stays usable.
-        """
+        """The whole body, or :class:`BodyTooLarge` once it is known to be over the limit."""
         limit = self.relay.config.max_body_bytes
-        http2 = scope.get("http_version") == "2"
         length = _header(scope, b"content-length")
-        if not http2 and length is not None and (not length.isdigit() or int(length) > limit):
-            raise BodyTooLarge(keep_alive=False)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            hopeless = not length.isdigit() or int(length) > _drain_bytes(limit)
+            raise BodyTooLarge(unread=True, hopeless=hopeless)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -209,17 +289,53 @@ class Ingress:
                         raise BodyTimeout
                     chunk = message.get("body", b"")
                     size += len(chunk)
-                    if size > limit and not http2:
-                        raise BodyTooLarge(keep_alive=False)
-                    if size <= limit:
-                        chunks.append(chunk)
-                    if not message.get("more_body", False):
+                    more = message.get("more_body", False)
+                    if size > limit:
+                        raise BodyTooLarge(unread=more)
+                    chunks.append(chunk)
+                    if not more:
                         break
         except TimeoutError as exc:
-            raise BodyTooLarge() if size > limit else BodyTimeout() from exc
-        if size > limit:
-            raise BodyTooLarge
+            raise BodyTimeout from exc
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _refuse_oversized(
+        self, scope: Scope, receive: Receive, send: Send, error: BodyTooLarge
+    ) -> None:
+        """Answer 413 at once, then read the rest of the body and drop it.
+
+        A client may wait for an early answer before it sends the body, so
+        the 413 goes out first; but a connection closed on a client still
+        sending is reset, and the reset can destroy the 413 before the
+        client reads it. So the answer's bytes go out complete (its
+        Content-Length is met) while the response is held open until the
+        rest of the body is drained within ``body_timeout`` (HTTP/1: up to
+        :data:`DRAIN_BYTES`); then the connection can carry
+        the next request. An HTTP/1 body declared larger than that is
+        answered with the connection closed. HTTP/2 streams are drained
+        whole: flow control and the deadline bound them, and Hypercorn drops
+        the connection when data arrives for a stream whose handler ended.
+        """
+        status, headers, body = response_for(error)
+        headers.append((b"content-length", str(len(body)).encode()))
+        http1 = scope.get("http_version") != "2"
+        if not error.unread or (error.hopeless and http1):
+            if http1 and error.unread:
+                headers.append((b"connection", b"close"))
+            await self._respond(scope, send, status, headers, body)
+            return
+        start = {"type": "http.response.start", "status": status, "headers": headers}
+        partial = {"type": "http.response.body", "body": body, "more_body": True}
+        await self._within_deadline(scope, send, [start, partial])
+        budget = _drain_bytes(self.relay.config.max_body_bytes) if http1 else 1 << 62
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.relay.config.body_timeout):
+                while budget > 0:
+                    message = await receive()
+                    budget -= len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        break
+        await self._within_deadline(scope, send, [{"type": "http.response.body", "body": b""}])
 
     # -- bridges -------------------------------------------------------------
 
@@ -229,52 +345,72 @@ class Ingress:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        token = _bearer(_header(scope, b"authorization"))
-        path_token = scope["path"][len(BRIDGE_PATH) + 1 :]
-        tenant = relay.tenants.authenticate(token or path_token)
-        if tenant is None:
-            relay.metrics.bridge_rejected.inc()
-            log.warning("bridge refused: bad token", extra={"peer": _peer(scope)})
-            body = b'{"error": "invalid_token"}'
-            await send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
+        connection = connection_of(scope)
+        try:
+            tenant_id = self._authenticate(scope)
+        except RelayError as error:
+            status, headers, body = response_for(error)
+            headers.append((b"content-length", str(len(body)).encode()))
+            await self._respond(scope, send, status, headers, body, kind="websocket.http")
             return
         await send({"type": "websocket.accept"})
 
-        connection = BridgeConnection(tenant.id, send, _peer(scope))
-        relay.bridges.add(connection)
-        relay.hub.attach(connection)
+        bridge = BridgeConnection(
+            tenant_id,
+            send,
+            _peer(scope),
+            abort=connection.abort if connection is not None else lambda: None,
+            send_timeout=relay.config.send_timeout,
+            on_timeout=relay.hub.send_timed_out,
+        )
+        relay.hub.attach(bridge)
         try:
             while True:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break
                 text = message.get("text")
-                relay.hub.receive(connection, text if text is not None else message["bytes"])
+                relay.hub.receive(bridge, text if text is not None else message["bytes"])
         finally:
-            relay.bridges.discard(connection)
-            relay.hub.detach(connection)
+            relay.hub.detach(bridge)
+
+    def _authenticate(self, scope: Scope) -> str:
+        """The tenant a bridge upgrade serves; raises :class:`InvalidToken`, or
+        :class:`TooManyRequests` for an address locked out after repeated bad
+        tokens or a tenant reconnecting too often (PROTOCOL.md §2)."""
+        relay = self.relay
+        key = address_key(_client_host(scope))
+        now = time.monotonic()
+        locked = relay.auth_failures.blocked_for(key, now)
+        if locked > 0:
+            # No token is checked for a locked-out address: guessing gains it nothing.
+            relay.metrics.bridge_refused["auth_lockout"].inc()
+            raise TooManyRequests(retry_after(locked))
+        token = _bearer(_header(scope, b"authorization"))
+        path_token = scope["path"][len(BRIDGE_PATH) + 1 :]
+        tenant = relay.tenants.authenticate(token or path_token)
+        if tenant is None:
+            relay.auth_failures.take(key, now)
+            relay.metrics.bridge_rejected.inc()
+            relay.auth_log(now, peer=_peer(scope))
+            raise InvalidToken
+        if not relay.bridge_connects.take(tenant.id, now):
+            relay.metrics.bridge_refused["reconnect_rate"].inc()
+            raise TooManyRequests(retry_after(relay.bridge_connects.blocked_for(tenant.id, now)))
+        return tenant.id
 
 
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    """Send a whole response; a client already gone is not an error of ours."""
-    try:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    except OSError as exc:  # ssl.SSLError included: a TLS peer that already closed
-        log.debug("client gone before the answer", extra={"status": status, "why": repr(exc)})
+def _drain_bytes(limit: int) -> int:
+    """How much of an oversized HTTP/1 body is drained after its 413."""
+    return max(DRAIN_BYTES, 4 * limit)
+
+
+def _ambiguous_framing(scope: Scope) -> bool:
+    """Whether an HTTP/1 request has both Content-Length and Transfer-Encoding (RFC 9112 §6.3)."""
+    if scope.get("http_version") == "2":
+        return False  # HTTP/2 frames bodies itself, and h2 refuses Transfer-Encoding
+    names = {name for name, _ in scope["headers"]}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -292,5 +428,15 @@ def _bearer(value: str | None) -> str | None:
 
 
 def _peer(scope: Scope) -> str:
+    """The client as logged: the address the listener believes, and the port."""
     client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "?"
+    return f"{_client_host(scope)}:{client[1]}" if client else _client_host(scope)
+
+
+def _client_host(scope: Scope) -> str:
+    """The client address the listener believes, else the socket's peer."""
+    connection = connection_of(scope)
+    if connection is not None:
+        return connection.peer
+    client = scope.get("client")
+    return str(client[0]) if client else "?"

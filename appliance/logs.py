@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import sys
 import time
 from typing import Any, TextIO
@@ -55,13 +56,88 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send every logger's records to ``stream`` (stderr) as JSON lines."""
+    """Send every logger's records to ``stream`` (stderr) as JSON lines.
+
+    Also routes what Python would otherwise print raw (exceptions it cannot
+    raise, in ``__del__`` or callbacks) through the same JSON lines, and
+    demotes asyncio's complaints about peers that vanished mid-write.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.Formatter.converter = time.gmtime
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.filters[:] = [_demote_peer_noise]
+    sys.unraisablehook = _log_unraisable
+
+
+#: asyncio's own lines about writes to a connection the peer already dropped.
+_PEER_NOISE = ("SSL connection is closed", "socket.send() raised exception.")
+
+
+def _demote_peer_noise(record: logging.LogRecord) -> bool:
+    """Turn asyncio's lines about vanished peers into debug lines."""
+    if record.msg in _PEER_NOISE:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    logging.getLogger("python").warning(
+        "unraisable exception",
+        extra={
+            "where": repr(unraisable.object),
+            "why": repr(unraisable.exc_value),
+        },
+    )
+
+
+#: Exceptions a peer causes by going away or speaking TLS badly: not our fault.
+PEER_ERRORS = (ssl.SSLError, ConnectionError, TimeoutError)
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler for errors no task caught.
+
+    What a peer causes (a TLS alert, a reset, data after close_notify: an
+    ordinary internet's noise) is a debug line, not an error with a
+    traceback; anything else is a bug of ours and stays an error.
+    """
+    exception = context.get("exception")
+    if isinstance(exception, PEER_ERRORS):
+        logging.getLogger("asyncio").debug(
+            "peer error", extra={"why": repr(exception), "where": context.get("message")}
+        )
+        return
+    loop.default_exception_handler(context)
+
+
+class Throttle:
+    """One log line per ``interval`` seconds at most for a recurring event; the rest counted.
+
+    The first occurrence is logged at once; later ones within the interval
+    are counted and reported (``count``) with the next line written.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, level: int, event: str, interval: float = 60.0
+    ) -> None:
+        self.logger = logger
+        self.level = level
+        self.event = event
+        self.interval = interval
+        self._count = 0
+        self._last = -interval
+
+    def __call__(self, now: float, **fields: Any) -> None:
+        """Note one occurrence at monotonic time ``now``; ``fields`` describe the latest."""
+        self._count += 1
+        if now - self._last >= self.interval:
+            self.logger.log(self.level, self.event, extra={**fields, "count": self._count})
+            self._count, self._last = 0, now
 
 
 class AccessLog:

@@ -28,6 +28,7 @@ OUTCOMES = (
     "overloaded",  # not committed before the ack deadline
     "queue_full",
     "store_error",
+    "malformed_request",  # Content-Length with Transfer-Encoding: refused, connection closed
 )
 
 
@@ -94,6 +95,54 @@ class Metrics:
             "linerelay_tls_reloads", "Certificate reloads by result.", ["result"], registry=r
         )
         self.tls_reload = {k: reloads.labels(k) for k in ("ok", "failed")}
+        self.connections_open = Gauge(
+            "linerelay_connections_open", "Public connections open.", registry=r
+        )
+        self.connections_accepted = Counter(
+            "linerelay_connections_accepted",
+            "Public connections admitted (before their TLS handshake).",
+            registry=r,
+        )
+        refused = Counter(
+            "linerelay_connections_refused",
+            "Public connections refused before TLS: over the total or per-address cap, "
+            "over the per-address rate, or out of file descriptors.",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_refused = {
+            k: refused.labels(k) for k in ("total", "per_address", "rate", "fds")
+        }
+        self.tls_handshake_failures = Counter(
+            "linerelay_tls_handshake_failures",
+            "TLS handshakes that failed or timed out.",
+            registry=r,
+        )
+        trips = Counter(
+            "linerelay_h2_connections_closed",
+            "HTTP/2 connections closed for abuse (rapid reset, stream flood).",
+            ["reason"],
+            registry=r,
+        )
+        self.h2_guard_trips = {k: trips.labels(k) for k in ("rapid_reset", "too_many_streams")}
+        timeouts = Counter(
+            "linerelay_send_timeouts",
+            "Connections dropped because the peer did not take an answer or a bridge "
+            "frame within send_timeout.",
+            ["kind"],
+            registry=r,
+        )
+        self.send_timeouts = {k: timeouts.labels(k) for k in ("answer", "bridge")}
+        bridge_refused = Counter(
+            "linerelay_bridge_refused",
+            "Bridge upgrades answered 429: an address after repeated bad tokens "
+            "(auth_lockout) or a tenant reconnecting too often (reconnect_rate).",
+            ["reason"],
+            registry=r,
+        )
+        self.bridge_refused = {
+            k: bridge_refused.labels(k) for k in ("auth_lockout", "reconnect_rate")
+        }
 
     def track_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
         """Export ``depths()`` (unacked webhooks per tenant) at each scrape."""

@@ -2,8 +2,10 @@
 
 Serving is kept apart from the apps (as Hypercorn and Quart do): this module
 builds the parts from a :class:`RelayConfig`, binds both listeners before
-anything is announced ready, and serves the public app over TLS and the
-admin app over plain HTTP on one event loop, in one process.
+anything is announced ready, and serves the public app over TLS (through
+:class:`appliance.listener.PublicListener`, which admits connections before
+Hypercorn serves them) and the admin app over plain HTTP (Hypercorn's own
+``serve``) on one event loop, in one process.
 
 Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the certificate
 chain and key into the live TLS context (new handshakes get the new chain,
@@ -18,7 +20,6 @@ import os
 import resource
 import signal
 import socket
-import ssl
 import time
 from pathlib import Path
 
@@ -26,14 +27,16 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from appliance import config as config_module
-from appliance import protocol, tuning
+from appliance import logs, protocol, tuning
 from appliance.app import create_admin_app, create_public_app
-from appliance.config import RelayConfig
-from appliance.errors import ConfigError
+from appliance.config import RESTART_KEYS, RelayConfig
+from appliance.errors import ConfigError, StoreError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Relay
+from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
-from appliance.store import Limits, SQLiteStore, delivery_id
+from appliance.state import StateDir
+from appliance.store import Limits, SQLiteStore
 from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
@@ -41,21 +44,9 @@ from tls.pki import EmbeddedPKI
 log = logging.getLogger("appliance.server")
 
 
-#: Config keys that only a restart can change.
-RESTART_KEYS = ("state_dir", "listen", "admin_listen", "tls_policy", "ping_interval")
-
-
-class _TLSConfig(HypercornConfig):
-    """Hypercorn config that serves our policy's context instead of building its own.
-
-    Hypercorn's stock ``create_ssl_context`` assigns ``options``, which drops
-    Python's safe defaults; and a context we own can be reloaded in place.
-    """
-
-    ssl_context: ssl.SSLContext | None = None
-
-    def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self.ssl_context
+#: File descriptors kept back from max_connections: the store, logs, the admin
+#: listener and its clients.
+RESERVED_FDS = 256
 
 
 class Server:
@@ -64,14 +55,14 @@ class Server:
     def __init__(self, config: RelayConfig, config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.state_dir = config.state_dir
+        self.state = StateDir(config.state_dir)
         self._shutdown = asyncio.Event()
         self._ready = False
         self._background: set[asyncio.Task[None]] = set()
 
     def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
         if config.uses_dev_pki:
-            pki = EmbeddedPKI(self.state_dir / "pki")
+            pki = EmbeddedPKI(self.state.pki)
             if pki.ensure():
                 log.info("dev PKI written", extra={"root": str(pki.root)})
             return pki.chain, pki.key
@@ -79,31 +70,43 @@ class Server:
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
-        config = self.config
+        # Whatever the caller's umask: the state is private (appliance/state.py).
+        os.umask(0o077)
+        config = self.config = _fit_connections(self.config, _raise_open_files_limit())
         tuning.apply()
-        _raise_open_files_limit()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state.create()
         # First of all: one relay per state dir, and the tenant CLI can find it.
-        pid_fd = hold_pid_file(self.state_dir)
+        pid_fd = hold_pid_file(self.state.path)
         cert, key = self._tls_files(config)
         self.ssl_context = policy.server_context(config.tls_policy, cert, key)
         public_sock = _listen(config.listen)
         admin_sock = _listen(config.admin_listen)
 
         metrics = Metrics()
-        store = SQLiteStore(
-            self.state_dir / "store.db", _limits(config), on_batch=metrics.observe_batch
-        )
+        store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
         metrics.track_queue_depth(store.depths)
         await store.open()
-        tenants = TenantDirectory(self.state_dir / "tenants.db")
-        hub = Hub(store, metrics, config.bridge_window, config.nack_backoff)
+        tenants = TenantDirectory(self.state.tenants)
+        hub = Hub(
+            store, metrics, config.bridge_window, config.nack_backoff, config.bridge_window_bytes
+        )
         self.relay = relay = Relay(config, tenants, store, hub, metrics)
 
-        public_config, admin_config = _hypercorn_configs(
-            config, self.ssl_context, (cert, key), public_sock, admin_sock
+        public_config, admin_config = _hypercorn_configs(config, admin_sock)
+        self.public_config = public_config
+        public_app = create_public_app(relay)
+        # The ingress in front of the Quart app, served directly: one
+        # coroutine frame less for every open connection.
+        self.listener = PublicListener(
+            [public_sock],
+            public_app.asgi_app,
+            public_config,
+            self.ssl_context,
+            _listener_limits(config),
+            metrics,
         )
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(logs.loop_exception_handler)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._shutdown.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -118,19 +121,15 @@ class Server:
                 "listen": config.listen,
                 "admin_listen": config.admin_listen,
                 "tls_policy": config.tls_policy,
-                "state_dir": str(self.state_dir),
+                "state_dir": str(self.state.path),
+                "max_connections": config.max_connections,
                 "pid": os.getpid(),
             },
         )
         try:
+            await public_app.startup()
             await asyncio.gather(
-                hypercorn_serve(
-                    # The ingress in front of the Quart app, served directly:
-                    # one coroutine frame less for every open connection.
-                    create_public_app(relay).asgi_app,
-                    public_config,
-                    shutdown_trigger=self._until_shutdown,
-                ),
+                self.listener.serve(self._until_shutdown),
                 hypercorn_serve(
                     create_admin_app(relay, lambda: self._ready),
                     admin_config,
@@ -140,16 +139,20 @@ class Server:
         finally:
             self._ready = False
             housekeeping.cancel()
+            await public_app.shutdown()
             relay.access_log.flush()
             os.close(pid_fd)
-            await store.close()
+            try:
+                await store.close()
+            except (StoreError, OSError) as exc:
+                log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
             log.info("relay stopped")
 
     async def _until_shutdown(self) -> None:
         await self._shutdown.wait()
         self._ready = False
-        for connection in list(self.relay.bridges):
+        for connection in list(self.relay.hub.connections):
             connection.terminate(CLOSE_SHUTDOWN)
 
     # -- SIGHUP --------------------------------------------------------------
@@ -191,12 +194,13 @@ class Server:
         self._apply(config)
 
     def _apply(self, config: RelayConfig) -> None:
+        config = _fit_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         self.config = config
         relay = self.relay
-        relay.config = config
-        assert isinstance(relay.store, SQLiteStore)
-        relay.store.limits = _limits(config)
-        relay.hub.backoff = config.nack_backoff
+        relay.configure(config)
+        relay.store.configure(_limits(config))
+        self.listener.configure(_listener_limits(config))
+        _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
         relay.access_log.enabled = config.log_level in ("debug", "info")
 
@@ -218,7 +222,6 @@ class Server:
             except Exception:
                 # Housekeeping must outlive a bad moment (disk full, locked file).
                 log.exception("housekeeping failed")
-            relay.metrics.bridges_connected.set(len(relay.bridges))
 
     def _on_tenants_changed(self) -> None:
         self.relay.tenants.refresh()
@@ -241,7 +244,7 @@ class Server:
             discarded = await relay.store.purge(tenant, recreated_at)
             log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
         for tenant in rotated:
-            for connection in [c for c in relay.bridges if c.tenant == tenant]:
+            for connection in relay.hub.of_tenant(tenant):
                 connection.terminate(CLOSE_TOKEN_ROTATED)
             log.info("tenant token rotated", extra={"tenant": tenant})
 
@@ -257,7 +260,7 @@ class Server:
                 "webhook expired unacked",
                 extra={
                     "tenant": row.tenant,
-                    "delivery": delivery_id(row.seq),
+                    "delivery": row.id,
                     "age_s": round((now_ms - row.received_at) / 1000),
                 },
             )
@@ -267,26 +270,18 @@ class Server:
 
 
 def _hypercorn_configs(
-    config: RelayConfig,
-    context: ssl.SSLContext,
-    chain: tuple[Path, Path],
-    public_sock: socket.socket,
-    admin_sock: socket.socket,
+    config: RelayConfig, admin_sock: socket.socket
 ) -> tuple[HypercornConfig, HypercornConfig]:
-    """Hypercorn's configs for the public (TLS) and admin (plain) listeners."""
-    public = _TLSConfig()
-    public.ssl_context = context
-    public.certfile, public.keyfile = str(chain[0]), str(chain[1])
-    # Hypercorn takes the bound sockets over (and closes them at the end).
-    public.bind = [f"fd://{public_sock.detach()}"]
-    public.websocket_ping_interval = config.ping_interval
-    # A connection that sends nothing, not even a pong, for this long is dead.
-    public.read_timeout = int(config.bridge_idle_timeout)
+    """Hypercorn's configs for the public listener's connections and the admin listener.
+
+    The public listener's sockets and TLS are the relay's own (appliance/listener.py).
+    """
+    public = HypercornConfig()
     public.websocket_max_message_size = protocol.MAX_BRIDGE_FRAME_BYTES
-    public.ssl_handshake_timeout = 10
     public.keep_alive_timeout = 30
-    public.backlog = 2048
+    _apply_hypercorn_limits(public, config)
     admin = HypercornConfig()
+    # Hypercorn takes the bound socket over (and closes it at the end).
     admin.bind = [f"fd://{admin_sock.detach()}"]
     for hconfig in (public, admin):
         hconfig.include_server_header = False
@@ -299,12 +294,53 @@ def _hypercorn_configs(
     return public, admin
 
 
-def _raise_open_files_limit() -> None:
-    """Each bridge holds a socket: lift the soft limit to the hard one (often 1024 → 1M)."""
+def _apply_hypercorn_limits(public: HypercornConfig, config: RelayConfig) -> None:
+    """The public Hypercorn settings a reload may change (read per connection or request)."""
+    public.websocket_ping_interval = config.ping_interval
+    # A connection that sends nothing, not even a pong, for this long is dead.
+    public.read_timeout = int(config.bridge_idle_timeout)
+    # GOAWAY after this many HTTP/2 streams; the listener's guard cuts clients that go on.
+    public.keep_alive_max_requests = config.h2_max_streams
+
+
+def _listener_limits(config: RelayConfig) -> ListenerLimits:
+    return ListenerLimits(
+        max_connections=config.max_connections,
+        max_connections_per_address=config.max_connections_per_address,
+        connection_rate_per_address=config.connection_rate_per_address,
+        tls_handshake_timeout=config.tls_handshake_timeout,
+        h2_max_streams=config.h2_max_streams,
+        h2_reset_burst=config.h2_reset_burst,
+        h2_reset_rate=config.h2_reset_rate,
+    )
+
+
+def _raise_open_files_limit() -> int:
+    """Each bridge holds a socket: lift the soft limit to the hard one (often 1024 → 1M).
+
+    Returns the soft limit now in force.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         log.info("open files limit raised", extra={"from": soft, "to": hard})
+    return max(soft, hard) if hard != resource.RLIM_INFINITY else soft
+
+
+def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
+    """``config`` with ``max_connections`` lowered to what ``open_files`` leaves room for.
+
+    Connections past the open-files limit would fail in ``accept()`` instead
+    of being refused by the listener's cap.
+    """
+    room = max(1, open_files - RESERVED_FDS)
+    if config.max_connections <= room:
+        return config
+    log.info(
+        "max_connections lowered to fit the open-files limit",
+        extra={"configured": config.max_connections, "used": room, "open_files": open_files},
+    )
+    return config.replace(max_connections=room)
 
 
 def _limits(config: RelayConfig) -> Limits:

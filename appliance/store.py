@@ -16,16 +16,21 @@ call, costing the relay a large part of its throughput on one core (README,
 "Performance"). Durability is that of ``synchronous=FULL``: SQLite writes the
 WAL frames at COMMIT (``synchronous=NORMAL``) and the store fsyncs the WAL
 file before any webhook in the batch is answered. Row ids (``seq``) never
-repeat (AUTOINCREMENT), so a delivery id names one webhook forever.
+repeat (AUTOINCREMENT) and order a tenant's queue; the delivery id a bridge
+sees is a separate random token, so it says nothing about other tenants'
+traffic (a global sequence would) and names one webhook forever.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections import Counter, defaultdict, deque
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import QueueFull, StoreError
+from appliance.state import create_private
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ QUEUED, ACKED, EXPIRED = 0, 1, 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT,
     tenant TEXT NOT NULL,
     body BLOB NOT NULL,
     signature TEXT NOT NULL,
@@ -58,44 +65,50 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_queued ON webhooks (tenant, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
 """
+# Stores from before delivery ids were opaque keep their rows' old ids.
+_MIGRATE_IDS = """
+ALTER TABLE webhooks ADD COLUMN id TEXT;
+UPDATE webhooks SET id = 'd-' || printf('%012d', seq);
+"""
+_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS webhooks_id ON webhooks (id)"
 
 
-def delivery_id(seq: int) -> str:
-    """The wire id of row ``seq``: ``d-000000000042``."""
-    return f"{DELIVERY_PREFIX}{seq:012d}"
-
-
-def parse_delivery_id(value: str) -> int | None:
-    """The row of a wire id, or None if it is not one."""
-    digits = value[len(DELIVERY_PREFIX) :]
-    if not value.startswith(DELIVERY_PREFIX) or not digits.isdigit() or len(digits) > 18:
-        return None
-    return int(digits)
+def new_delivery_id() -> str:
+    """A fresh wire id: ``d-`` and 96 random bits, so it reveals nothing and never repeats."""
+    return DELIVERY_PREFIX + secrets.token_hex(12)
 
 
 def retry_digest(tenant: str, body: bytes, signature: str) -> bytes:
-    """What makes two requests the same retry: tenant, exact bytes, exact signature."""
+    """What makes two requests the same retry: tenant, exact bytes, the signature's digest.
+
+    The signature counts by the digest it decodes to, not by its spelling:
+    the unused low bits of the last base64 character give one digest four
+    spellings, and a retry must not become a new webhook by changing them.
+    """
+    try:
+        claimed = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        claimed = signature.encode()
     h = hashlib.sha256(tenant.encode())
-    h.update(b"\0" + signature.encode() + b"\0")
+    h.update(b"\0" + claimed + b"\0")
     h.update(body)
     return h.digest()
 
 
 @dataclass(slots=True)
 class Delivery:
-    """One queued webhook. ``attempts`` counts the times it was sent to a bridge."""
+    """One queued webhook: ``seq`` orders the queue, ``id`` is what a bridge sees.
+
+    ``attempts`` counts the times it was sent to a bridge.
+    """
 
     seq: int
+    id: str
     tenant: str
     body: bytes
     signature: str
     received_at: int
     attempts: int = 0
-
-    @property
-    def id(self) -> str:
-        """The wire id."""
-        return delivery_id(self.seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,7 @@ class Expired:
     """A webhook that outlived ``max_unacked_age`` unacked."""
 
     seq: int
+    id: str
     tenant: str
     received_at: int
 
@@ -134,6 +148,10 @@ class Store(abc.ABC):
         """Start; load queue depths and recent digests."""
 
     @abc.abstractmethod
+    def configure(self, limits: Limits) -> None:
+        """Use new limits from now on (config reload)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finish pending writes and stop."""
 
@@ -148,8 +166,15 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def pending(self, tenant: str, after: int, limit: int) -> list[Delivery]:
-        """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first."""
+    async def pending(
+        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Delivery]:
+        """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first.
+
+        With ``max_bytes``, the page stops before the webhook whose body would
+        take it over that many bytes (it always holds at least one), so a
+        queue of large bodies is read back in pages of bounded memory.
+        """
 
     @abc.abstractmethod
     def mark_sent(self, seqs: Sequence[int]) -> None:
@@ -157,7 +182,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def ack(self, tenant: str, seq: int) -> None:
-        """Mark the row delivered (written with the next batch); unknown rows are ignored."""
+        """Mark the row delivered (written with the next batch); unknown and already
+        acked rows are ignored, so an ack may safely be repeated."""
 
     @abc.abstractmethod
     async def expire(self, older_than: int) -> list[Expired]:
@@ -220,6 +246,8 @@ class SQLiteStore(Store):
         self._commits = 0
         self._listeners: list[CommitListener] = []
         self._depth: defaultdict[str, int] = defaultdict(int)
+        # Acks submitted and not yet committed: their rows are already out of the depth.
+        self._acking: set[tuple[str, int]] = set()
         # Digests of recent appends (retry dedupe), oldest first, with their times.
         self._recent: dict[bytes, float] = {}
         self._recent_order: deque[tuple[float, bytes]] = deque()
@@ -246,6 +274,9 @@ class SQLiteStore(Store):
         for digest, received_at in recent:
             self._remember(digest, received_at / 1000)
 
+    def configure(self, limits: Limits) -> None:
+        self.limits = limits
+
     async def close(self) -> None:
         """Finish queued work, checkpoint, and close the file."""
         if self._db is None:
@@ -259,7 +290,12 @@ class SQLiteStore(Store):
         self._syncer.shutdown(wait=True)
         self._checkpoints.submit(self._close_checkpointer).result()
         self._checkpoints.shutdown(wait=True)
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            # A full disk, typically. Nothing is lost: the committed WAL is
+            # replayed when the store opens again.
+            log.warning("store: final checkpoint skipped", extra={"error": str(exc)})
         os.close(self._wal_fd)
         self._db.close()
         self._db = None
@@ -285,8 +321,10 @@ class SQLiteStore(Store):
         self._submit(_Op("append", (tenant, body, signature, digest, received_at), future))
         return future
 
-    async def pending(self, tenant: str, after: int, limit: int) -> list[Delivery]:
-        result: list[Delivery] = await self._call("pending", tenant, after, limit)
+    async def pending(
+        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Delivery]:
+        result: list[Delivery] = await self._call("pending", tenant, after, limit, max_bytes)
         return result
 
     def mark_sent(self, seqs: Sequence[int]) -> None:
@@ -294,9 +332,13 @@ class SQLiteStore(Store):
             self._submit(_Op("sent", (tuple(seqs),)))
 
     def ack(self, tenant: str, seq: int) -> None:
+        # The depth drops now, so an ack makes room under the cap at once; an
+        # ack that turns out to change nothing (a repeat) gives it back.
+        if (tenant, seq) in self._acking:
+            return
+        self._acking.add((tenant, seq))
+        self._depth[tenant] -= 1
         self._submit(_Op("ack", (tenant, seq)))
-        if self._depth[tenant] > 0:
-            self._depth[tenant] -= 1
 
     async def expire(self, older_than: int) -> list[Expired]:
         expired: list[Expired] = await self._call("expire", older_than)
@@ -439,6 +481,10 @@ class SQLiteStore(Store):
                     self._remember(digest, self._clock())
                 else:
                     self._depth[tenant] -= 1
+            elif op.kind == "ack":
+                self._acking.discard(op.args)
+                if not result or error is not None:
+                    self._depth[op.args[0]] += 1
             future = op.future
             if future is not None and not future.done():
                 if error is not None:
@@ -452,7 +498,9 @@ class SQLiteStore(Store):
     # -- SQLite ---------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Bodies are personal data: the file is created private whatever the
+        # umask, and SQLite gives its -wal and -shm files the same mode.
+        create_private(self.path)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         # The store fsyncs the WAL itself after each batch (see the module doc).
@@ -463,6 +511,10 @@ class SQLiteStore(Store):
         # (503) rather than stall every connection.
         db.execute("PRAGMA busy_timeout=0")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(webhooks)")}
+        if "id" not in columns:
+            db.executescript(_MIGRATE_IDS)
+        db.execute(_ID_INDEX)
         return db
 
     def _load(self, db: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[bytes, int]]]:
@@ -514,7 +566,15 @@ class SQLiteStore(Store):
             log.error("store commit failed", extra={"error": str(exc), "batch": len(batch)})
             failure = StoreError(f"commit failed: {exc}")
             return [(op, None, failure) for op in batch]
-        return results
+        # An ack's result: whether it changed its row; of repeated acks, the first did.
+        settled: list[tuple[_Op, Any, BaseException | None]] = []
+        for op, result, error in results:
+            changed = result
+            if op.kind == "ack":
+                changed = op.args in marks.acked
+                marks.acked.discard(op.args)
+            settled.append((op, changed, error))
+        return settled
 
     @staticmethod
     def _do_append(
@@ -525,28 +585,47 @@ class SQLiteStore(Store):
         digest: bytes,
         received_at: int,
     ) -> Delivery:
+        wire_id = new_delivery_id()
         cursor = db.execute(
-            "INSERT INTO webhooks (tenant, body, signature, digest, received_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (tenant, body, signature, digest, received_at),
+            "INSERT INTO webhooks (id, tenant, body, signature, digest, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (wire_id, tenant, body, signature, digest, received_at),
         )
         assert cursor.lastrowid is not None
-        return Delivery(cursor.lastrowid, tenant, body, signature, received_at)
+        return Delivery(cursor.lastrowid, wire_id, tenant, body, signature, received_at)
 
     @staticmethod
-    def _do_pending(db: sqlite3.Connection, tenant: str, after: int, limit: int) -> list[Delivery]:
+    def _do_pending(
+        db: sqlite3.Connection, tenant: str, after: int, limit: int, max_bytes: int | None
+    ) -> list[Delivery]:
+        last = None
+        if max_bytes is not None:
+            # Sizes first (length() does not read a blob), then only the bodies that fit.
+            sizes = db.execute(
+                "SELECT seq, length(body) FROM webhooks "
+                "WHERE tenant = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?",
+                (tenant, after, limit),
+            ).fetchall()
+            total = 0
+            for seq, size in sizes:
+                if last is not None and total + size > max_bytes:
+                    break
+                total += size
+                last = seq
+            if last is None:
+                return []
         rows = db.execute(
-            "SELECT seq, tenant, body, signature, received_at, attempts FROM webhooks "
-            "WHERE tenant = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?",
-            (tenant, after, limit),
+            "SELECT seq, id, tenant, body, signature, received_at, attempts FROM webhooks "
+            "WHERE tenant = ? AND state = 0 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (tenant, after, last if last is not None else 2**62, limit),
         )
-        return [Delivery(s, t, bytes(b), sig, r, a) for s, t, b, sig, r, a in rows]
+        return [Delivery(s, i, t, bytes(b), sig, r, a) for s, i, t, b, sig, r, a in rows]
 
     @staticmethod
     def _do_expire(db: sqlite3.Connection, older_than: int) -> list[Expired]:
         rows = db.execute(
             "UPDATE webhooks SET state = ? WHERE state = ? AND received_at < ? "
-            "RETURNING seq, tenant, received_at",
+            "RETURNING seq, id, tenant, received_at",
             (EXPIRED, QUEUED, older_than),
         ).fetchall()
         return [Expired(*row) for row in rows]
@@ -569,6 +648,8 @@ class _Marks:
 
     sent: list[int] = field(default_factory=list)
     acks: dict[str, list[int]] = field(default_factory=dict)
+    #: (tenant, seq) of the rows the acks changed, over every write of the batch.
+    acked: set[tuple[str, int]] = field(default_factory=set)
 
     def write(self, db: sqlite3.Connection) -> None:
         by_times: dict[int, list[int]] = {}
@@ -583,11 +664,13 @@ class _Marks:
                 )
         for tenant, seqs in self.acks.items():
             for chunk in _chunks(seqs):
-                db.execute(
+                changed = db.execute(
                     f"UPDATE webhooks SET state = {ACKED} "  # noqa: S608
-                    f"WHERE state = {QUEUED} AND tenant = ? AND seq IN ({_marks(chunk)})",
+                    f"WHERE state = {QUEUED} AND tenant = ? AND seq IN ({_marks(chunk)}) "
+                    "RETURNING seq",
                     (tenant, *chunk),
                 )
+                self.acked.update((tenant, seq) for (seq,) in changed)
         self.sent.clear()
         self.acks.clear()
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from appliance import config as config_module
 from appliance.cli import add_state_dir, state_dir
-from appliance.errors import ConfigError, TenantError
+from appliance.errors import ConfigError, StateDirError, TenantError
+from appliance.state import StateDir
 from appliance.store import count_unacked, purge_file
 from appliance.tenants import TenantRegistry, notify_relay, validate_id
 
@@ -65,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.set_defaults(func=_rotate)
 
 
-def _state(args: argparse.Namespace) -> Path:
-    return state_dir(args)
+def _state(args: argparse.Namespace, create: bool = False) -> StateDir:
+    """The state dir of ``args``: created by ``add``, required to exist by the rest."""
+    state = StateDir(state_dir(args))
+    return state.create() if create else state.existing()
 
 
 def _fail(message: str) -> int:
@@ -100,13 +103,14 @@ def _add(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
-        registry = TenantRegistry(_state(args) / "tenants.db")
+        state = _state(args, create=True)
+        registry = TenantRegistry(state.tenants)
         try:
             token = registry.add(args.tenant, secret)
         finally:
             registry.close()
-        notify_relay(_state(args))
-    except TenantError as exc:
+        notify_relay(state.path)
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     url = _webhook_url(args, args.tenant)
     if args.json:
@@ -120,18 +124,21 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    registry = TenantRegistry(_state(args) / "tenants.db")
+    try:
+        state = _state(args)
+    except StateDirError as exc:
+        return _fail(str(exc))
+    registry = TenantRegistry(state.tenants)
     try:
         tenants = registry.list()
     finally:
         registry.close()
-    store = _state(args) / "store.db"
     rows = [
         {
             "tenant": t.id,
             "created_at": t.created_at,
             "rotated_at": t.rotated_at,
-            "queued": count_unacked(store, t.id),
+            "queued": count_unacked(state.store, t.id),
         }
         for t in tenants
     ]
@@ -146,11 +153,12 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
-        registry = TenantRegistry(_state(args) / "tenants.db")
+        state = _state(args)
+        registry = TenantRegistry(state.tenants)
         try:
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
-            queued = count_unacked(_state(args) / "store.db", args.tenant)
+            queued = count_unacked(state.store, args.tenant)
             if queued and not args.force:
                 raise TenantError(
                     f"tenant {args.tenant!r} has {queued} unacked webhooks; "
@@ -159,10 +167,10 @@ def _remove(args: argparse.Namespace) -> int:
             registry.remove(args.tenant)
         finally:
             registry.close()
-        notify_relay(_state(args))
-    except TenantError as exc:
+        notify_relay(state.path)
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    discarded = purge_file(_state(args) / "store.db", args.tenant)
+    discarded = purge_file(state.store, args.tenant)
     print(
         f"removed {args.tenant}"
         + (f"; {discarded} unacked webhooks discarded" if discarded else "")
@@ -172,13 +180,14 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
-        registry = TenantRegistry(_state(args) / "tenants.db")
+        state = _state(args)
+        registry = TenantRegistry(state.tenants)
         try:
             token = registry.rotate(args.tenant)
         finally:
             registry.close()
-        notify_relay(_state(args))
-    except TenantError as exc:
+        notify_relay(state.path)
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     if args.json:
         print(json.dumps({"tenant": args.tenant, "token": token}))

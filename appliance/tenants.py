@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import TenantError
+from appliance.state import PID_FILE, create_private
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-#: The running relay's pid, for the CLI to signal tenant changes (SIGUSR1).
-PID_FILE = "relay.pid"
 TOKEN_PREFIX = "lrb_"  # noqa: S105 (a public prefix, not a secret)
 
 _SCHEMA = """
@@ -82,10 +81,8 @@ def new_token() -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Create it private before any secret is written into it.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    # Private before any secret is written into it.
+    create_private(path)
     db = sqlite3.connect(path, isolation_level=None, timeout=10)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
@@ -254,7 +251,7 @@ def hold_pid_file(state_dir: Path) -> int:
     Raises :class:`TenantError` if another relay holds it (two relays must not
     share a state dir).
     """
-    fd = os.open(state_dir / PID_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(state_dir / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:

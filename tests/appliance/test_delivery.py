@@ -1,61 +1,85 @@
 from __future__ import annotations
 
-from appliance.delivery import Fetch, Send, StoreAck, TenantDelivery
+from appliance.delivery import SENT_MEMORY, Action, Fetch, Send, StoreAck, TenantDelivery
 from appliance.store import Delivery
 
 
-def rows(*seqs: int, attempts: int = 0) -> list[Delivery]:
-    return [Delivery(s, "t", b'{"events":[1]}', "sig", 1000 + s, attempts) for s in seqs]
+def wire(seq: int) -> str:
+    """The delivery id the tests give row ``seq`` (opaque to the state machine)."""
+    return f"d-{seq:024x}"
 
 
-def sends(actions: list[object]) -> list[tuple[object, str, int]]:
+def rows(*seqs: int, attempts: int = 0, size: int = 14) -> list[Delivery]:
+    body = b'{"events":[1]}'.ljust(size, b" ")
+    return [Delivery(s, wire(s), "t", body, "sig", 1000 + s, attempts) for s in seqs]
+
+
+def sends(actions: list[Action] | None) -> list[tuple[object, str, int]]:
+    assert actions is not None
     return [(a.connection, a.frame.id, a.frame.attempt) for a in actions if isinstance(a, Send)]
 
 
-def fetches(actions: list[object]) -> list[Fetch]:
+def fetches(actions: list[Action]) -> list[Fetch]:
     return [a for a in actions if isinstance(a, Fetch)]
 
 
-def connected(window: int = 3, backoff: float = 1.0) -> TenantDelivery:
+def caught_up(state: TenantDelivery, actions: list[Action]) -> list[Action]:
+    """Answer the fetch in ``actions`` with an empty page, as a store with nothing more does."""
+    (fetch,) = fetches(actions)
+    return state.loaded([], fetch.generation, 0.0)
+
+
+def connected(window: int = 3, backoff: float = 1.0, window_bytes: int = 1 << 20) -> TenantDelivery:
     """A tenant with bridge "a" connected and an empty store behind it."""
-    state = TenantDelivery("t", window, backoff)
-    (fetch,) = fetches(state.connect("a", 0.0))
-    state.loaded([], fetch.limit, fetch.generation, 0.0)
+    state = TenantDelivery("t", window, backoff, window_bytes)
+    caught_up(state, state.connect("a", 0.0))
     return state
 
 
 def test_connecting_fetches_the_backlog_from_the_store() -> None:
-    state = TenantDelivery("t", 64)
+    state = TenantDelivery("t", 64, window_bytes=1000)
     actions = state.connect("a", 0.0)
-    assert fetches(actions) == [Fetch(after=0, limit=128, generation=1)]
+    assert fetches(actions) == [Fetch(after=0, limit=128, generation=1, max_bytes=1000)]
     assert sends(actions) == []
 
 
 def test_backlog_is_sent_in_order_up_to_the_window() -> None:
     state = TenantDelivery("t", 2)
     (fetch,) = fetches(state.connect("a", 0.0))
-    actions = state.loaded(rows(1, 2, 3), fetch.limit, fetch.generation, 0.0)
-    assert sends(actions) == [("a", "d-000000000001", 1), ("a", "d-000000000002", 1)]
+    actions = state.loaded(rows(1, 2, 3), fetch.generation, 0.0)
+    assert sends(actions) == [("a", wire(1), 1), ("a", wire(2), 1)]
     assert state.in_flight == 2
 
 
 def test_an_ack_opens_the_window_for_the_next_webhook() -> None:
     state = TenantDelivery("t", 2)
     (fetch,) = fetches(state.connect("a", 0.0))
-    state.loaded(rows(1, 2, 3), 10, fetch.generation, 0.0)
-    actions = state.ack(1, 0.0)
+    state.loaded(rows(1, 2, 3), fetch.generation, 0.0)
+    actions = state.ack("a", wire(1), 0.0)
+    assert actions is not None
     assert actions[0] == StoreAck(1)
-    assert sends(actions) == [("a", "d-000000000003", 1)]
+    assert sends(actions) == [("a", wire(3), 1)]
 
 
 def test_committed_webhooks_go_straight_to_a_caught_up_bridge() -> None:
     state = connected()
-    assert sends(state.committed(rows(7)[0], 0.0)) == [("a", "d-000000000007", 1)]
+    assert sends(state.committed(rows(7)[0], 0.0)) == [("a", wire(7), 1)]
 
 
 def test_committed_webhooks_wait_in_the_store_with_no_bridge() -> None:
     state = TenantDelivery("t", 3)
     assert state.committed(rows(1)[0], 0.0) == []
+
+
+def test_only_an_empty_page_proves_the_bridge_caught_up() -> None:
+    state = TenantDelivery("t", 4)
+    (fetch,) = fetches(state.connect("a", 0.0))
+    # A short page may be short because of its byte limit: the store is read again.
+    actions = state.loaded(rows(1), fetch.generation, 0.0)
+    assert fetches(actions) == [Fetch(after=1, limit=8, generation=1, max_bytes=4 << 20)]
+    # Meanwhile a commit is not taken from memory: it would overtake rows still in the store.
+    assert sends(state.committed(rows(5)[0], 0.0)) == []
+    assert sends(state.loaded(rows(2, 5), 1, 0.0)) == [("a", wire(2), 1), ("a", wire(5), 1)]
 
 
 def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
@@ -65,21 +89,48 @@ def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
     state.committed(rows(3)[0], 0.0)  # ready
     behind = state.committed(rows(4)[0], 0.0)  # over the memory bound: left in the store
     assert sends(behind) == []
-    state.ack(1, 0.0)
+    state.ack("a", wire(1), 0.0)
     # The last ready webhook goes out; the store is read before the bridge runs dry.
-    actions = state.ack(2, 0.0)
-    assert sends(actions) == [("a", "d-000000000003", 1)]
-    assert fetches(actions) == [Fetch(after=3, limit=2, generation=1)]
-    state.loaded(rows(4), 2, 1, 0.0)
-    assert sends(state.ack(3, 0.0)) == [("a", "d-000000000004", 1)]
+    actions = state.ack("a", wire(2), 0.0)
+    assert actions is not None
+    assert sends(actions) == [("a", wire(3), 1)]
+    assert fetches(actions) == [Fetch(after=3, limit=2, generation=1, max_bytes=1 << 20)]
+    state.loaded(rows(4), 1, 0.0)
+    assert sends(state.ack("a", wire(3), 0.0)) == [("a", wire(4), 1)]
 
 
 def test_a_commit_seen_during_a_fetch_is_fetched_again_not_lost() -> None:
     state = TenantDelivery("t", 8)
     (fetch,) = fetches(state.connect("a", 0.0))
     state.committed(rows(5)[0], 0.0)  # committed after the fetch read the store
-    actions = state.loaded(rows(1, 2), fetch.limit, fetch.generation, 0.0)
-    assert fetches(actions) == [Fetch(after=2, limit=16, generation=1)]
+    actions = state.loaded(rows(1, 2), fetch.generation, 0.0)
+    assert fetches(actions) == [Fetch(after=2, limit=16, generation=1, max_bytes=4 << 20)]
+
+
+def test_large_webhooks_shrink_the_window_to_its_bytes_but_one_always_goes() -> None:
+    state = connected(window=10, window_bytes=250)
+    actions: list[Action] = []
+    for row in rows(1, 2, 3, 4, size=100):
+        actions += state.committed(row, 0.0)
+    assert [sent for _, sent, _ in sends(actions)] == [wire(1), wire(2), wire(3)]
+    assert state.in_flight == 3  # 300 bytes: the third crossed 250, the fourth waits
+    huge = connected(window=10, window_bytes=10)
+    assert sends(huge.committed(rows(1, size=100)[0], 0.0)) == [("a", wire(1), 1)]
+    assert sends(huge.committed(rows(2, size=100)[0], 0.0)) == []
+
+
+def test_memory_waiting_to_be_sent_is_bounded_in_bytes() -> None:
+    state = connected(window=1, window_bytes=250)
+    state.committed(rows(1, size=100)[0], 0.0)  # in flight
+    state.committed(rows(2, size=100)[0], 0.0)  # ready
+    state.committed(rows(3, size=100)[0], 0.0)  # ready: 200 bytes
+    state.committed(rows(4, size=100)[0], 0.0)  # 300 would pass 250: left in the store
+    actions: list[Action] = []
+    for seq in (1, 2):
+        got = state.ack("a", wire(seq), 0.0)
+        assert got is not None
+        actions += got
+    assert fetches(actions) == [Fetch(after=3, limit=2, generation=1, max_bytes=250)]
 
 
 def test_unacked_webhooks_are_redelivered_with_attempt_raised_after_reconnect() -> None:
@@ -88,8 +139,8 @@ def test_unacked_webhooks_are_redelivered_with_attempt_raised_after_reconnect() 
     state.disconnect("a", 1.0)
     (fetch,) = fetches(state.connect("b", 2.0))
     # The store counted the first attempt (mark_sent), so the row comes back with attempts=1.
-    actions = state.loaded(rows(1, attempts=1), fetch.limit, fetch.generation, 2.0)
-    assert sends(actions) == [("b", "d-000000000001", 2)]
+    actions = state.loaded(rows(1, attempts=1), fetch.generation, 2.0)
+    assert sends(actions) == [("b", wire(1), 2)]
 
 
 def test_the_newest_connection_is_active_and_the_older_stands_by() -> None:
@@ -97,9 +148,7 @@ def test_the_newest_connection_is_active_and_the_older_stands_by() -> None:
     actions = state.connect("b", 1.0)
     assert state.active == "b"
     (fetch,) = fetches(actions)
-    assert sends(state.loaded(rows(1), fetch.limit, fetch.generation, 1.0)) == [
-        ("b", "d-000000000001", 1)
-    ]
+    assert sends(state.loaded(rows(1), fetch.generation, 1.0)) == [("b", wire(1), 1)]
 
 
 def test_the_standby_takes_over_when_the_active_connection_goes() -> None:
@@ -121,36 +170,76 @@ def test_a_fetch_answered_after_a_reset_is_ignored() -> None:
     state = TenantDelivery("t", 4)
     (old,) = fetches(state.connect("a", 0.0))
     state.connect("b", 0.0)
-    assert state.loaded(rows(1), old.limit, old.generation, 0.0) == []
+    assert state.loaded(rows(1), old.generation, 0.0) == []
 
 
 def test_a_nacked_webhook_waits_for_its_backoff() -> None:
     state = connected(backoff=1.0)
     state.committed(rows(1)[0], 0.0)
-    assert sends(state.nack(1, 10.0)) == []
+    assert sends(state.nack("a", wire(1), 10.0)) == []
     assert state.next_due() == 11.0
     assert sends(state.tick(10.5)) == []
-    assert sends(state.tick(11.0)) == [("a", "d-000000000001", 2)]
+    assert sends(state.tick(11.0)) == [("a", wire(1), 2)]
 
 
 def test_backoff_doubles_with_each_attempt_up_to_the_cap() -> None:
     state = connected(backoff=1.0)
     state.committed(rows(1, attempts=9)[0], 0.0)  # this send is attempt 10
-    state.nack(1, 0.0)
+    state.nack("a", wire(1), 0.0)
     assert state.next_due() == 60.0
 
 
 def test_acks_and_nacks_for_unknown_ids_are_ignored() -> None:
     state = connected()
-    assert state.ack(99, 0.0) == []
-    assert state.nack(99, 0.0) == []
+    assert state.ack("a", wire(99), 0.0) is None
+    assert state.nack("a", wire(99), 0.0) is None
+
+
+def test_an_ack_for_a_webhook_not_yet_sent_is_ignored() -> None:
+    state = connected(window=1)
+    state.committed(rows(1)[0], 0.0)  # sent
+    state.committed(rows(2)[0], 0.0)  # waiting for the window
+    # A bridge acking ahead of delivery must not make webhook 2 vanish.
+    assert state.ack("a", wire(2), 0.0) is None
+    actions = state.ack("a", wire(1), 0.0)
+    assert sends(actions) == [("a", wire(2), 1)]
+
+
+def test_an_ack_counts_only_on_the_connection_the_webhook_was_sent_on() -> None:
+    state = connected()
+    caught_up(state, state.connect("b", 0.0))  # "a" stands by; "b" is active
+    state.committed(rows(1)[0], 0.0)  # sent on "b" only
+    assert state.ack("a", wire(1), 0.0) is None
+    assert state.ack("b", wire(1), 0.0) is not None
+
+
+def test_an_ack_from_a_superseded_connection_still_counts() -> None:
+    state = connected()
+    state.committed(rows(1)[0], 0.0)  # sent on "a"
+    (fetch,) = fetches(state.connect("b", 1.0))
+    state.loaded(rows(1, attempts=1), fetch.generation, 1.0)  # sent again on "b"
+    actions = state.ack("a", wire(1), 1.0)  # the bridge behind "a" has it
+    assert actions is not None
+    assert actions[0] == StoreAck(1)
+    assert state.in_flight == 0
+
+
+def test_ids_remembered_per_connection_are_bounded() -> None:
+    state = connected(window=1)
+    for seq in range(1, SENT_MEMORY + 3):
+        state.committed(rows(seq)[0], 0.0)
+        state.nack("a", wire(seq), 0.0)  # back to the retry heap, still remembered
+        state.expired([seq], 0.0)
+    assert state.ack("a", wire(1), 0.0) is None  # forgotten: the oldest went first
 
 
 def test_an_ack_for_a_webhook_waiting_to_be_retried_removes_it() -> None:
     state = connected()
     state.committed(rows(1)[0], 0.0)
-    state.nack(1, 0.0)
-    assert state.ack(1, 0.0)[0] == StoreAck(1)
+    state.nack("a", wire(1), 0.0)
+    actions = state.ack("a", wire(1), 0.0)
+    assert actions is not None
+    assert actions[0] == StoreAck(1)
     assert state.next_due() is None
 
 

@@ -133,7 +133,6 @@ async def test_webhooks_posted_while_no_bridge_is_connected_arrive_in_order_of_r
     assert [f["body"].encode() for f in received] == bodies
     assert all(f["attempt"] == 1 and f["tenant"] == tenant.id for f in received)
     ids = [f["id"] for f in received]
-    assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     stamps = [f["received_at"] for f in received]
     assert stamps == sorted(stamps)

@@ -18,7 +18,9 @@ FILES = sorted(FIXTURES.glob("*/*.json"))
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with running_relay(tmp_path_factory, "fixtures") as h:
+    # A bridge per fixture, each opened right after the last: far faster than
+    # any real bridge reconnects, so the per-tenant reconnect limit is raised.
+    with running_relay(tmp_path_factory, "fixtures", "bridge_connect_burst = 1000\n") as h:
         yield h
 
 

@@ -1,0 +1,315 @@
+"""The public listener: accepting connections before Hypercorn serves them.
+
+``hypercorn.asyncio.serve`` owns its accept loop and offers no hook for
+limits, so the relay accepts the public listener's connections itself and
+hands each admitted one to Hypercorn's per-connection server
+(``hypercorn.asyncio.tcp_server.TCPServer``, the object ``serve`` builds
+for every connection too). In between, and before any TLS is spent on it:
+
+- **Caps.** At most ``max_connections`` open in all and
+  ``max_connections_per_address`` from one address (IPv6 per /64), and new
+  connections from one address at a bounded rate. Refused connections are
+  closed at once, before the TLS handshake, and counted.
+- **Out of file descriptors.** CPython's accept loop logs a traceback for
+  every failed ``accept()`` (measured: 1-3 MB of log a second). Here the
+  condition is logged once per interval, the waiting client is refused at
+  once through a spare descriptor kept for the purpose, and accepting
+  pauses for a moment.
+- **TLS** with a handshake deadline; failures are counted, not logged as errors.
+- **HTTP/2 guard** (:mod:`appliance.h2guard`) between the socket and
+  Hypercorn: rapid resets and stream floods close the connection, which is
+  not read any further.
+- A :class:`Connection` record per connection, handed to the app in the
+  ASGI scope's ``state`` (Hypercorn copies the state it is given into
+  every scope of the connection), so the app knows the client address it
+  believes and can abort a connection whose peer will not take its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import wrap_app
+
+from appliance.h2guard import H2Guard
+from appliance.limits import ConnectionCounter, KeyedBuckets, address_key
+from appliance.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: The key under which a :class:`Connection` is found in ``scope["state"]``.
+STATE_KEY = "linerelay.connection"
+#: The burst of new connections one address may open: this many seconds' worth
+#: of ``connection_rate_per_address`` (a TLS scanner opens hundreds at once).
+RATE_BURST_SECONDS = 10
+#: Seconds between two log lines about running out of file descriptors.
+FD_LOG_INTERVAL = 10.0
+#: Seconds accepting pauses after running out of file descriptors.
+FD_PAUSE = 0.1
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """The public listener's caps (from the relay config)."""
+
+    max_connections: int = 50_000
+    max_connections_per_address: int = 256
+    connection_rate_per_address: float = 100.0
+    tls_handshake_timeout: float = 10.0
+    h2_max_streams: int = 1000
+    h2_reset_burst: float = 100.0
+    h2_reset_rate: float = 10.0
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One accepted connection, as the app sees it."""
+
+    #: The client address the relay believes (the socket's peer, for now).
+    peer: str
+    #: What per-address limits count it under (:func:`appliance.limits.address_key`).
+    key: str
+    transport: asyncio.BaseTransport | None = field(default=None, repr=False)
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all."""
+        if self.transport is not None and not self.transport.is_closing():
+            cast(asyncio.Transport, self.transport).abort()
+
+
+def connection_of(scope: dict[str, Any] | Any) -> Connection | None:
+    """The :class:`Connection` an ASGI scope came in on, if the listener made one."""
+    state = scope.get("state")
+    found = state.get(STATE_KEY) if state is not None else None
+    return found if isinstance(found, Connection) else None
+
+
+class _GuardedReader:
+    """The connection's reader as Hypercorn uses it, every chunk shown to an :class:`H2Guard`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        guard: H2Guard,
+        on_trip: Callable[[str], None],
+    ) -> None:
+        self._reader = reader
+        self._guard = guard
+        self._on_trip = on_trip
+        self._cut = False
+
+    def at_eof(self) -> bool:
+        return self._cut or self._reader.at_eof()
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._cut:
+            return b""
+        data = await self._reader.read(n)
+        self._guard.feed(data, time.monotonic())
+        if self._guard.tripped is None:
+            return data
+        # Nothing more reaches Hypercorn: what is left of the chunk is more of the same.
+        self._cut = True
+        self._on_trip(self._guard.tripped)
+        return b""
+
+
+class PublicListener:
+    """Accepts, admits and serves the public listener's connections."""
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        app: Any,
+        config: HypercornConfig,
+        ssl_context: ssl.SSLContext | None,
+        limits: ListenerLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.sockets = sockets
+        self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        self.config = config
+        self.ssl_context = ssl_context
+        self.metrics = metrics
+        self.limits = limits
+        self.counter = ConnectionCounter(limits.max_connections, limits.max_connections_per_address)
+        self._rates = KeyedBuckets(
+            RATE_BURST_SECONDS * limits.connection_rate_per_address,
+            1 / limits.connection_rate_per_address,
+        )
+        self.context = WorkerContext(None)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spare: int | None = None
+        self._fd_events = 0
+        self._fd_logged = 0.0
+
+    def configure(self, limits: ListenerLimits) -> None:
+        """Apply new limits to new connections (config reload)."""
+        self.limits = limits
+        self.counter.total = limits.max_connections
+        self.counter.per_address = limits.max_connections_per_address
+        rate = limits.connection_rate_per_address
+        self._rates.configure(RATE_BURST_SECONDS * rate, 1 / rate)
+
+    async def serve(self, shutdown_trigger: Callable[[], Awaitable[None]]) -> None:
+        """Serve until ``shutdown_trigger`` returns, then close gracefully."""
+        self._spare = os.open(os.devnull, os.O_RDONLY)
+        accepting = [asyncio.create_task(self._accept(sock)) for sock in self.sockets]
+        try:
+            await shutdown_trigger()
+        finally:
+            for task in accepting:
+                task.cancel()
+            await asyncio.gather(*accepting, return_exceptions=True)
+            for sock in self.sockets:
+                sock.close()
+            # Hypercorn closes idle connections once the context is terminated.
+            await self.context.terminated.set()
+            if self._tasks:
+                _, pending = await asyncio.wait(
+                    set(self._tasks), timeout=self.config.graceful_timeout
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            os.close(self._spare)
+
+    # -- accepting -----------------------------------------------------------
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_FDS:
+                    log.debug("accept failed", extra={"why": repr(exc)})
+                    continue
+                self._out_of_fds(sock, exc)
+                await asyncio.sleep(FD_PAUSE)
+                continue
+            peer = address[0] if isinstance(address, tuple) else "unix"
+            self._admit(conn, peer)
+
+    def _admit(self, conn: socket.socket, peer: str) -> None:
+        key = address_key(peer)
+        why = None if self._rates.take(key, time.monotonic()) else "rate"
+        why = why or self.counter.admit(key)
+        if why is not None:
+            self.metrics.connections_refused[why].inc()
+            _refuse(conn)
+            return
+        self.metrics.connections_open.inc()
+        self.metrics.connections_accepted.inc()
+        task = asyncio.get_running_loop().create_task(self._serve(conn, Connection(peer, key)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _out_of_fds(self, sock: socket.socket, exc: OSError) -> None:
+        """Refuse the waiting client through the spare descriptor; log once per interval."""
+        self._fd_events += 1
+        self.metrics.connections_refused["fds"].inc()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+            with contextlib.suppress(OSError):
+                conn, _ = sock.accept()
+                _refuse(conn)
+            with contextlib.suppress(OSError):
+                self._spare = os.open(os.devnull, os.O_RDONLY)
+        now = time.monotonic()
+        if now - self._fd_logged >= FD_LOG_INTERVAL:
+            log.error(
+                "out of file descriptors: refusing connections",
+                extra={
+                    "why": exc.strerror,
+                    "refused_since_last": self._fd_events,
+                    "open": self.counter.open,
+                    "hint": "lower max_connections or raise LimitNOFILE",
+                },
+            )
+            self._fd_logged, self._fd_events = now, 0
+
+    # -- serving -------------------------------------------------------------
+
+    async def _serve(self, conn: socket.socket, connection: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=2**16)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol,
+                    conn,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=(
+                        self.limits.tls_handshake_timeout if self.ssl_context else None
+                    ),
+                )
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+                self.metrics.tls_handshake_failures.inc()
+                log.debug("handshake failed", extra={"peer": connection.peer, "why": repr(exc)})
+                conn.close()
+                return
+            connection.transport = transport
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            source: Any = reader
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                source = _GuardedReader(reader, self._guard(), self._tripped(connection))
+            server = TCPServer(
+                self.app, loop, self.config, self.context, {STATE_KEY: connection}, source, writer
+            )
+            await server.run()
+        except OSError as exc:  # ssl.SSLError included: the peer broke off or misbehaved
+            log.debug("connection ended badly", extra={"peer": connection.peer, "why": repr(exc)})
+        except Exception:
+            log.exception("connection failed", extra={"peer": connection.peer})
+        finally:
+            self.counter.release(connection.key)
+            self.metrics.connections_open.dec()
+
+    def _guard(self) -> H2Guard:
+        limits = self.limits
+        # Hypercorn sends GOAWAY after h2_max_streams; streams already on
+        # their way then (up to its concurrency limit) are still fair.
+        return H2Guard(
+            limits.h2_max_streams + 2 * self.config.h2_max_concurrent_streams,
+            limits.h2_reset_burst,
+            1 / limits.h2_reset_rate,
+            time.monotonic(),
+        )
+
+    def _tripped(self, connection: Connection) -> Callable[[str], None]:
+        def trip(why: str) -> None:
+            self.metrics.h2_guard_trips[why].inc()
+            log.info("HTTP/2 connection closed", extra={"peer": connection.peer, "why": why})
+            connection.abort()
+
+        return trip
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Close an accepted socket with a reset: the client learns at once, and no TIME_WAIT."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    conn.close()
