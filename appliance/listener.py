@@ -85,6 +85,14 @@ class Connection:
     #: What per-address limits count it under (:func:`appliance.limits.address_key`).
     key: str
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
+    #: Called once when the socket is gone (it may be before Hypercorn's task ends).
+    on_closed: Callable[[], None] | None = field(default=None, repr=False)
+
+    def closed(self) -> None:
+        """The socket is gone: give back what it was counted for, once."""
+        on_closed, self.on_closed = self.on_closed, None
+        if on_closed is not None:
+            on_closed()
 
     def abort(self) -> None:
         """Drop the connection now, unsent data and all."""
@@ -97,6 +105,18 @@ def connection_of(scope: dict[str, Any] | Any) -> Connection | None:
     state = scope.get("state")
     found = state.get(STATE_KEY) if state is not None else None
     return found if isinstance(found, Connection) else None
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, telling the connection's record when the socket goes."""
+
+    def __init__(self, reader: asyncio.StreamReader, connection: Connection) -> None:
+        super().__init__(reader)
+        self._connection = connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._connection.closed()
 
 
 class _GuardedReader:
@@ -217,7 +237,8 @@ class PublicListener:
             return
         self.metrics.connections_open.inc()
         self.metrics.connections_accepted.inc()
-        task = asyncio.get_running_loop().create_task(self._serve(conn, Connection(peer, key)))
+        connection = Connection(peer, key, on_closed=lambda: self._release(key))
+        task = asyncio.get_running_loop().create_task(self._serve(conn, connection))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -246,13 +267,17 @@ class PublicListener:
             )
             self._fd_logged, self._fd_events = now, 0
 
+    def _release(self, key: str) -> None:
+        self.counter.release(key)
+        self.metrics.connections_open.dec()
+
     # -- serving -------------------------------------------------------------
 
     async def _serve(self, conn: socket.socket, connection: Connection) -> None:
         loop = asyncio.get_running_loop()
         try:
             reader = asyncio.StreamReader(limit=2**16)
-            protocol = asyncio.StreamReaderProtocol(reader)
+            protocol = _Protocol(reader, connection)
             try:
                 transport, _ = await loop.connect_accepted_socket(
                     lambda: protocol,
@@ -282,8 +307,9 @@ class PublicListener:
         except Exception:
             log.exception("connection failed", extra={"peer": connection.peer})
         finally:
-            self.counter.release(connection.key)
-            self.metrics.connections_open.dec()
+            # Usually done already, when the socket closed; Hypercorn's task can
+            # outlive it by up to keep_alive_timeout.
+            connection.closed()
 
     def _guard(self) -> H2Guard:
         limits = self.limits
