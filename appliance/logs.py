@@ -112,6 +112,11 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
             "peer error", extra={"why": repr(exception), "where": context.get("message")}
         )
         return
+    if isinstance(exception, OSError) and context.get("message", "").startswith("socket.accept()"):
+        # asyncio's own accept loop (the admin listener) out of descriptors:
+        # it reports every attempt, many a millisecond.
+        _accept_failures(time.monotonic(), why=exception.strerror)
+        return
     loop.default_exception_handler(context)
 
 
@@ -187,3 +192,8 @@ class AccessLog:
             stream.write("\n".join(self._lines) + "\n")
             stream.flush()
             self._lines.clear()
+
+
+_accept_failures = Throttle(
+    logging.getLogger("asyncio"), logging.ERROR, "out of file descriptors: accept() failing"
+)

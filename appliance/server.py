@@ -44,8 +44,8 @@ from tls.pki import EmbeddedPKI
 log = logging.getLogger("appliance.server")
 
 
-#: File descriptors kept back from max_connections: the store, logs, the admin
-#: listener and its clients.
+#: File descriptors kept back from max_connections (a quarter of the open-files
+#: limit if that is less): the store, logs, the admin listener and its clients.
 RESERVED_FDS = 256
 
 
@@ -333,7 +333,7 @@ def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
     Connections past the open-files limit would fail in ``accept()`` instead
     of being refused by the listener's cap.
     """
-    room = max(1, open_files - RESERVED_FDS)
+    room = max(1, open_files - min(RESERVED_FDS, open_files // 4))
     if config.max_connections <= room:
         return config
     log.info(

@@ -169,6 +169,12 @@ class Link:
                 self._fail("rejected", "relay rejected the bridge token (HTTP 401)")
                 return self._backoff.at_cap()
             reason = f"the relay refused the upgrade with HTTP {code}"
+            wait = _retry_after(exc.response.headers.get("Retry-After"))
+            if code == 429 and wait is not None:
+                # Too many attempts (PROTOCOL.md §2): come back when the relay says, not sooner.
+                self._fail("backoff", reason)
+                log.warning("relay connection down", extra={"reason": reason, "retry_after": wait})
+                return max(wait, self._backoff.next_delay())
         except ConnectionClosed as exc:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except ssl.SSLError as exc:
@@ -221,3 +227,10 @@ class Link:
                     self._status.count("nacked")
             case _:
                 log.debug("frame ignored", extra={"frame_type": type(frame).__name__})
+
+
+def _retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (the relay sends whole seconds), if it is one."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

@@ -34,7 +34,7 @@ from locust import FastHttpUser, LoadTestShape, User, constant, constant_through
 from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from appliance import protocol
@@ -168,6 +168,7 @@ class BridgeUser(User):
         context = _ssl_context() if _WS_SCHEME == "wss" else None
         while self._running:
             started = time.perf_counter()
+            pause = RECONNECT_PAUSE
             try:
                 with connect(
                     BRIDGE_URL,
@@ -182,9 +183,13 @@ class BridgeUser(User):
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if self._running:
                     self._event("connection", "WSS", started, 0, exc)
+                if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
+                    # Reconnecting too often for the relay (PROTOCOL.md §2): as a real bridge does.
+                    wait = exc.response.headers.get("Retry-After", "")
+                    pause = max(pause, float(wait) if wait.isdigit() else pause)
             finally:
                 self._sockets.pop(tenant, None)
-            gevent.sleep(RECONNECT_PAUSE)
+            gevent.sleep(pause)
 
     def _receive(self, tenant: str, ws: ClientConnection) -> None:
         churn_at = (

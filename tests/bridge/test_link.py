@@ -159,6 +159,31 @@ async def test_rejected_token_is_reported_and_retried(
     assert "401" in status.last_error
 
 
+async def test_a_429_is_retried_no_sooner_than_its_retry_after() -> None:
+    attempts: list[float] = []
+
+    def too_many(connection: ServerConnection, request: Request) -> Response:
+        attempts.append(asyncio.get_running_loop().time())
+        response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "slow down\n")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=too_many) as s:
+        port = next(iter(s.sockets)).getsockname()[1]
+        status = BridgeStatus()
+        link = Link(
+            lambda: config_for(f"ws://127.0.0.1:{port}/bridge"),
+            lambda frame: asyncio.sleep(0, IntakeResult(True)),
+            status,
+            Backoff(0.05, 0.2),
+        )
+        await run_link(link, lambda: len(attempts) >= 2)
+    assert len(attempts) >= 2
+    # The backoff alone would have come back within 0.2 s.
+    assert attempts[1] - attempts[0] >= 1.0
+    assert "429" in status.last_error
+
+
 async def test_reconnect_request_drops_the_connection_and_connects_again(
     relay_factory: Callable[[list[str]], Any],
 ) -> None:
