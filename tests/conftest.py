@@ -7,10 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.relay import RelayProcess
+from tests.support.relay import STARTED, RelayProcess
 
 #: Real LINE bodies; ../shared sits beside the checkout, here and in CI.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "line-webhooks"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def relay_logs_hold_no_unexpected_errors() -> Iterator[None]:
+    """After the run: no relay wrote an error-level line that no test provoked on purpose,
+    or a line that is not JSON. Ordinary internet noise (probes, attacks, bad input)
+    must not page an operator (issue 9, finding 6)."""
+    yield
+    problems = {str(r.log_file): r.log_problems()[:5] for r in STARTED}
+    problems = {log: lines for log, lines in problems.items() if lines}
+    assert not problems, "unexpected error-level or non-JSON relay log lines:\n" + "\n".join(
+        f"{log}:\n  " + "\n  ".join(lines) for log, lines in problems.items()
+    )
 
 
 @pytest.fixture

@@ -185,15 +185,20 @@ class Harness:
 
 @contextmanager
 def running_relay(
-    factory: pytest.TempPathFactory, name: str, config: str | None = None
+    factory: pytest.TempPathFactory,
+    name: str,
+    config: str | None = None,
+    expected_errors: tuple[str, ...] = (),
 ) -> Iterator[Harness]:
     """A started relay for a test module.
 
     On teardown the relay is stopped and its whole log scanned for every
-    secret, token and signature the module used.
+    secret, token and signature the module used. ``expected_errors`` are the
+    events of error-level lines the module provokes on purpose (the end of
+    the run checks there are no others).
     """
     state = factory.mktemp(name) / "state"
-    relay = RelayProcess(state, config=config).start()
+    relay = RelayProcess(state, config=config, expected_errors=expected_errors).start()
     harness = Harness(relay)
     try:
         yield harness

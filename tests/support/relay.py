@@ -23,6 +23,10 @@ VENV_BIN = Path(sys.executable).parent
 LINERELAY = str(VENV_BIN / "linerelay")
 
 
+#: Every relay the run started, for the end-of-run log audit (tests/conftest.py).
+STARTED: list[RelayProcess] = []
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -58,8 +62,11 @@ class RelayProcess:
         state_dir: Path,
         config: str | None = None,
         env: dict[str, str] | None = None,
+        expected_errors: tuple[str, ...] = (),
     ) -> None:
+        """``expected_errors``: events of error-level log lines the test provokes on purpose."""
         self.state_dir = state_dir
+        self.expected_errors = expected_errors
         self.port = free_port()
         self.admin_port = free_port()
         self.config_file: Path | None = None
@@ -110,6 +117,7 @@ class RelayProcess:
             args += ["--config", str(self.config_file)]
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        STARTED.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -160,6 +168,21 @@ class RelayProcess:
     def output(self) -> str:
         """Everything the relay has written so far."""
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def log_problems(self) -> list[str]:
+        """Lines an operator would be paged or puzzled by: error-level lines the test did
+        not provoke on purpose, and anything that is not a JSON log line."""
+        problems = []
+        for line in self.output().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                problems.append(line)
+                continue
+            level = record.get("level") if isinstance(record, dict) else None
+            if level in ("error", "critical") and record.get("event") not in self.expected_errors:
+                problems.append(line)
+        return problems
 
     def metrics(self) -> str:
         """The admin listener's Prometheus text."""
