@@ -172,22 +172,26 @@ class TenantDelivery:
         self._append_ready(delivery)
         return self._pump(now)
 
-    def loaded(self, rows: list[Delivery], generation: int, now: float) -> list[Action]:
-        """Rows arrived for a :class:`Fetch`; stale ones (from before a reset) are dropped.
+    def loaded(self, rows: list[Delivery], fetch: Fetch, now: float) -> list[Action]:
+        """Rows arrived for ``fetch``; stale ones (from before a reset) are dropped.
 
-        Only an empty page proves the tenant caught up: a page may be short
-        because of its byte limit, not because the queue ended.
+        A page shorter than its limit, in rows and in bytes, is the end of the
+        queue (:meth:`appliance.store.Store.pending`): the tenant is caught up
+        unless a commit came in meanwhile.
         """
-        if generation != self._generation:
+        if fetch.generation != self._generation:
             return []
         self._fetching = False
+        size = sum(len(row.body) for row in rows)
+        complete = len(rows) < fetch.limit and (fetch.max_bytes is None or size < fetch.max_bytes)
         for row in rows:
             if row.seq <= self._loaded_upto:
                 continue
             if self._ready and self._ready_bytes >= self.window_bytes:
-                break  # the rest stays in the store for the next Fetch
+                complete = False  # the rest stays in the store for the next Fetch
+                break
             self._append_ready(row)
-        self._caught_up = not rows and self._loaded_upto >= self._max_committed
+        self._caught_up = complete and self._loaded_upto >= self._max_committed
         return self._pump(now)
 
     def ack(self, connection: Hashable, delivery_id: str, now: float) -> list[Action] | None:

@@ -309,7 +309,7 @@ class Hub:
                 if self._tenants.get(state.tenant) is not state:
                     return
         if self._tenants.get(state.tenant) is state:
-            self._run(state, state.loaded(rows, action.generation, time.monotonic()))
+            self._run(state, state.loaded(rows, action, time.monotonic()))
 
     # -- carrying out actions ------------------------------------------------
 

@@ -275,6 +275,11 @@ class PublicListener:
 
     async def _serve(self, conn: socket.socket, connection: Connection) -> None:
         loop = asyncio.get_running_loop()
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio sets this only on sockets whose proto says TCP, which an
+            # accepted socket does not when its listener was made with proto 0;
+            # without it an answer's second write waits for a delayed ACK (~40 ms).
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             reader = asyncio.StreamReader(limit=2**16)
             protocol = _Protocol(reader, connection)

@@ -171,9 +171,10 @@ class Store(abc.ABC):
     ) -> list[Delivery]:
         """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first.
 
-        With ``max_bytes``, the page stops before the webhook whose body would
-        take it over that many bytes (it always holds at least one), so a
-        queue of large bodies is read back in pages of bounded memory.
+        With ``max_bytes``, the page ends with the webhook whose body takes it
+        to that many bytes or past (so it holds at least one), and a queue of
+        large bodies is read back in pages of bounded memory. A page shorter
+        than ``limit`` and under ``max_bytes`` is therefore the end of the queue.
         """
 
     @abc.abstractmethod
@@ -608,7 +609,7 @@ class SQLiteStore(Store):
             ).fetchall()
             total = 0
             for seq, size in sizes:
-                if last is not None and total + size > max_bytes:
+                if total >= max_bytes:
                     break
                 total += size
                 last = seq

@@ -26,7 +26,7 @@ def fetches(actions: list[Action]) -> list[Fetch]:
 def caught_up(state: TenantDelivery, actions: list[Action]) -> list[Action]:
     """Answer the fetch in ``actions`` with an empty page, as a store with nothing more does."""
     (fetch,) = fetches(actions)
-    return state.loaded([], fetch.generation, 0.0)
+    return state.loaded([], fetch, 0.0)
 
 
 def connected(window: int = 3, backoff: float = 1.0, window_bytes: int = 1 << 20) -> TenantDelivery:
@@ -46,7 +46,7 @@ def test_connecting_fetches_the_backlog_from_the_store() -> None:
 def test_backlog_is_sent_in_order_up_to_the_window() -> None:
     state = TenantDelivery("t", 2)
     (fetch,) = fetches(state.connect("a", 0.0))
-    actions = state.loaded(rows(1, 2, 3), fetch.generation, 0.0)
+    actions = state.loaded(rows(1, 2, 3), fetch, 0.0)
     assert sends(actions) == [("a", wire(1), 1), ("a", wire(2), 1)]
     assert state.in_flight == 2
 
@@ -54,7 +54,7 @@ def test_backlog_is_sent_in_order_up_to_the_window() -> None:
 def test_an_ack_opens_the_window_for_the_next_webhook() -> None:
     state = TenantDelivery("t", 2)
     (fetch,) = fetches(state.connect("a", 0.0))
-    state.loaded(rows(1, 2, 3), fetch.generation, 0.0)
+    state.loaded(rows(1, 2, 3), fetch, 0.0)
     actions = state.ack("a", wire(1), 0.0)
     assert actions is not None
     assert actions[0] == StoreAck(1)
@@ -71,15 +71,24 @@ def test_committed_webhooks_wait_in_the_store_with_no_bridge() -> None:
     assert state.committed(rows(1)[0], 0.0) == []
 
 
-def test_only_an_empty_page_proves_the_bridge_caught_up() -> None:
-    state = TenantDelivery("t", 4)
+def test_a_page_at_its_byte_limit_is_not_the_end_of_the_queue() -> None:
+    state = TenantDelivery("t", 4, window_bytes=100)
     (fetch,) = fetches(state.connect("a", 0.0))
-    # A short page may be short because of its byte limit: the store is read again.
-    actions = state.loaded(rows(1), fetch.generation, 0.0)
-    assert fetches(actions) == [Fetch(after=1, limit=8, generation=1, max_bytes=4 << 20)]
+    # Short in rows but at its byte limit: the store may hold more, so it is read again.
+    actions = state.loaded(rows(1, size=100), fetch, 0.0)
+    (again,) = fetches(actions)
+    assert again == Fetch(after=1, limit=8, generation=1, max_bytes=100)
     # Meanwhile a commit is not taken from memory: it would overtake rows still in the store.
     assert sends(state.committed(rows(5)[0], 0.0)) == []
-    assert sends(state.loaded(rows(2, 5), 1, 0.0)) == [("a", wire(2), 1), ("a", wire(5), 1)]
+    state.ack("a", wire(1), 0.0)
+    assert sends(state.loaded(rows(2, 5), again, 0.0)) == [("a", wire(2), 1), ("a", wire(5), 1)]
+
+
+def test_a_short_page_under_its_byte_limit_is_the_end_of_the_queue() -> None:
+    state = TenantDelivery("t", 4)
+    (fetch,) = fetches(state.connect("a", 0.0))
+    assert fetches(state.loaded(rows(1), fetch, 0.0)) == []
+    assert sends(state.committed(rows(2)[0], 0.0)) == [("a", wire(2), 1)]
 
 
 def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
@@ -94,8 +103,9 @@ def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
     actions = state.ack("a", wire(2), 0.0)
     assert actions is not None
     assert sends(actions) == [("a", wire(3), 1)]
-    assert fetches(actions) == [Fetch(after=3, limit=2, generation=1, max_bytes=1 << 20)]
-    state.loaded(rows(4), 1, 0.0)
+    (fetch,) = fetches(actions)
+    assert fetch == Fetch(after=3, limit=2, generation=1, max_bytes=1 << 20)
+    state.loaded(rows(4), fetch, 0.0)
     assert sends(state.ack("a", wire(3), 0.0)) == [("a", wire(4), 1)]
 
 
@@ -103,7 +113,7 @@ def test_a_commit_seen_during_a_fetch_is_fetched_again_not_lost() -> None:
     state = TenantDelivery("t", 8)
     (fetch,) = fetches(state.connect("a", 0.0))
     state.committed(rows(5)[0], 0.0)  # committed after the fetch read the store
-    actions = state.loaded(rows(1, 2), fetch.generation, 0.0)
+    actions = state.loaded(rows(1, 2), fetch, 0.0)
     assert fetches(actions) == [Fetch(after=2, limit=16, generation=1, max_bytes=4 << 20)]
 
 
@@ -139,7 +149,7 @@ def test_unacked_webhooks_are_redelivered_with_attempt_raised_after_reconnect() 
     state.disconnect("a", 1.0)
     (fetch,) = fetches(state.connect("b", 2.0))
     # The store counted the first attempt (mark_sent), so the row comes back with attempts=1.
-    actions = state.loaded(rows(1, attempts=1), fetch.generation, 2.0)
+    actions = state.loaded(rows(1, attempts=1), fetch, 2.0)
     assert sends(actions) == [("b", wire(1), 2)]
 
 
@@ -148,7 +158,7 @@ def test_the_newest_connection_is_active_and_the_older_stands_by() -> None:
     actions = state.connect("b", 1.0)
     assert state.active == "b"
     (fetch,) = fetches(actions)
-    assert sends(state.loaded(rows(1), fetch.generation, 1.0)) == [("b", wire(1), 1)]
+    assert sends(state.loaded(rows(1), fetch, 1.0)) == [("b", wire(1), 1)]
 
 
 def test_the_standby_takes_over_when_the_active_connection_goes() -> None:
@@ -170,7 +180,7 @@ def test_a_fetch_answered_after_a_reset_is_ignored() -> None:
     state = TenantDelivery("t", 4)
     (old,) = fetches(state.connect("a", 0.0))
     state.connect("b", 0.0)
-    assert state.loaded(rows(1), old.generation, 0.0) == []
+    assert state.loaded(rows(1), old, 0.0) == []
 
 
 def test_a_nacked_webhook_waits_for_its_backoff() -> None:
@@ -217,7 +227,7 @@ def test_an_ack_from_a_superseded_connection_still_counts() -> None:
     state = connected()
     state.committed(rows(1)[0], 0.0)  # sent on "a"
     (fetch,) = fetches(state.connect("b", 1.0))
-    state.loaded(rows(1, attempts=1), fetch.generation, 1.0)  # sent again on "b"
+    state.loaded(rows(1, attempts=1), fetch, 1.0)  # sent again on "b"
     actions = state.ack("a", wire(1), 1.0)  # the bridge behind "a" has it
     assert actions is not None
     assert actions[0] == StoreAck(1)

@@ -96,13 +96,14 @@ async def test_a_repeated_ack_lowers_the_depth_once(store: Store) -> None:
     assert store.depth("a") == 1
 
 
-async def test_a_page_stops_before_its_byte_limit_but_holds_one_row(store: Store) -> None:
+async def test_a_page_ends_with_the_row_that_reaches_its_byte_limit(store: Store) -> None:
     for i in range(4):
         await put(store, "a", bytes([65 + i]) * 100)
     page = await store.pending("a", 0, 10, max_bytes=250)
-    assert [len(d.body) for d in page] == [100, 100]
+    assert [len(d.body) for d in page] == [100, 100, 100]
     (big,) = await store.pending("a", 0, 10, max_bytes=10)
     assert big.body == b"A" * 100
+    assert len(await store.pending("a", 0, 10, max_bytes=401)) == 4
 
 
 async def test_signature_spellings_of_one_digest_are_one_retry(store: Store) -> None:
