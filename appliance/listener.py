@@ -58,6 +58,9 @@ STATE_KEY = "linerelay.connection"
 RATE_BURST_SECONDS = 10
 #: Seconds between two log lines about running out of file descriptors.
 FD_LOG_INTERVAL = 10.0
+#: Seconds a connection whose client sent EOF stays open for an answer in progress
+#: (webhooks are answered within ack_deadline_ms, well under it).
+EOF_GRACE = 1.0
 #: Seconds accepting pauses after running out of file descriptors.
 FD_PAUSE = 0.1
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -108,11 +111,25 @@ def connection_of(scope: dict[str, Any] | Any) -> Connection | None:
 
 
 class _Protocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, telling the connection's record when the socket goes."""
+    """asyncio's stream protocol, telling the connection's record when the socket goes,
+    and closing a connection the client has finished with."""
 
     def __init__(self, reader: asyncio.StreamReader, connection: Connection) -> None:
         super().__init__(reader)
         self._connection = connection
+
+    def eof_received(self) -> bool:
+        # Hypercorn keeps a connection its client closed until its keep-alive
+        # timer fires (up to keep_alive_timeout), holding a descriptor and a
+        # slot under the caps. An answer still being written gets EOF_GRACE.
+        keep_open = bool(super().eof_received())
+        asyncio.get_running_loop().call_later(EOF_GRACE, self._close)
+        return keep_open
+
+    def _close(self) -> None:
+        transport = self._connection.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
