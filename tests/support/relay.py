@@ -63,8 +63,10 @@ class RelayProcess:
         config: str | None = None,
         env: dict[str, str] | None = None,
         expected_errors: tuple[str, ...] = (),
+        log_file: Path | None = None,
     ) -> None:
-        """``expected_errors``: events of error-level log lines the test provokes on purpose."""
+        """``expected_errors``: events of error-level log lines the test provokes on purpose.
+        ``log_file``: where the relay's output goes (default: beside the state dir)."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
         self.port = free_port()
@@ -74,7 +76,7 @@ class RelayProcess:
             self.config_file = state_dir.parent / f"{state_dir.name}-relay.toml"
             self.config_file.write_text(config)
         self.env = {**os.environ, **(env or {})}
-        self.log_file = state_dir.parent / f"{state_dir.name}-relay.log"
+        self.log_file = log_file or state_dir.parent / f"{state_dir.name}-relay.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
