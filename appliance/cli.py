@@ -20,6 +20,7 @@ from pathlib import Path
 SUBCOMMANDS = (
     "appliance.serve_cli",
     "appliance.tenant_cli",
+    "appliance.provision",
     "loadtest.cli",
     "bridge.cli",
     "tls.cli",

@@ -26,7 +26,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from appliance import config as config_module
-from appliance import protocol, tuning
+from appliance import protocol, systemd, tuning
 from appliance.app import create_admin_app, create_public_app
 from appliance.config import RelayConfig
 from appliance.errors import ConfigError
@@ -68,6 +68,7 @@ class Server:
         self._shutdown = asyncio.Event()
         self._ready = False
         self._background: set[asyncio.Task[None]] = set()
+        self._notifier = systemd.Notifier(os.environ)
 
     def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
         if config.uses_dev_pki:
@@ -87,8 +88,9 @@ class Server:
         pid_fd = hold_pid_file(self.state_dir)
         cert, key = self._tls_files(config)
         self.ssl_context = policy.server_context(config.tls_policy, cert, key)
-        public_sock = _listen(config.listen)
-        admin_sock = _listen(config.admin_listen)
+        inherited = systemd.listen_fds(os.environ)
+        public_sock = _listen(config.listen, inherited.get("public"))
+        admin_sock = _listen(config.admin_listen, inherited.get("admin"))
 
         metrics = Metrics()
         store = SQLiteStore(
@@ -111,6 +113,7 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self._on_tenants_changed)
 
         housekeeping = loop.create_task(self._housekeeping())
+        watchdog = loop.create_task(self._watchdog(systemd.watchdog_interval(os.environ)))
         self._ready = True
         log.info(
             "relay serving",
@@ -120,8 +123,10 @@ class Server:
                 "tls_policy": config.tls_policy,
                 "state_dir": str(self.state_dir),
                 "pid": os.getpid(),
+                "socket_activated": sorted(inherited),
             },
         )
+        self._notifier.ready("serving")
         try:
             await asyncio.gather(
                 hypercorn_serve(
@@ -140,6 +145,7 @@ class Server:
         finally:
             self._ready = False
             housekeeping.cancel()
+            watchdog.cancel()
             relay.access_log.flush()
             os.close(pid_fd)
             await store.close()
@@ -149,6 +155,7 @@ class Server:
     async def _until_shutdown(self) -> None:
         await self._shutdown.wait()
         self._ready = False
+        self._notifier.stopping("stopping")
         for connection in list(self.relay.bridges):
             connection.terminate(CLOSE_SHUTDOWN)
 
@@ -156,6 +163,7 @@ class Server:
 
     def reload(self) -> None:
         """Re-read the config and the certificate chain; on any error keep what serves."""
+        self._notifier.reloading("reloading")
         config = self.config
         if self.config_path is not None:
             try:
@@ -189,6 +197,7 @@ class Server:
             self.relay.metrics.tls_reload["ok"].inc()
             log.info("reload: certificate loaded", extra={"chain": str(cert)})
         self._apply(config)
+        self._notifier.ready("serving")
 
     def _apply(self, config: RelayConfig) -> None:
         self.config = config
@@ -201,6 +210,18 @@ class Server:
         relay.access_log.enabled = config.log_level in ("debug", "info")
 
     # -- housekeeping --------------------------------------------------------
+
+    async def _watchdog(self, interval: float | None) -> None:
+        """Tell systemd the event loop turns, at half its watchdog interval.
+
+        Sent from the loop itself, so a loop that hangs stops the pings and
+        systemd restarts the relay.
+        """
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval / 2)
 
     async def _housekeeping(self) -> None:
         """Notice tenant changes; expire and prune old rows."""
@@ -311,8 +332,15 @@ def _limits(config: RelayConfig) -> Limits:
     return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
 
 
-def _listen(address: str) -> socket.socket:
-    """A listening socket on ``HOST:PORT``; raises :class:`ConfigError` if it cannot bind."""
+def _listen(address: str, inherited: int | None = None) -> socket.socket:
+    """A listening socket on ``HOST:PORT``; raises :class:`ConfigError` if it cannot bind.
+
+    With ``inherited`` (a descriptor systemd passed, already bound and
+    listening by its socket unit), that socket instead: ``address`` is then
+    the socket unit's business.
+    """
+    if inherited is not None:
+        return socket.socket(fileno=inherited)
     host, port = config_module.parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
