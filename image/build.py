@@ -66,8 +66,9 @@ PACKAGES = (
     "procps",
     "openssh-server",  # started only when an operator key is provisioned
 )
-#: Changes to the root stage that the package list does not show bump this.
-ROOTFS_RECIPE = 1
+#: Changes to the root stage that the package list does not show (its script, the
+#: dpkg excludes from image/rootfs/etc/dpkg) bump this.
+ROOTFS_RECIPE = 2
 #: The relay's user and group: fixed, so a state volume keeps its owner across images.
 RELAY_UID = 990
 DISK_SIZE = "2G"
@@ -223,7 +224,19 @@ def _rootfs(cache: Path, key: str) -> Path:
                 root,
                 """
                 apt-get update -qq
+                # The image's own initramfs is made once, at the end of stage 3.
+                sed -i 's/^update_initramfs=.*/update_initramfs=no/' \
+                    /etc/initramfs-tools/update-initramfs.conf
                 apt-get -y -qq -o Dpkg::Options::=--force-confold dist-upgrade
+                # An update brings a new kernel beside the old: keep the one the
+                # metapackage names (the image boots exactly one).
+                keep=$(dpkg-query -W -f='${Depends}' linux-image-amd64 | cut -d' ' -f1)
+                for pkg in $(dpkg-query -W -f='${Package}\n' 'linux-image-[0-9]*'); do
+                    [ "$pkg" = "$keep" ] || apt-get -y -qq purge "$pkg"
+                done
+                sed -i 's/^update_initramfs=.*/update_initramfs=yes/' \
+                    /etc/initramfs-tools/update-initramfs.conf
+                rm -f /boot/initrd.img-*
                 apt-get clean
                 rm -rf /var/lib/apt/lists/*
                 find /usr/share/doc -mindepth 1 ! -name copyright ! -type d -delete
@@ -294,7 +307,7 @@ def _source_files() -> list[Path]:
 def _image_files() -> list[Path]:
     files = [p for p in OVERLAY.rglob("*") if p.is_file()]
     files += [p for p in (CHECKOUT / "systemd").iterdir() if p.suffix in UNIT_SUFFIXES]
-    files += [Path(__file__), CHECKOUT / "docs" / "appliance.md"]
+    files.append(Path(__file__))
     return sorted(files)
 
 
@@ -330,12 +343,9 @@ def _configure(root: Path, wheels: list[Path]) -> None:
             echo uninitialized > /etc/machine-id
             rm -f /var/lib/dbus/machine-id
             : > /etc/resolv.conf
-            update-initramfs -u -k all
+            update-initramfs -c -k all
             """,
         )
-    doc = root / "opt/linerelay/share/doc"
-    doc.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(CHECKOUT / "docs" / "appliance.md", doc / "appliance.md")
 
 
 def _write_qemu_args(out: Path) -> None:
