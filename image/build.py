@@ -100,6 +100,27 @@ MASK = (
     "fstrim.timer",
     "systemd-pstore.service",
     "ssh.socket",
+    "apparmor.service",  # no profiles to load
+    "systemd-binfmt.service",
+    "systemd-network-generator.service",  # networkd's .network file configures the network
+    "modprobe@dm_mod.service",  # modules loaded on demand anyway
+    "modprobe@loop.service",
+    "modprobe@fuse.service",
+)
+#: Generators that find nothing to do on the appliance; each is a process run
+#: before any unit starts, which under emulation is time on every boot.
+MASK_GENERATORS = (
+    "systemd-sysv-generator",
+    "systemd-rc-local-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-bless-boot-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-system-update-generator",
+    "systemd-run-generator",
+    "systemd-getty-generator",
+    "systemd-veritysetup-generator",
+    "systemd-integritysetup-generator",
+    "systemd-cryptsetup-generator",
 )
 
 
@@ -337,6 +358,9 @@ def _configure(root: Path, wheels: list[Path]) -> None:
             test -f /opt/linerelay/lib/python3.11/site-packages/tls/openssl.cnf
             systemctl enable {" ".join(ENABLE)}
             systemctl mask {" ".join(MASK)}
+            for generator in {" ".join(MASK_GENERATORS)}; do
+                ln -sf /dev/null /etc/systemd/system-generators/$generator
+            done
             rm -f /etc/ssh/ssh_host_*
             passwd -q -l root
             # systemd 252 takes an empty machine-id for an initialised one.

@@ -33,6 +33,15 @@ def unit(name: str) -> configparser.RawConfigParser:
     return parser
 
 
+def values(name: str, key: str) -> list[str]:
+    """Every value of ``key`` in a unit, repeated keys and lists flattened."""
+    found: list[str] = []
+    for line in (SYSTEMD / name).read_text().splitlines():
+        if line.startswith(key + "="):
+            found += line.split("=", 1)[1].split()
+    return found
+
+
 def exposure(path: Path) -> float:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(path)],
@@ -111,14 +120,11 @@ def test_the_relay_holds_no_capability_and_notifies_systemd() -> None:
 
 
 def test_provisioning_gets_the_credentials_before_the_relay_starts() -> None:
-    provision = unit("linerelay-provision.service")
-    loaded = (SYSTEMD / "linerelay-provision.service").read_text()
-    for name in ("relay-toml", "tls-chain", "tls-key", "tenants"):
-        assert f"LoadCredential=linerelay.{name}\n" in loaded
-    assert provision["Unit"]["Before"] == "linerelay.service"
-    relay = unit("linerelay.service")["Unit"]
-    assert "linerelay-provision.service" in relay["Requires"].split()
-    assert "linerelay-provision.service" in relay["After"].split()
+    loaded = values("linerelay-provision.service", "LoadCredential")
+    assert loaded == [f"linerelay.{n}" for n in ("relay-toml", "tls-chain", "tls-key", "tenants")]
+    assert "linerelay.service" in values("linerelay-provision.service", "Before")
+    assert "linerelay-provision.service" in values("linerelay.service", "Requires")
+    assert "linerelay-provision.service" in values("linerelay.service", "After")
 
 
 def test_a_certificate_change_reloads_the_relay() -> None:
