@@ -32,7 +32,7 @@ import ssl
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, TenantError
 from appliance.tenants import MIN_TOKEN_CHARS, TenantRegistry, validate_id
 from tls import policy
-from tls.pki import EmbeddedPKI
 
 RELAY_TOML = "linerelay.relay-toml"
 TLS_CHAIN = "linerelay.tls-chain"
@@ -55,6 +54,12 @@ IMAGE_DEFAULTS = {"listen": "0.0.0.0:443", "admin_listen": "127.0.0.1:9443"}
 #: Tenants ever added from a credential, so one the operator removed stays removed.
 PROVISIONED_TENANTS = "provisioned-tenants.json"
 TENANT_KEYS = frozenset({"tenant", "channel_secret", "bridge_token"})
+
+DESCRIPTION = (
+    "Write the relay's config, certificate and tenants from systemd credentials, adding "
+    "only what is missing; with no certificate, create the dev PKI and print its root. "
+    "Bad input exits 2 and changes nothing."
+)
 
 
 class ProvisionError(Exception):
@@ -85,13 +90,26 @@ class Plan:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``provision``."""
-    parser = subparsers.add_parser(
-        "provision",
-        help="apply first-boot credentials (appliance image; PROTOCOL.md §5)",
-        description="Write the relay's config, certificate and tenants from systemd "
-        "credentials, adding only what is missing; with no certificate, create the dev "
-        "PKI and print its root. Bad input exits 2 and changes nothing.",
+    _arguments(
+        subparsers.add_parser(
+            "provision",
+            help="apply first-boot credentials (appliance image; PROTOCOL.md §5)",
+            description=DESCRIPTION,
+        )
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m appliance.provision ARGS``: ``linerelay provision ARGS`` without the
+    other subcommands' imports, which cost seconds at every boot under emulation."""
+    parser = argparse.ArgumentParser(prog="linerelay provision", description=DESCRIPTION)
+    _arguments(parser)
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     add_state_dir(parser)
     parser.add_argument(
         "--credentials",
@@ -154,7 +172,7 @@ def provision(
         say(f"provision: {exc}")
         return
     if config.uses_dev_pki:
-        _announce_dev_pki(EmbeddedPKI(state / "pki"), say)
+        _announce_dev_pki(state / "pki", say)
 
 
 def read(credentials: Path, config_dir: Path) -> Plan:
@@ -347,8 +365,13 @@ def _kept(path: Path, wanted: bytes, name: str, say: Callable[[str], object]) ->
         )
 
 
-def _announce_dev_pki(pki: EmbeddedPKI, say: Callable[[str], object]) -> None:
+def _announce_dev_pki(directory: Path, say: Callable[[str], object]) -> None:
     """Create the dev PKI if needed and print its root: the one thing clients must trust."""
+    # Imported here: cryptography costs a second at boot under emulation, and
+    # only a relay without a certificate needs it.
+    from tls.pki import EmbeddedPKI  # noqa: PLC0415
+
+    pki = EmbeddedPKI(directory)
     pki.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if pki.ensure():
         say(f"provision: development PKI created in {pki.directory}")
@@ -373,3 +396,7 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

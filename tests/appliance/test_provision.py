@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -305,3 +307,19 @@ def test_the_operators_listen_wins_over_the_images_default(
     box.give("relay-toml", 'listen = "0.0.0.0:8443"\n')
     assert box.run(capsys)[0] == 0
     assert tomllib.loads((box.config / "relay.toml").read_text())["listen"] == "0.0.0.0:8443"
+
+
+def test_the_units_entry_point_is_the_same_command(box: Box) -> None:
+    """linerelay-provision.service runs ``python -m appliance.provision`` (fewer imports)."""
+    argv = [sys.executable, "-m", "appliance.provision", "--credentials", str(box.credentials)]
+    argv += ["--state-dir", str(box.state), "--config-dir", str(box.config)]
+    box.tenants(tenant("shop-1", SECRET_A, "short"))
+    bad = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "linerelay provision: linerelay.tenants" in bad.stderr
+    assert box.snapshot() == {}
+    box.tenants(tenant("shop-1", SECRET_A, TOKEN_A))
+    good = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert good.returncode == 0, good.stderr
+    assert "tenant shop-1 added" in good.stdout
+    assert "BEGIN CERTIFICATE" in good.stdout
