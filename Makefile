@@ -32,7 +32,7 @@ image: $(STAMP)  ## build/appliance/disk.raw + qemu.args (PROTOCOL.md §5; root,
 	$(BIN)/python -m image.build
 
 image-test: image  ## boot the image under qemu: provisioning, conformance, a bridge, power cuts, an upgrade
-	LINERELAY_IMAGE_TEST=1 $(BIN)/pytest -p no:cacheprovider tests/image -v
+	LINERELAY_IMAGE_TEST=1 $(BIN)/pytest -p no:cacheprovider tests/image -v -rP
 
 state-disk: $(STAMP)  ## an empty state volume, build/appliance/state.raw, to attach as a second disk
 	$(BIN)/python -m image.build state-disk build/appliance/state.raw

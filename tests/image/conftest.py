@@ -128,8 +128,9 @@ class Guest:
             self.kill()
 
     def console(self) -> str:
-        """The serial console so far, with Unix line ends."""
-        return self.console_file.read_bytes().decode(errors="replace").replace("\r\n", "\n")
+        """The serial console so far; every line end (and a bare CR) a newline."""
+        text = self.console_file.read_bytes().decode(errors="replace")
+        return text.replace("\r\n", "\n").replace("\r", "\n")
 
     def wait_tls(self, cafile: Path, timeout: float = BOOT_TIMEOUT) -> float:
         """Wait for a TLS handshake on the forwarded 443 that verifies; seconds since power-on.

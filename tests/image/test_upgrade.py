@@ -30,8 +30,9 @@ TENANT = "shop-7"
 SECRET = secrets.token_hex(16)
 TOKEN = "lrb_" + secrets.token_urlsafe(32)
 PEM = re.compile(r"-----BEGIN CERTIFICATE-----\n.*?\n-----END CERTIFICATE-----\n", re.S)
-#: journald's prefix on what a unit writes to the console: "[   20.25] linerelay[273]: ".
-CONSOLE_PREFIX = re.compile(r"^\[\s*[\d.]+\] linerelay\[\d+\]: ", re.M)
+#: Provisioning's lines as journald forwards them to the console, among systemd's own:
+#: "[   20.25] linerelay-provision[273]: TEXT".
+PROVISION_LINE = re.compile(r"^\[\s*[\d.]+\] linerelay-provision\[\d+\]: (.*)$", re.M)
 
 
 def test_state_survives_an_image_replacement(
@@ -52,7 +53,8 @@ def test_state_survives_an_image_replacement(
     root = tmp_path / "root.pem"
 
     def printed_root() -> str | None:
-        found = PEM.findall(CONSOLE_PREFIX.sub("", old.console()))
+        said = "".join(line + "\n" for line in PROVISION_LINE.findall(old.console()))
+        found = PEM.findall(said)
         return found[-1] if found else None
 
     # The dev PKI's root is on the console before the relay serves with it.
