@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,14 @@ def test_state_survives_an_image_replacement(
     frames = take(new, root, TOKEN, len(bodies))
     assert [f["body"].encode() for f in frames] == bodies
     assert frames[0]["tenant"] == TENANT
+    # No operator key was given to this appliance: no sshd behind port 22.
+    with socket.create_connection(("127.0.0.1", new.ssh_port), timeout=10) as ssh:
+        ssh.settimeout(10)
+        try:
+            banner = ssh.recv(64)
+        except OSError:
+            banner = b""
+    assert not banner.startswith(b"SSH-")
     console = old.console() + new.console()
     for secret in (SECRET, TOKEN):
         assert secret not in console
