@@ -107,6 +107,23 @@ MASK = (
     "modprobe@loop.service",
     "modprobe@fuse.service",
 )
+#: Kernel module trees a headless network appliance never loads: about 170 MB,
+#: a fifth of the image. Removed after dpkg installed them (an image is
+#: replaced whole, never upgraded in place), then depmod.
+UNUSED_MODULES = (
+    "drivers/gpu",
+    "sound",
+    "drivers/media",
+    "drivers/net/wireless",
+    "net/wireless",
+    "net/mac80211",
+    "drivers/infiniband",
+    "drivers/bluetooth",
+    "net/bluetooth",
+    "drivers/staging",
+    "drivers/iio",
+    "drivers/isdn",
+)
 #: Generators that find nothing to do on the appliance; each is a process run
 #: before any unit starts, which under emulation is time on every boot.
 MASK_GENERATORS = (
@@ -367,6 +384,10 @@ def _configure(root: Path, wheels: list[Path]) -> None:
             echo uninitialized > /etc/machine-id
             rm -f /var/lib/dbus/machine-id
             : > /etc/resolv.conf
+            for kernel in /lib/modules/*; do
+                for tree in {" ".join(UNUSED_MODULES)}; do rm -rf "$kernel/kernel/$tree"; done
+                depmod -a "$(basename "$kernel")"
+            done
             update-initramfs -c -k all
             """,
         )
@@ -399,8 +420,11 @@ def _need(tool: str) -> None:
         raise BuildError(f"{tool} not found; apt-get install debootstrap e2fsprogs (see .ci/run)")
 
 
+_STARTED = time.monotonic()
+
+
 def _step(what: str) -> None:
-    print(f"image: {what}", flush=True)
+    print(f"image: [{time.monotonic() - _STARTED:4.0f} s] {what}", flush=True)
 
 
 def _run(argv: list[str]) -> None:

@@ -67,7 +67,9 @@ def test_boots_to_a_tls_handshake_on_443(guest: Guest, ssh_key: Path) -> None:
     print(f"\nboot to the first TLS handshake on 443: {guest.boot_seconds:.1f} s")
     print(guest.ssh(ssh_key, "systemd-analyze; systemd-analyze critical-chain linerelay.service"))
     print(guest.ssh(ssh_key, "systemd-analyze blame | head -15"))
-    assert guest.boot_seconds < BOOT_TARGET_SECONDS * 2, "far over the boot-time target"
+    # The figure is printed and documented; the bound only catches a boot that
+    # went wrong: emulation speed follows whatever else the machine runs.
+    assert guest.boot_seconds < BOOT_TARGET_SECONDS * 3, "far over the boot-time target"
 
 
 def test_conformance_passes_from_the_host(guest: Guest, pki: devpki.DevPKI, tmp_path: Path) -> None:
