@@ -61,7 +61,7 @@ PACKAGES = (
     "e2fsprogs",  # fsck.ext4 at boot
     "python3",
     "python3-venv",
-    "sqlite3",  # backups of the store (.backup), docs/appliance.md
+    "sqlite3",  # online backups of the store (VACUUM INTO), docs/appliance.md
     "iproute2",  # ss: what listens
     "procps",
     "openssh-server",  # started only when an operator key is provisioned

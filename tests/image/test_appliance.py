@@ -151,6 +151,39 @@ def test_metrics_on_the_admin_listener_inside_only(guest: Guest, ssh_key: Path) 
     assert "linerelay_webhook_ack_seconds" in metrics
 
 
+def test_an_operator_adds_a_tenant_on_the_running_appliance(
+    guest: Guest, pki: devpki.DevPKI, ssh_key: Path
+) -> None:
+    secret = secrets.token_hex(16)
+    added = json.loads(
+        guest.ssh(
+            ssh_key,
+            f"echo {secret} | linerelay tenant add shop-43 --channel-secret-file - --json "
+            "--public-url https://relay.example.com",
+        )
+    )
+    assert added["webhook_url"] == "https://relay.example.com/webhook/shop-43"
+    body = webhook_body("a new tenant")
+    assert signed_post(guest, pki.root, "shop-43", secret, body).status_code == 200
+    [frame] = take(guest, pki.root, added["token"], 1)
+    assert frame["body"].encode() == body
+    # Written as the relay's user: the relay can still open everything after a restart.
+    owners = guest.ssh(ssh_key, "stat -c %U /var/lib/linerelay/state/* | sort -u")
+    assert owners.split() == ["linerelay"]
+
+
+def test_the_store_backs_up_while_the_relay_runs(guest: Guest, ssh_key: Path) -> None:
+    # As docs/appliance.md says: as the relay's user, one read transaction each.
+    state = "/var/lib/linerelay/state"
+    guest.ssh(ssh_key, "rm -f /tmp/store.backup /tmp/tenants.backup")
+    for db in ("store", "tenants"):
+        vacuum = f"VACUUM INTO '/tmp/{db}.backup'"
+        guest.ssh(ssh_key, f'runuser -u linerelay -- sqlite3 {state}/{db}.db "{vacuum}"')
+    assert "ok" in guest.ssh(ssh_key, "sqlite3 /tmp/store.backup 'PRAGMA integrity_check'")
+    ids = guest.ssh(ssh_key, "sqlite3 /tmp/tenants.backup 'SELECT id FROM tenants'")
+    assert TENANT in ids.split()
+
+
 def test_power_cut_loses_no_acknowledged_webhook(
     guest: Guest, pki: devpki.DevPKI, ssh_key: Path
 ) -> None:
