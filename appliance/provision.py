@@ -14,7 +14,9 @@ qemu passes as ``-smbios type=11,value=io.systemd.credential.binary:NAME=BASE64`
 
 It only ever adds what is missing, so it is idempotent and a later boot never
 overwrites state: an existing config or certificate is kept (and a credential
-that differs from it is reported, not applied); a tenant already present is
+that differs from it is reported, not applied; the one exception is the
+default config a boot without credentials wrote, untouched since, which a
+later boot's credentials replace); a tenant already present is
 left as it is, and one that was provisioned once and removed since by the
 operator is not brought back. All input is checked before anything is
 written: bad input exits 2 with a message saying what is wrong, and changes
@@ -159,11 +161,16 @@ def provision(
             _write(key_path, plan.key)
             _write(chain_path, plan.chain)
             say(f"provision: certificate written to {chain_path}")
-    if toml_path.exists():
-        if plan.relay_toml is not None:
-            _kept(toml_path, _render(plan, config_dir).encode(), "relay-toml", say)
+    wanted = _render(plan, config_dir).encode()
+    # The config a boot without credentials writes is provisioning's own
+    # default, not state: credentials given on a later boot replace it as long
+    # as nobody has edited it.
+    default = _render(Plan(None, None, None, ()), config_dir).encode()
+    if toml_path.exists() and not (_read(toml_path) == default and wanted != default):
+        if plan.relay_toml is not None or plan.chain is not None:
+            _kept(toml_path, wanted, "relay-toml", say)
     else:
-        _write(toml_path, _render(plan, config_dir).encode())
+        _write(toml_path, wanted)
         say(f"provision: config written to {toml_path}")
     try:
         config = _load(toml_path.read_text(encoding="utf-8"), state, str(toml_path))
@@ -354,12 +361,15 @@ def _apply_tenants(
         say(f"provision: tenant {tenant} added (bridge token stored hashed)")
 
 
-def _kept(path: Path, wanted: bytes, name: str, say: Callable[[str], object]) -> None:
+def _read(path: Path) -> bytes | None:
     try:
-        same = path.read_bytes() == wanted
+        return path.read_bytes()
     except OSError:
-        same = False
-    if not same:
+        return None
+
+
+def _kept(path: Path, wanted: bytes, name: str, say: Callable[[str], object]) -> None:
+    if _read(path) != wanted:
         say(
             f"provision: {path} exists and is kept; the {name} credential differs and is not applied"
         )

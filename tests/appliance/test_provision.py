@@ -323,3 +323,28 @@ def test_the_units_entry_point_is_the_same_command(box: Box) -> None:
     assert good.returncode == 0, good.stderr
     assert "tenant shop-1 added" in good.stdout
     assert "BEGIN CERTIFICATE" in good.stdout
+
+
+def test_credentials_after_a_boot_without_any_replace_only_the_untouched_default(
+    box: Box, pki: devpki.DevPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert box.run(capsys)[0] == 0  # no credentials: the default config, the dev PKI
+    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-key", pki.key.read_bytes())
+    status, out, _ = box.run(capsys)
+    assert status == 0
+    config = tomllib.loads((box.config / "relay.toml").read_text())
+    assert Path(config["tls_cert_file"]).read_bytes() == pki.fullchain.read_bytes()
+    assert "BEGIN CERTIFICATE" not in out  # the dev PKI no longer serves
+    # An operator's edit is state: later credentials leave it as it is.
+    (tmp_path / "other").mkdir()
+    other = Box(tmp_path / "other")
+    assert other.run(capsys)[0] == 0
+    edited = (other.config / "relay.toml").read_text() + "queue_cap = 7\n"
+    (other.config / "relay.toml").write_text(edited)
+    other.give("tls-chain", pki.fullchain.read_bytes())
+    other.give("tls-key", pki.key.read_bytes())
+    status, out, _ = other.run(capsys)
+    assert status == 0
+    assert (other.config / "relay.toml").read_text() == edited
+    assert "the relay-toml credential differs and is not applied" in out
