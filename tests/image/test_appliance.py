@@ -7,14 +7,19 @@ comes last: it reboots that guest.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.image.conftest import (
     Guest,
@@ -23,7 +28,7 @@ from tests.image.conftest import (
     take,
     tenants_credential,
 )
-from tests.integration.helpers import webhook_body
+from tests.integration.helpers import wait_for, webhook_body
 from tls import devpki
 
 TENANT = "shop-42"
@@ -182,6 +187,64 @@ def test_the_store_backs_up_while_the_relay_runs(guest: Guest, ssh_key: Path) ->
     assert "ok" in guest.ssh(ssh_key, "sqlite3 /tmp/store.backup 'PRAGMA integrity_check'")
     ids = guest.ssh(ssh_key, "sqlite3 /tmp/tenants.backup 'SELECT id FROM tenants'")
     assert TENANT in ids.split()
+
+
+def served_leaf(guest: Guest, *roots: Path) -> bytes:
+    """The DER of the leaf a new handshake on the guest's 443 gets."""
+    context = ssl.create_default_context(cafile=str(roots[0]))
+    for root in roots[1:]:
+        context.load_verify_locations(cafile=str(root))
+    with (
+        socket.create_connection(("127.0.0.1", guest.port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def install_pair(guest: Guest, ssh_key: Path, pair: devpki.DevPKI) -> None:
+    """Copy a chain and key in as docs/appliance.md says (key first)."""
+    for source, name in ((pair.key, "privkey.pem"), (pair.fullchain, "fullchain.pem")):
+        encoded = base64.b64encode(source.read_bytes()).decode()
+        guest.ssh(
+            ssh_key,
+            f"echo {encoded} | base64 -d > /tmp/{name} && install -o linerelay -g linerelay "
+            f"-m 0600 /tmp/{name} /var/lib/linerelay/config/tls/{name} && rm /tmp/{name}",
+        )
+
+
+def serves(guest: Guest, leaf: bytes, *roots: Path) -> bool:
+    """Whether a new handshake gets ``leaf`` (False while it cannot complete one)."""
+    try:
+        return served_leaf(guest, *roots) == leaf
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(
+    guest: Guest, pki: devpki.DevPKI, ssh_key: Path, tmp_path: Path
+) -> None:
+    renewed = devpki.create(tmp_path / "renewed", ["localhost", "127.0.0.1"])
+    pid = guest.ssh(ssh_key, "systemctl show -p MainPID --value linerelay.service").strip()
+    leaf = x509.load_pem_x509_certificate(renewed.cert.read_bytes()).public_bytes(Encoding.DER)
+    install_pair(guest, ssh_key, renewed)
+    wait_for(
+        lambda: serves(guest, leaf, pki.root, renewed.root),
+        "the renewed leaf on a new handshake",
+        timeout=120,
+        interval=1,
+    )
+    # linerelay-certs.path reloaded it (SIGHUP): the same process serves.
+    assert guest.ssh(ssh_key, "systemctl show -p MainPID --value linerelay.service").strip() == pid
+    install_pair(guest, ssh_key, pki)  # back to the pair the other tests trust
+    original = x509.load_pem_x509_certificate(pki.cert.read_bytes()).public_bytes(Encoding.DER)
+    wait_for(
+        lambda: serves(guest, original, pki.root, renewed.root),
+        "the original leaf again",
+        timeout=120,
+        interval=1,
+    )
 
 
 def test_power_cut_loses_no_acknowledged_webhook(
