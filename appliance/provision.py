@@ -384,6 +384,9 @@ def _announce_dev_pki(directory: Path, say: Callable[[str], object]) -> None:
     pki = EmbeddedPKI(directory)
     pki.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if pki.ensure():
+        # EmbeddedPKI does not fsync; a power cut right after first boot must
+        # not leave empty PEM files the relay can never start on.
+        os.sync()
         say(f"provision: development PKI created in {pki.directory}")
     say(
         "provision: no certificate was provisioned; the relay serves its development PKI. "

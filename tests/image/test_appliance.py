@@ -204,14 +204,15 @@ def served_leaf(guest: Guest, *roots: Path) -> bytes:
 
 
 def install_pair(guest: Guest, ssh_key: Path, pair: devpki.DevPKI) -> None:
-    """Copy a chain and key in as docs/appliance.md says (key first)."""
+    """Put a chain and key in place as docs/appliance.md says: linerelay-install-cert."""
     for source, name in ((pair.key, "privkey.pem"), (pair.fullchain, "fullchain.pem")):
         encoded = base64.b64encode(source.read_bytes()).decode()
-        guest.ssh(
-            ssh_key,
-            f"echo {encoded} | base64 -d > /tmp/{name} && install -o linerelay -g linerelay "
-            f"-m 0600 /tmp/{name} /var/lib/linerelay/config/tls/{name} && rm /tmp/{name}",
-        )
+        guest.ssh(ssh_key, f"echo {encoded} | base64 -d > /tmp/{name}")
+    guest.ssh(
+        ssh_key,
+        "linerelay-install-cert /tmp/fullchain.pem /tmp/privkey.pem "
+        "&& rm /tmp/fullchain.pem /tmp/privkey.pem",
+    )
 
 
 def serves(guest: Guest, leaf: bytes, *roots: Path) -> bool:
@@ -237,6 +238,19 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     )
     # linerelay-certs.path reloaded it (SIGHUP): the same process serves.
     assert guest.ssh(ssh_key, "systemctl show -p MainPID --value linerelay.service").strip() == pid
+    # A key that is not the leaf's is refused before anything is replaced.
+    mismatched = devpki.create(tmp_path / "mismatched", ["localhost"])
+    for source, name in ((pki.fullchain, "chain.pem"), (mismatched.key, "wrong.pem")):
+        encoded = base64.b64encode(source.read_bytes()).decode()
+        guest.ssh(ssh_key, f"echo {encoded} | base64 -d > /tmp/{name}")
+    refused = guest.ssh(
+        ssh_key,
+        "linerelay-install-cert /tmp/chain.pem /tmp/wrong.pem 2>&1; echo status=$?",
+        check=False,
+    )
+    assert "cannot be served" in refused
+    assert "status=1" in refused
+    assert serves(guest, leaf, pki.root, renewed.root)
     install_pair(guest, ssh_key, pki)  # back to the pair the other tests trust
     original = x509.load_pem_x509_certificate(pki.cert.read_bytes()).public_bytes(Encoding.DER)
     wait_for(
