@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit integration bench clean
+.PHONY: run test lint typecheck unit integration bench clean image image-test state-disk
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -m 'not integration'
+
+image: $(STAMP)  ## build/appliance/disk.raw + qemu.args (PROTOCOL.md §5; root, debootstrap; docs/appliance.md)
+	$(BIN)/python -m image.build
+
+image-test: image  ## boot the image under qemu: provisioning, conformance, a bridge, power cuts, an upgrade
+	LINERELAY_IMAGE_TEST=1 $(BIN)/pytest -p no:cacheprovider tests/image -v -rP
+
+state-disk: $(STAMP)  ## an empty state volume, build/appliance/state.raw, to attach as a second disk
+	$(BIN)/python -m image.build state-disk build/appliance/state.raw
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.throughput

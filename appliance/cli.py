@@ -21,6 +21,7 @@ SUBCOMMANDS = (
     "appliance.serve_cli",
     "appliance.tenant_cli",
     "appliance.config_cli",
+    "appliance.provision",
     "loadtest.cli",
     "bridge.cli",
     "tls.cli",

@@ -27,7 +27,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
 from appliance import config as config_module
-from appliance import logs, protocol, tuning
+from appliance import logs, protocol, systemd, tuning
 from appliance.app import create_admin_app, create_public_app
 from appliance.config import RESTART_KEYS, RelayConfig
 from appliance.errors import ConfigError, StoreError
@@ -59,6 +59,7 @@ class Server:
         self._shutdown = asyncio.Event()
         self._ready = False
         self._background: set[asyncio.Task[None]] = set()
+        self._notifier = systemd.Notifier(os.environ)
 
     def _tls_files(self, config: RelayConfig) -> tuple[Path, Path]:
         if config.uses_dev_pki:
@@ -79,8 +80,9 @@ class Server:
         pid_fd = hold_pid_file(self.state.path)
         cert, key = self._tls_files(config)
         self.ssl_context = policy.server_context(config.tls_policy, cert, key)
-        public_sock = _listen(config.listen)
-        admin_sock = _listen(config.admin_listen)
+        inherited = systemd.listen_fds(os.environ)
+        public_sock = _listen(config.listen, inherited.get("public"))
+        admin_sock = _listen(config.admin_listen, inherited.get("admin"))
 
         metrics = Metrics()
         store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
@@ -114,6 +116,7 @@ class Server:
         loop.add_signal_handler(signal.SIGUSR1, self._on_tenants_changed)
 
         housekeeping = loop.create_task(self._housekeeping())
+        watchdog = loop.create_task(self._watchdog(systemd.watchdog_interval(os.environ)))
         self._ready = True
         log.info(
             "relay serving",
@@ -124,8 +127,10 @@ class Server:
                 "state_dir": str(self.state.path),
                 "max_connections": config.max_connections,
                 "pid": os.getpid(),
+                "socket_activated": sorted(inherited),
             },
         )
+        self._notifier.ready("serving")
         try:
             await public_app.startup()
             await asyncio.gather(
@@ -139,6 +144,7 @@ class Server:
         finally:
             self._ready = False
             housekeeping.cancel()
+            watchdog.cancel()
             await public_app.shutdown()
             relay.access_log.flush()
             os.close(pid_fd)
@@ -152,6 +158,7 @@ class Server:
     async def _until_shutdown(self) -> None:
         await self._shutdown.wait()
         self._ready = False
+        self._notifier.stopping("stopping")
         for connection in list(self.relay.hub.connections):
             connection.terminate(CLOSE_SHUTDOWN)
 
@@ -159,6 +166,7 @@ class Server:
 
     def reload(self) -> None:
         """Re-read the config and the certificate chain; on any error keep what serves."""
+        self._notifier.reloading("reloading")
         config = self.config
         if self.config_path is not None:
             try:
@@ -192,6 +200,7 @@ class Server:
             self.relay.metrics.tls_reload["ok"].inc()
             log.info("reload: certificate loaded", extra={"chain": str(cert)})
         self._apply(config)
+        self._notifier.ready("serving")
 
     def _apply(self, config: RelayConfig) -> None:
         config = _fit_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -205,6 +214,18 @@ class Server:
         relay.access_log.enabled = config.log_level in ("debug", "info")
 
     # -- housekeeping --------------------------------------------------------
+
+    async def _watchdog(self, interval: float | None) -> None:
+        """Tell systemd the event loop turns, at half its watchdog interval.
+
+        Sent from the loop itself, so a loop that hangs stops the pings and
+        systemd restarts the relay.
+        """
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await asyncio.sleep(interval / 2)
 
     async def _housekeeping(self) -> None:
         """Notice tenant changes; expire and prune old rows."""
@@ -347,8 +368,15 @@ def _limits(config: RelayConfig) -> Limits:
     return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
 
 
-def _listen(address: str) -> socket.socket:
-    """A listening socket on ``HOST:PORT``; raises :class:`ConfigError` if it cannot bind."""
+def _listen(address: str, inherited: int | None = None) -> socket.socket:
+    """A listening socket on ``HOST:PORT``; raises :class:`ConfigError` if it cannot bind.
+
+    With ``inherited`` (a descriptor systemd passed, already bound and
+    listening by its socket unit), that socket instead: ``address`` is then
+    the socket unit's business.
+    """
+    if inherited is not None:
+        return socket.socket(fileno=inherited)
     host, port = config_module.parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

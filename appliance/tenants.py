@@ -29,6 +29,8 @@ from appliance.state import PID_FILE, create_private
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 TOKEN_PREFIX = "lrb_"  # noqa: S105 (a public prefix, not a secret)
+#: The shortest bridge token :meth:`TenantRegistry.add` takes from a caller.
+MIN_TOKEN_CHARS = 32
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -100,11 +102,19 @@ class TenantRegistry:
         """Close the file."""
         self._db.close()
 
-    def add(self, tenant: str, secret: str) -> str:
-        """Add ``tenant``; returns its bridge token, which is not stored and cannot be shown again."""
+    def add(self, tenant: str, secret: str, token: str | None = None) -> str:
+        """Add ``tenant``; returns its bridge token, which is not stored and cannot be shown again.
+
+        ``token`` is the bridge token to store (hashed) instead of a new one,
+        for tokens made elsewhere (appliance provisioning); at least
+        :data:`MIN_TOKEN_CHARS` characters.
+        """
         validate_id(tenant)
         secret = _validate_secret(secret)
-        token = new_token()
+        if token is None:
+            token = new_token()
+        elif len(token) < MIN_TOKEN_CHARS:
+            raise TenantError(f"the bridge token is shorter than {MIN_TOKEN_CHARS} characters")
         now = _now_ms()
         try:
             self._db.execute(
@@ -113,6 +123,8 @@ class TenantRegistry:
                 (tenant, secret.encode("utf-8"), hash_token(token), now, now),
             )
         except sqlite3.IntegrityError as exc:
+            if "token_hash" in str(exc):
+                raise TenantError(f"tenant {tenant!r}: that bridge token is in use") from exc
             raise TenantError(f"tenant {tenant!r} already exists") from exc
         return token
 

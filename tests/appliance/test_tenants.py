@@ -167,3 +167,25 @@ def test_a_second_relay_on_one_state_dir_is_refused(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(hold_pid_file(tmp_path))  # free again once the first let go
+
+
+def test_a_given_token_is_stored_hashed_and_authenticates(paths: Path) -> None:
+    token = "given-" + "t" * 30
+    registry = TenantRegistry(paths)
+    try:
+        assert registry.add("shop-1", "secret", token=token) == token
+        with pytest.raises(TenantError, match="shorter than 32"):
+            registry.add("shop-2", "secret", token="t" * 31)
+        with pytest.raises(TenantError, match="token is in use"):
+            registry.add("shop-3", "secret", token=token)
+        assert [t.id for t in registry.list()] == ["shop-1"]
+    finally:
+        registry.close()
+    assert token.encode() not in paths.read_bytes()
+    directory = TenantDirectory(paths)
+    try:
+        found = directory.authenticate(token)
+        assert found is not None
+        assert found.token_hash == hash_token(token)
+    finally:
+        directory.close()
