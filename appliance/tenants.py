@@ -38,9 +38,12 @@ CREATE TABLE IF NOT EXISTS tenants (
     secret BLOB NOT NULL,
     token_hash BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
-    rotated_at INTEGER NOT NULL
+    rotated_at INTEGER NOT NULL,
+    incarnation INTEGER NOT NULL DEFAULT 0
 )
 """
+# Tenants files from before incarnations: their tenants count as incarnation 0.
+_MIGRATE = "ALTER TABLE tenants ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,10 @@ class Tenant:
     id: str
     secret: bytes = field(repr=False)
     token_hash: bytes = field(repr=False)
-    created_at: int = 0  # ms; a tenant removed and added again is a new tenant
+    created_at: int = 0  # ms
+    #: Random per add: a tenant removed and added again is a new tenant, even
+    #: within one millisecond.
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute(_SCHEMA)
+    if "incarnation" not in {row[1] for row in db.execute("PRAGMA table_info(tenants)")}:
+        db.execute(_MIGRATE)
     return db
 
 
@@ -118,9 +126,9 @@ class TenantRegistry:
         now = _now_ms()
         try:
             self._db.execute(
-                "INSERT INTO tenants (id, secret, token_hash, created_at, rotated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (tenant, secret.encode("utf-8"), hash_token(token), now, now),
+                "INSERT INTO tenants (id, secret, token_hash, created_at, rotated_at, incarnation) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant, secret.encode("utf-8"), hash_token(token), now, now, secrets.randbits(63)),
             )
         except sqlite3.IntegrityError as exc:
             if "token_hash" in str(exc):
@@ -187,11 +195,18 @@ class TenantDirectory:
         if version == self._version:
             return False
         self._version = version
-        rows = self._db.execute("SELECT id, secret, token_hash, created_at FROM tenants")
-        fresh = {row[0]: Tenant(row[0], bytes(row[1]), bytes(row[2]), row[3]) for row in rows}
+        rows = self._db.execute(
+            "SELECT id, secret, token_hash, created_at, incarnation FROM tenants"
+        )
+        fresh = {
+            row[0]: Tenant(row[0], bytes(row[1]), bytes(row[2]), row[3], row[4]) for row in rows
+        }
         for tid, old in self.by_id.items():
             new = fresh.get(tid)
-            if new is None or new.created_at != old.created_at:
+            if new is None or (new.created_at, new.incarnation) != (
+                old.created_at,
+                old.incarnation,
+            ):
                 # Gone, or a new tenant under an old id: the old one's queue goes.
                 self._removed[tid] = None if new is None else new.created_at
             elif new.token_hash != old.token_hash:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -189,3 +190,28 @@ def test_a_given_token_is_stored_hashed_and_authenticates(paths: Path) -> None:
         assert found.token_hash == hash_token(token)
     finally:
         directory.close()
+
+
+def test_a_tenants_file_from_before_incarnations_is_read_and_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE tenants (id TEXT PRIMARY KEY, secret BLOB NOT NULL, "
+        "token_hash BLOB NOT NULL UNIQUE, created_at INTEGER NOT NULL, rotated_at INTEGER NOT NULL)"
+    )
+    old.execute("INSERT INTO tenants VALUES ('a', x'73', x'00', 1, 1)")
+    old.commit()
+    old.close()
+    directory = TenantDirectory(path)
+    try:
+        tenant = directory.get("a")
+        assert tenant is not None
+        assert (tenant.secret, tenant.incarnation) == (b"s", 0)
+    finally:
+        directory.close()
+    registry = TenantRegistry(path)
+    try:
+        registry.add("b", "secret-b")
+        assert {t.id for t in registry.list()} == {"a", "b"}
+    finally:
+        registry.close()
