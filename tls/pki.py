@@ -100,9 +100,10 @@ class EmbeddedPKI:
         ).sign(root_key, hashes.SHA384())
         _write_key(self.directory / "root.key", root_key)
         _write_key(self.directory / "intermediate.key", inter_key)
-        (self.directory / "intermediate.pem").write_bytes(_pem(inter))
-        self.root.write_bytes(_pem(root))
+        _write(self.directory / "intermediate.pem", _pem(inter))
         self._issue_leaf(names, now)
+        # Last: the root's presence is what says the PKI exists.
+        _write(self.root, _pem(root))
 
     def _issue_leaf(self, names: tuple[str, ...], now: dt.datetime) -> None:
         inter = x509.load_pem_x509_certificate((self.directory / "intermediate.pem").read_bytes())
@@ -154,8 +155,8 @@ class EmbeddedPKI:
         # Key first, then the certificates that name it: a crash in between
         # leaves a key with the old chain, which load_chain refuses loudly.
         _write_key(self.key, leaf_key)
-        self.leaf.write_bytes(_pem(leaf))
-        self.chain.write_bytes(_pem(leaf) + _pem(inter))
+        _write(self.leaf, _pem(leaf))
+        _write(self.chain, _pem(leaf) + _pem(inter))
 
 
 def _name(common_name: str) -> x509.Name:
@@ -217,6 +218,21 @@ def _write_key(path: Path, key: _PrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write(path, data)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, and durably (0600): a power cut at first
+    boot must not leave an empty certificate the relay then refuses at every start."""
+    scratch = path.with_name(path.name + ".new")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(scratch, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
