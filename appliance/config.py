@@ -9,6 +9,7 @@ field's metadata; docs/config.md lists them all (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,14 +17,24 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.proxies import TrustedProxies
 
 ENV_PREFIX = "LINERELAY_"
+#: ``listen = "unix:/run/linerelay/public.sock"``: a Unix socket, for a proxy on the machine.
+UNIX_PREFIX = "unix:"
 TLS_POLICIES = ("modern", "intermediate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Keys a reload (SIGHUP) cannot change: a reload that changes one says so and
 #: keeps the running value. Every other key applies on reload, to live
 #: connections and tenants too.
-RESTART_KEYS = ("state_dir", "listen", "admin_listen", "tls_policy", "hypercorn_access_log")
+RESTART_KEYS = (
+    "state_dir",
+    "listen",
+    "admin_listen",
+    "tls_policy",
+    "public_tls",
+    "hypercorn_access_log",
+)
 
 
 def _doc(default: Any, doc: str) -> Any:
@@ -35,7 +46,10 @@ class RelayConfig:
     """Every setting of ``linerelay serve``; see docs/config.md."""
 
     state_dir: Path = _doc(Path("var"), "Tenants, the store and the dev PKI live here.")
-    listen: str = _doc("127.0.0.1:8443", "Public HTTPS listener (webhooks, bridges), HOST:PORT.")
+    listen: str = _doc(
+        "127.0.0.1:8443",
+        "Public listener (webhooks, bridges): HOST:PORT, or unix:/PATH behind a local proxy.",
+    )
     admin_listen: str = _doc(
         "127.0.0.1:9443",
         "Admin listener, plain HTTP: /healthz, /readyz, /metrics. Keep it private.",
@@ -46,6 +60,18 @@ class RelayConfig:
     tls_key_file: str = _doc("", "PEM private key of the leaf. Empty: the embedded dev PKI.")
     tls_policy: str = _doc(
         "modern", "'modern': TLS 1.3 only. 'intermediate': also TLS 1.2, ECDHE+AEAD only."
+    )
+    public_tls: bool = _doc(
+        True,
+        "Terminate TLS on the public listener. false: plain HTTP for a reverse proxy that "
+        "terminates TLS in front (docs/reverse-proxy.md); then listen must be a loopback "
+        "address or a unix: socket.",
+    )
+    trusted_proxies: tuple[str, ...] = _doc(
+        (),
+        "Addresses or networks (and 'unix' for Unix-socket peers) of reverse proxies whose "
+        "X-Forwarded-For is believed and which the per-address limits do not apply to. "
+        "In the environment: comma-separated.",
     )
     max_body_bytes: int = _doc(1024 * 1024, "Largest webhook body accepted; larger gets 413.")
     body_timeout: float = _doc(10.0, "Seconds allowed to receive a whole webhook body; then 408.")
@@ -145,8 +171,15 @@ class RelayConfig:
             "tls_cert_file",
             "tls_cert_file and tls_key_file go together",
         )
-        for name in ("listen", "admin_listen"):
-            parse_address(getattr(self, name), name)
+        if not self.listen.startswith(UNIX_PREFIX):
+            host, _ = parse_address(self.listen, "listen")
+            _check(
+                self.public_tls or _is_loopback(host),
+                "public_tls",
+                "plain HTTP is served only on a loopback address or a unix: socket",
+            )
+        parse_address(self.admin_listen, "admin_listen")
+        TrustedProxies(self.trusted_proxies)
         for name in (
             "max_body_bytes",
             "ack_deadline_ms",
@@ -248,14 +281,21 @@ def render_docs() -> str:
         default = _toml_value(f.default)
         if f.name == "state_dir":
             default += " (or `--state-dir`, `$LINERELAY_STATE_DIR`)"
-        rows.append(f"| `{f.name}` | {f.type} | {default} | {reload} | {f.metadata['doc']} |\n")
+        kind = _DOC_TYPES.get(str(f.type), f.type)
+        rows.append(f"| `{f.name}` | {kind} | {default} | {reload} | {f.metadata['doc']} |\n")
     return _DOCS_INTRO + "".join(rows) + _DOCS_EXAMPLE
+
+
+#: Field types as a TOML user reads them.
+_DOC_TYPES = {"tuple[str, ...]": "list of str"}
 
 
 def _toml_value(value: Any) -> str:
     """A default as it would be written in the TOML file, with byte sizes spelled out."""
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
     if isinstance(value, str | Path):
         return f'`"{value}"`'
     if isinstance(value, int) and value >= 1024 and value % 1024 == 0:
@@ -330,9 +370,24 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                 if isinstance(value, bool):
                     raise TypeError
                 return float(value)
+            case "tuple[str, ...]":
+                if isinstance(value, str):
+                    return tuple(item.strip() for item in value.split(",") if item.strip())
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(item, str) for item in value
+                ):
+                    raise TypeError
+                return tuple(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from exc
     raise ConfigError(f"{key}: unsupported type {kind}")  # pragma: no cover
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check(ok: bool, key: str, why: str) -> None:

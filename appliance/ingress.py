@@ -47,6 +47,7 @@ from appliance.limits import KeyedBuckets, address_key, retry_after
 from appliance.listener import connection_of
 from appliance.logs import AccessLog, Throttle
 from appliance.metrics import Metrics
+from appliance.proxies import TrustedProxies
 from appliance.store import Store, wait_until
 from appliance.tenants import TENANT_ID, TenantDirectory
 
@@ -111,10 +112,12 @@ class Relay:
             config.bridge_connect_burst, config.bridge_connect_interval
         )
         self.auth_log = Throttle(log, logging.WARNING, "bridge authentication failures")
+        self.proxies = TrustedProxies(config.trusted_proxies)
 
     def configure(self, config: RelayConfig) -> None:
         """Apply a reloaded config to what the hot paths share."""
         self.config = config
+        self.proxies = TrustedProxies(config.trusted_proxies)
         self.auth_failures.configure(config.bridge_auth_burst, config.bridge_auth_interval)
         self.bridge_connects.configure(config.bridge_connect_burst, config.bridge_connect_interval)
         self.hub.configure(
@@ -233,6 +236,7 @@ class Ingress:
                 "events": result.events,
                 "delivery": result.delivery,
                 "http": scope.get("http_version"),
+                "client": self._client(scope),
             },
         )
 
@@ -358,7 +362,7 @@ class Ingress:
         bridge = BridgeConnection(
             tenant_id,
             send,
-            _peer(scope),
+            self._peer(scope),
             abort=connection.abort if connection is not None else lambda: None,
             send_timeout=relay.config.send_timeout,
             on_timeout=relay.hub.send_timed_out,
@@ -374,12 +378,32 @@ class Ingress:
         finally:
             relay.hub.detach(bridge)
 
+    def _client(self, scope: Scope) -> str:
+        """The client address to believe: the socket's peer, or, from a trusted proxy,
+        what its X-Forwarded-For says (appliance/proxies.py)."""
+        connection = connection_of(scope)
+        if connection is None:
+            client = scope.get("client")
+            return str(client[0]) if client else "?"
+        if not connection.trusted:
+            return connection.peer
+        return self.relay.proxies.client(connection.peer, _header(scope, b"x-forwarded-for"))
+
+    def _peer(self, scope: Scope) -> str:
+        """The client as logged: the believed address and, unless a proxy stands between,
+        the port."""
+        connection = connection_of(scope)
+        client = scope.get("client")
+        if client and (connection is None or not connection.trusted):
+            return f"{self._client(scope)}:{client[1]}"
+        return self._client(scope)
+
     def _authenticate(self, scope: Scope) -> str:
         """The tenant a bridge upgrade serves; raises :class:`InvalidToken`, or
         :class:`TooManyRequests` for an address locked out after repeated bad
         tokens or a tenant reconnecting too often (PROTOCOL.md §2)."""
         relay = self.relay
-        key = address_key(_client_host(scope))
+        key = address_key(self._client(scope))
         now = time.monotonic()
         locked = relay.auth_failures.blocked_for(key, now)
         if locked > 0:
@@ -392,7 +416,7 @@ class Ingress:
         if tenant is None:
             relay.auth_failures.take(key, now)
             relay.metrics.bridge_rejected.inc()
-            relay.auth_log(now, peer=_peer(scope))
+            relay.auth_log(now, peer=self._peer(scope))
             raise InvalidToken
         if not relay.bridge_connects.take(tenant.id, now):
             relay.metrics.bridge_refused["reconnect_rate"].inc()
@@ -425,18 +449,3 @@ def _bearer(value: str | None) -> str | None:
         return None
     scheme, _, credentials = value.partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
-
-
-def _peer(scope: Scope) -> str:
-    """The client as logged: the address the listener believes, and the port."""
-    client = scope.get("client")
-    return f"{_client_host(scope)}:{client[1]}" if client else _client_host(scope)
-
-
-def _client_host(scope: Scope) -> str:
-    """The client address the listener believes, else the socket's peer."""
-    connection = connection_of(scope)
-    if connection is not None:
-        return connection.peer
-    client = scope.get("client")
-    return str(client[0]) if client else "?"

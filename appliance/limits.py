@@ -118,12 +118,13 @@ class ConnectionCounter:
         self.open = 0
         self._by_key: dict[str, int] = {}
 
-    def admit(self, key: str) -> str | None:
-        """Count a new connection from ``key``; returns why not (and counts nothing) if over a cap."""
+    def admit(self, key: str, per_address: bool = True) -> str | None:
+        """Count a new connection from ``key``; returns why not (and counts nothing) if over
+        a cap. ``per_address=False`` (a trusted proxy's connection) checks the total only."""
         if self.open >= self.total:
             return "total"
         count = self._by_key.get(key, 0)
-        if count >= self.per_address:
+        if per_address and count >= self.per_address:
             return "per_address"
         self._by_key[key] = count + 1
         self.open += 1

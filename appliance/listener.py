@@ -48,6 +48,7 @@ from hypercorn.utils import wrap_app
 from appliance.h2guard import H2Guard
 from appliance.limits import ConnectionCounter, KeyedBuckets, address_key
 from appliance.metrics import Metrics
+from appliance.proxies import UNIX_PEER, TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,13 @@ class ListenerLimits:
 class Connection:
     """One accepted connection, as the app sees it."""
 
-    #: The client address the relay believes (the socket's peer, for now).
+    #: The socket's peer address (``unix`` for a Unix socket).
     peer: str
     #: What per-address limits count it under (:func:`appliance.limits.address_key`).
     key: str
+    #: The peer is a trusted proxy: its X-Forwarded-For says who the client is,
+    #: and the per-address limits do not apply to it.
+    trusted: bool = False
     transport: asyncio.BaseTransport | None = field(default=None, repr=False)
     #: Called once when the socket is gone (it may be before Hypercorn's task ends).
     on_closed: Callable[[], None] | None = field(default=None, repr=False)
@@ -177,8 +181,10 @@ class PublicListener:
         ssl_context: ssl.SSLContext | None,
         limits: ListenerLimits,
         metrics: Metrics,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self.sockets = sockets
+        self.proxies = proxies or TrustedProxies()
         self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self.config = config
         self.ssl_context = ssl_context
@@ -195,9 +201,10 @@ class PublicListener:
         self._fd_events = 0
         self._fd_logged = 0.0
 
-    def configure(self, limits: ListenerLimits) -> None:
-        """Apply new limits to new connections (config reload)."""
+    def configure(self, limits: ListenerLimits, proxies: TrustedProxies) -> None:
+        """Apply new limits and proxies to new connections (config reload)."""
         self.limits = limits
+        self.proxies = proxies
         self.counter.total = limits.max_connections
         self.counter.per_address = limits.max_connections_per_address
         rate = limits.connection_rate_per_address
@@ -241,20 +248,22 @@ class PublicListener:
                 self._out_of_fds(sock, exc)
                 await asyncio.sleep(FD_PAUSE)
                 continue
-            peer = address[0] if isinstance(address, tuple) else "unix"
+            peer = address[0] if isinstance(address, tuple) else UNIX_PEER
             self._admit(conn, peer)
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
+        trusted = self.proxies.trusts(peer)
         key = address_key(peer)
-        why = None if self._rates.take(key, time.monotonic()) else "rate"
-        why = why or self.counter.admit(key)
+        # A trusted proxy carries many clients' connections: only the total cap applies.
+        why = None if trusted or self._rates.take(key, time.monotonic()) else "rate"
+        why = why or self.counter.admit(key, per_address=not trusted)
         if why is not None:
             self.metrics.connections_refused[why].inc()
             _refuse(conn)
             return
         self.metrics.connections_open.inc()
         self.metrics.connections_accepted.inc()
-        connection = Connection(peer, key, on_closed=lambda: self._release(key))
+        connection = Connection(peer, key, trusted, on_closed=lambda: self._release(key))
         task = asyncio.get_running_loop().create_task(self._serve(conn, connection))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -297,6 +306,9 @@ class PublicListener:
             # accepted socket does not when its listener was made with proto 0;
             # without it an answer's second write waits for a delayed ACK (~40 ms).
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # asyncio closes a socket whose handshake failed without sending the
+        # alert OpenSSL wrote: a copy of the descriptor keeps it open for ours.
+        spare = conn.dup() if self.ssl_context is not None else None
         try:
             reader = asyncio.StreamReader(limit=2**16)
             protocol = _Protocol(reader, connection)
@@ -312,8 +324,13 @@ class PublicListener:
             except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 self.metrics.tls_handshake_failures.inc()
                 log.debug("handshake failed", extra={"peer": connection.peer, "why": repr(exc)})
+                if spare is not None and isinstance(exc, ssl.SSLError):
+                    _send_alert(spare, exc)
                 conn.close()
                 return
+            finally:
+                if spare is not None:
+                    spare.close()
             connection.transport = transport
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             source: Any = reader
@@ -354,6 +371,31 @@ class PublicListener:
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+#: TLS alert descriptions (RFC 8446 §6.2) for the handshake failures a client
+#: should be told about, by OpenSSL's reason for them.
+_ALERTS = {
+    "UNSUPPORTED_PROTOCOL": 70,  # protocol_version: a TLS 1.2 client at a TLS 1.3-only relay
+    "VERSION_TOO_LOW": 70,
+    "NO_SHARED_CIPHER": 40,  # handshake_failure
+    "NO_SUITABLE_SIGNATURE_ALGORITHM": 40,
+    "NO_SHARED_GROUPS": 40,
+}
+
+
+def _send_alert(conn: socket.socket, error: ssl.SSLError) -> None:
+    """Send the fatal alert OpenSSL chose for ``error`` (asyncio drops it), best effort.
+
+    A plaintext alert record: content type 21, legacy version TLS 1.2, length
+    2, level fatal (2), description. Sent so a client, a proxy in front or an
+    operator with ``openssl s_client`` sees why, rather than a bare EOF.
+    """
+    description = _ALERTS.get(error.reason or "")
+    if description is None:
+        return
+    with contextlib.suppress(OSError):
+        conn.setblocking(False)
+        conn.send(bytes((21, 3, 3, 0, 2, 2, description)))
 
 
 def _refuse(conn: socket.socket) -> None:

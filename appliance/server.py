@@ -20,6 +20,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -78,21 +79,16 @@ class Server:
         self.state.create()
         # First of all: one relay per state dir, and the tenant CLI can find it.
         pid_fd = hold_pid_file(self.state.path)
-        cert, key = self._tls_files(config)
-        self.ssl_context = policy.server_context(config.tls_policy, cert, key)
+        self.ssl_context: ssl.SSLContext | None = None
+        if config.public_tls:
+            cert, key = self._tls_files(config)
+            self.ssl_context = policy.server_context(config.tls_policy, cert, key)
         inherited = systemd.listen_fds(os.environ)
         public_sock = _listen(config.listen, inherited.get("public"))
         admin_sock = _listen(config.admin_listen, inherited.get("admin"))
 
-        metrics = Metrics()
-        store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
-        metrics.track_queue_depth(store.depths)
-        await store.open()
-        tenants = TenantDirectory(self.state.tenants)
-        hub = Hub(
-            store, metrics, config.bridge_window, config.nack_backoff, config.bridge_window_bytes
-        )
-        self.relay = relay = Relay(config, tenants, store, hub, metrics)
+        self.relay = relay = await self._open_relay(config)
+        store, tenants = relay.store, relay.tenants
 
         public_config, admin_config = _hypercorn_configs(config, admin_sock)
         self.public_config = public_config
@@ -105,7 +101,8 @@ class Server:
             public_config,
             self.ssl_context,
             _listener_limits(config),
-            metrics,
+            relay.metrics,
+            relay.proxies,
         )
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(logs.loop_exception_handler)
@@ -155,6 +152,18 @@ class Server:
             tenants.close()
             log.info("relay stopped")
 
+    async def _open_relay(self, config: RelayConfig) -> Relay:
+        """Metrics, the store (opened), tenants and the hub: what the hot paths share."""
+        metrics = Metrics()
+        store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
+        metrics.track_queue_depth(store.depths)
+        await store.open()
+        tenants = TenantDirectory(self.state.tenants)
+        hub = Hub(
+            store, metrics, config.bridge_window, config.nack_backoff, config.bridge_window_bytes
+        )
+        return Relay(config, tenants, store, hub, metrics)
+
     async def _until_shutdown(self) -> None:
         await self._shutdown.wait()
         self._ready = False
@@ -187,9 +196,16 @@ class Server:
                     log.warning("reload: these keys need a restart", extra={"keys": changed})
                     fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
                 config = fresh
+        if self.ssl_context is not None:
+            config = self._reload_chain(self.ssl_context, config)
+        self._apply(config)
+        self._notifier.ready("serving")
+
+    def _reload_chain(self, context: ssl.SSLContext, config: RelayConfig) -> RelayConfig:
+        """Load ``config``'s chain into the live context; on failure keep the old one."""
         try:
             cert, key = self._tls_files(config)
-            policy.load_chain(self.ssl_context, cert, key)
+            policy.load_chain(context, cert, key)
         except (policy.CertificateError, OSError, ValueError) as exc:
             self.relay.metrics.tls_reload["failed"].inc()
             log.error("reload: certificate kept", extra={"why": str(exc)})
@@ -199,8 +215,7 @@ class Server:
         else:
             self.relay.metrics.tls_reload["ok"].inc()
             log.info("reload: certificate loaded", extra={"chain": str(cert)})
-        self._apply(config)
-        self._notifier.ready("serving")
+        return config
 
     def _apply(self, config: RelayConfig) -> None:
         config = _fit_connections(config, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -208,7 +223,7 @@ class Server:
         relay = self.relay
         relay.configure(config)
         relay.store.configure(_limits(config))
-        self.listener.configure(_listener_limits(config))
+        self.listener.configure(_listener_limits(config), relay.proxies)
         _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
         relay.access_log.enabled = config.log_level in ("debug", "info")
@@ -377,6 +392,8 @@ def _listen(address: str, inherited: int | None = None) -> socket.socket:
     """
     if inherited is not None:
         return socket.socket(fileno=inherited)
+    if address.startswith(config_module.UNIX_PREFIX):
+        return _listen_unix(Path(address[len(config_module.UNIX_PREFIX) :]))
     host, port = config_module.parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -388,6 +405,26 @@ def _listen(address: str, inherited: int | None = None) -> socket.socket:
         raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from exc
     sock.listen(2048)
     sock.set_inheritable(True)
+    return sock
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, for a reverse proxy on this machine.
+
+    Mode 0660: the proxy's user must be in the relay's group (or systemd's
+    socket unit sets the owner), since whoever connects here is believed about
+    the client's address.
+    """
+    if path.is_socket():
+        path.unlink()  # left by a relay that did not stop cleanly
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o660)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on unix:{path}: {exc.strerror}") from exc
+    sock.listen(2048)
     return sock
 
 

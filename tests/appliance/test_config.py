@@ -100,3 +100,23 @@ def test_booleans_from_the_environment(raw: str, expected: bool) -> None:
 def test_a_non_boolean_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hypercorn_access_log"):
         config.load(write(tmp_path, 'hypercorn_access_log = "yes please"\n'))
+
+
+def test_plain_http_is_refused_on_a_public_address() -> None:
+    with pytest.raises(ConfigError, match="public_tls"):
+        RelayConfig(listen="0.0.0.0:8080", public_tls=False)
+    assert not RelayConfig(listen="127.0.0.1:8080", public_tls=False).public_tls
+    assert not RelayConfig(listen="unix:/run/linerelay/public.sock", public_tls=False).public_tls
+
+
+def test_trusted_proxies_come_as_a_toml_list_or_a_comma_separated_variable(
+    tmp_path: Path,
+) -> None:
+    from_file = config.load(write(tmp_path, 'trusted_proxies = ["127.0.0.1", "unix"]\n'))
+    assert from_file.trusted_proxies == ("127.0.0.1", "unix")
+    from_env = config.load(None, {"LINERELAY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert from_env.trusted_proxies == ("10.0.0.0/8", "::1")
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        config.load(write(tmp_path, "trusted_proxies = [1, 2]\n"))
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        config.load(None, {"LINERELAY_TRUSTED_PROXIES": "nope"})

@@ -82,9 +82,11 @@ def intermediate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 # -- modern (the default) ------------------------------------------------------
 
 
-def test_modern_policy_refuses_tls_1_2(modern: Harness) -> None:
+def test_modern_policy_refuses_tls_1_2_with_a_protocol_version_alert(modern: Harness) -> None:
     handshake = s_client(modern, "-tls1_2")
     assert not handshake.ok, handshake.output
+    # Not a bare EOF: the client (or a proxy in front) is told why.
+    assert "alert protocol version" in handshake.output, handshake.output
 
 
 @pytest.mark.parametrize("alpn", ["h2", "http/1.1"])
