@@ -13,6 +13,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response
 
+from appliance.bridges import BridgeEndpoint
 from appliance.errors import NotFound, RelayError, response_for
 from appliance.ingress import Ingress, Relay
 
@@ -22,7 +23,7 @@ def _error_response(error: RelayError) -> Response:
     return Response(body, status=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
-def create_public_app(relay: Relay) -> Quart:
+def create_public_app(relay: Relay, bridges: BridgeEndpoint) -> Quart:
     """The internet-facing app: webhooks and bridges via :class:`Ingress`, else 404."""
     app = Quart("linerelay")
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -33,7 +34,7 @@ def create_public_app(relay: Relay) -> Quart:
         return _error_response(NotFound())
 
     # Quart's documented way to add ASGI middleware; its scope types are stricter than ours.
-    app.asgi_app = Ingress(relay, app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
+    app.asgi_app = Ingress(relay, bridges, app.asgi_app)  # type: ignore[method-assign,assignment,arg-type]
     return app
 
 

@@ -89,7 +89,12 @@ class RelayConfig:
     commit_max_batch: int = _doc(
         512, "Most writes grouped into one SQLite transaction (one fsync)."
     )
-    bridge_window: int = _doc(64, "Webhooks in flight unacked on one bridge connection.")
+    bridge_window: int = _doc(64, "Webhooks in flight unacked on one protocol 1 bridge connection.")
+    bridge_window_v2: int = _doc(
+        256,
+        "Webhooks in flight unacked on one protocol 2 bridge connection (batches fill it "
+        "faster, so it is larger).",
+    )
     bridge_window_bytes: int = _doc(
         4 * 1024 * 1024,
         "Bytes of webhook bodies in flight unacked on one bridge connection: large "
@@ -187,6 +192,7 @@ class RelayConfig:
             "queue_cap",
             "commit_max_batch",
             "bridge_window",
+            "bridge_window_v2",
             "bridge_window_bytes",
             "max_connections",
             "max_connections_per_address",

@@ -3,7 +3,12 @@
 Thin asyncio around :class:`appliance.delivery.TenantDelivery`. Each
 connection has an outbox drained by its own sender task, so the state machine
 never waits on a slow socket; the store's commit callback pushes new webhooks
-to connected bridges at once (no polling).
+to connected bridges at once (no polling). Protocol 2 connections get what
+one event made ready (a group commit, an ack) as one ``webhooks`` frame.
+
+The hub knows a connection only through a :class:`BridgeTransport` (send a
+text frame, close, abort), so the WebSocket under it may be python-websockets
+or Hypercorn's (appliance/bridges.py), and tests need neither.
 
 A bridge that stops reading cannot make the relay hold more than its window:
 the outbox only ever holds frames of webhooks in flight (bounded by
@@ -17,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from appliance import protocol
 from appliance.delivery import Action, Fetch, Send, StoreAck, TenantDelivery
@@ -28,14 +33,25 @@ from appliance.store import Delivery, Store
 
 log = logging.getLogger(__name__)
 
-ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
-
 #: Close codes the relay uses (4000-4999 is the application range).
 CLOSE_TENANT_REMOVED = 4404
 CLOSE_TOKEN_ROTATED = 4401
 CLOSE_SHUTDOWN = 1001
 #: Seconds before a failed store read for a bridge is tried again.
 FETCH_RETRY = 1.0
+
+
+class BridgeTransport(Protocol):
+    """What the hub needs of a bridge's WebSocket."""
+
+    async def send(self, text: str) -> None:
+        """Send one text frame; returns once the transport took it."""
+
+    async def close(self, code: int) -> None:
+        """Close the WebSocket with ``code``."""
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all."""
 
 
 class BridgeConnection:
@@ -46,32 +62,32 @@ class BridgeConnection:
     """
 
     __slots__ = (
-        "_abort",
         "_close_code",
         "_closed",
         "_drain",
         "_on_timeout",
         "_outbox",
-        "_send",
         "peer",
+        "protocol",
         "send_timeout",
         "tenant",
+        "transport",
     )
 
     def __init__(
         self,
         tenant: str,
-        send: ASGISend,
+        transport: BridgeTransport,
         peer: str,
-        abort: Callable[[], None] = lambda: None,
+        protocol: int = 1,
         send_timeout: float = 10.0,
         on_timeout: Callable[[BridgeConnection], None] = lambda _: None,
     ) -> None:
         self.tenant = tenant
+        self.transport = transport
         self.peer = peer
+        self.protocol = protocol
         self.send_timeout = send_timeout
-        self._send = send  # the connection's ASGI send
-        self._abort = abort  # drops the TCP connection
         self._on_timeout = on_timeout
         # A list, not a deque: an empty deque costs 760 bytes, and idle bridges are many.
         self._outbox: list[str] = []
@@ -111,17 +127,17 @@ class BridgeConnection:
                 loop = asyncio.get_running_loop()
                 while self._outbox and not self._closed:
                     deadline.reschedule(loop.time() + self.send_timeout)
-                    await self._send({"type": "websocket.send", "text": self._outbox.pop(0)})
+                    await self.transport.send(self._outbox.pop(0))
                 if self._close_code is not None and not self._closed:
                     self._closed = True
                     deadline.reschedule(loop.time() + self.send_timeout)
-                    await self._send({"type": "websocket.close", "code": self._close_code})
+                    await self.transport.close(self._close_code)
         except TimeoutError:
             # The peer stopped reading: its frames would pile up in memory.
             self._closed = True
             self._outbox.clear()
             self._on_timeout(self)
-            self._abort()
+            self.transport.abort()
         except (OSError, RuntimeError) as exc:
             # The peer vanished mid-send; the receive side sees the disconnect.
             log.debug("bridge send failed", extra={"tenant": self.tenant, "why": repr(exc)})
@@ -143,10 +159,12 @@ class Hub:
         window: int = 64,
         backoff: float = 1.0,
         window_bytes: int = 4 * 1024 * 1024,
+        window_v2: int = 256,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.window = window
+        self.window_v2 = window_v2
         self.window_bytes = window_bytes
         self.backoff = backoff
         self.connections: set[BridgeConnection] = set()
@@ -158,18 +176,26 @@ class Hub:
         store.subscribe(self._on_commit)
 
     def configure(
-        self, window: int, window_bytes: int, backoff: float, send_timeout: float
+        self, window: int, window_v2: int, window_bytes: int, backoff: float, send_timeout: float
     ) -> None:
         """New limits for every tenant, connected ones included (config reload).
 
         A smaller window applies as acks come in: nothing already sent is taken back.
         """
-        self.window, self.window_bytes, self.backoff = window, window_bytes, backoff
+        self.window, self.window_v2 = window, window_v2
+        self.window_bytes, self.backoff = window_bytes, backoff
         for connection in self.connections:
             connection.send_timeout = send_timeout
         for state in self._tenants.values():
-            state.window, state.window_bytes, state.backoff = window, window_bytes, backoff
+            state.window = self._window_of(state.active)
+            state.window_bytes, state.backoff = window_bytes, backoff
             self._run(state, state.tick(time.monotonic()))
+
+    def _window_of(self, connection: object) -> int:
+        """The window of ``connection``'s protocol (a tenant's active connection sets it)."""
+        if isinstance(connection, BridgeConnection) and connection.protocol >= 2:
+            return self.window_v2
+        return self.window
 
     def _state(self, tenant: str) -> TenantDelivery:
         state = self._tenants.get(tenant)
@@ -183,9 +209,11 @@ class Hub:
 
     def attach(self, connection: BridgeConnection) -> None:
         """A bridge authenticated: greet it and make it the tenant's active connection."""
-        connection.push(
-            protocol.encode(protocol.Hello(tenant=connection.tenant, window=self.window))
+        window = self._window_of(connection)
+        hello = protocol.Hello(
+            tenant=connection.tenant, window=window, protocol=connection.protocol
         )
+        connection.push(protocol.encode(hello, connection.protocol))
         self.connections.add(connection)
         self.metrics.bridges_connected.inc()
         state = self._state(connection.tenant)
@@ -199,9 +227,11 @@ class Hub:
             extra={
                 "tenant": connection.tenant,
                 "peer": connection.peer,
+                "protocol": connection.protocol,
                 "standby": len(state.connections),
             },
         )
+        state.window = window
         self._run(state, state.connect(connection, time.monotonic()))
 
     def detach(self, connection: BridgeConnection) -> None:
@@ -217,7 +247,9 @@ class Hub:
         )
         if state is None:
             return
-        self._run(state, state.disconnect(connection, time.monotonic()))
+        actions = state.disconnect(connection, time.monotonic())
+        state.window = self._window_of(state.active)
+        self._run(state, actions)
         if not state.connections:
             self._forget(connection.tenant)
 
@@ -243,9 +275,7 @@ class Hub:
         now = time.monotonic()
         actions: list[Action] | None = None
         if state is not None and isinstance(frame, protocol.Ack):
-            actions = state.ack(connection, frame.id, now)
-            if actions is not None:
-                self.metrics.acks.inc()
+            actions = self._acks(state, connection, frame.ids, now)
         elif state is not None and isinstance(frame, protocol.Nack):
             actions = state.nack(connection, frame.id, now)
             if actions is not None:
@@ -263,6 +293,20 @@ class Hub:
             self.metrics.frame_rejected["unknown_id"].inc()
             return
         self._run(state, actions)
+
+    def _acks(
+        self, state: TenantDelivery, connection: BridgeConnection, ids: Sequence[str], now: float
+    ) -> list[Action] | None:
+        """The actions for acks of ``ids``; None if none was sent on ``connection``."""
+        actions: list[Action] | None = None
+        for delivery_id in ids:
+            acked = state.ack(connection, delivery_id, now)
+            if acked is None:
+                self.metrics.frame_rejected["unknown_id"].inc()
+                continue
+            self.metrics.acks.inc()
+            actions = (actions or []) + acked
+        return actions
 
     def close_tenant(self, tenant: str, why: str) -> list[BridgeConnection]:
         """Stop serving ``tenant`` (removed or token rotated); returns its connections to close."""
@@ -288,10 +332,14 @@ class Hub:
 
     def _on_commit(self, deliveries: Sequence[Delivery]) -> None:
         now = time.monotonic()
+        # Each tenant's share of the batch in one go: one frame per connection in protocol 2.
+        by_tenant: dict[str, list[Action]] = {}
         for delivery in deliveries:
             state = self._tenants.get(delivery.tenant)
             if state is not None:
-                self._run(state, state.committed(delivery, now))
+                by_tenant.setdefault(delivery.tenant, []).extend(state.committed(delivery, now))
+        for tenant, actions in by_tenant.items():
+            self._run(self._tenants[tenant], actions)
 
     async def _fetch(self, state: TenantDelivery, action: Fetch) -> None:
         while True:
@@ -315,21 +363,31 @@ class Hub:
 
     def _run(self, state: TenantDelivery, actions: list[Action]) -> None:
         sent: list[int] = []
+        batch: list[protocol.Webhook] = []
+        batch_to: BridgeConnection | None = None
         for action in actions:
             if isinstance(action, Send):
-                assert isinstance(action.connection, BridgeConnection)
-                action.connection.push(protocol.encode(action.frame))
+                connection = action.connection
+                assert isinstance(connection, BridgeConnection)
                 sent.append(action.seq)
                 if action.frame.attempt == 1:
                     self.metrics.deliveries.inc()
                 else:
                     self.metrics.redeliveries.inc()
+                if connection.protocol < 2:
+                    connection.push(protocol.encode(action.frame))
+                    continue
+                if batch_to is not connection:
+                    _push_batch(batch_to, batch)
+                    batch, batch_to = [], connection
+                batch.append(action.frame)
             elif isinstance(action, StoreAck):
                 self.store.ack(state.tenant, action.seq)
             else:
                 task = asyncio.get_running_loop().create_task(self._fetch(state, action))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+        _push_batch(batch_to, batch)
         self.store.mark_sent(sent)
         self._arm_timer(state)
 
@@ -349,3 +407,9 @@ class Hub:
         timer = self._timers.pop(tenant, None)
         if timer is not None:
             timer.cancel()
+
+
+def _push_batch(connection: BridgeConnection | None, frames: list[protocol.Webhook]) -> None:
+    """Queue ``frames`` for a protocol 2 ``connection`` as one ``webhooks`` frame."""
+    if connection is not None and frames:
+        connection.push(protocol.encode(protocol.Webhooks(tuple(frames)), 2))

@@ -26,26 +26,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance import payload, signature
+from appliance.bridges import BridgeEndpoint, is_bridge_path
 from appliance.config import RelayConfig
 from appliance.errors import (
     AmbiguousFraming,
     BodyTimeout,
     BodyTooLarge,
     InvalidSignature,
-    InvalidToken,
     MethodNotAllowed,
     Overloaded,
     QueueFull,
     RelayError,
     StoreError,
-    TooManyRequests,
     UnknownTenant,
     response_for,
 )
-from appliance.hub import BridgeConnection, Hub
-from appliance.limits import KeyedBuckets, address_key, retry_after
+from appliance.hub import Hub
 from appliance.listener import connection_of
-from appliance.logs import AccessLog, Throttle
+from appliance.logs import AccessLog
 from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
 from appliance.store import Store, wait_until
@@ -64,7 +62,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 #: only once it has sent everything (see Ingress._refuse_oversized).
 DRAIN_BYTES = 16 * 1024 * 1024
 WEBHOOK_PREFIX = "/webhook/"
-BRIDGE_PATH = "/bridge"
 _OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"2")]
 
 _OUTCOME_OF = {
@@ -89,7 +86,7 @@ class _Result:
 
 
 class Relay:
-    """What the hot paths share: config, tenants, store, hub, metrics, abuse limits."""
+    """What the hot paths share: config, tenants, store, hub, metrics, trusted proxies."""
 
     def __init__(
         self,
@@ -105,23 +102,15 @@ class Relay:
         self.hub = hub
         self.metrics = metrics
         self.access_log = AccessLog()
-        #: Failed bridge authentications per client address (IPv6: per /64).
-        self.auth_failures = KeyedBuckets(config.bridge_auth_burst, config.bridge_auth_interval)
-        #: Bridge connections per tenant: a reconnect storm is its own tenant's problem.
-        self.bridge_connects = KeyedBuckets(
-            config.bridge_connect_burst, config.bridge_connect_interval
-        )
-        self.auth_log = Throttle(log, logging.WARNING, "bridge authentication failures")
         self.proxies = TrustedProxies(config.trusted_proxies)
 
     def configure(self, config: RelayConfig) -> None:
         """Apply a reloaded config to what the hot paths share."""
         self.config = config
         self.proxies = TrustedProxies(config.trusted_proxies)
-        self.auth_failures.configure(config.bridge_auth_burst, config.bridge_auth_interval)
-        self.bridge_connects.configure(config.bridge_connect_burst, config.bridge_connect_interval)
         self.hub.configure(
             config.bridge_window,
+            config.bridge_window_v2,
             config.bridge_window_bytes,
             config.nack_backoff,
             config.send_timeout,
@@ -129,10 +118,11 @@ class Relay:
 
 
 class Ingress:
-    """ASGI middleware: webhooks and bridges here, anything else to ``fallback``."""
+    """ASGI middleware: webhooks here, bridges to ``bridges``, anything else to ``fallback``."""
 
-    def __init__(self, relay: Relay, fallback: ASGIApp) -> None:
+    def __init__(self, relay: Relay, bridges: BridgeEndpoint, fallback: ASGIApp) -> None:
         self.relay = relay
+        self.bridges = bridges
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -142,7 +132,7 @@ class Ingress:
             await self._refuse(scope, send, AmbiguousFraming())
         elif kind == "http" and path.startswith(WEBHOOK_PREFIX):
             await self.webhook(scope, receive, send)
-        elif kind == "websocket" and (path == BRIDGE_PATH or path.startswith(BRIDGE_PATH + "/")):
+        elif kind == "websocket" and is_bridge_path(path):
             await self.bridge(scope, receive, send)
         elif kind == "lifespan":
             await self.fallback(scope, receive, send)
@@ -344,39 +334,16 @@ class Ingress:
     # -- bridges -------------------------------------------------------------
 
     async def bridge(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one bridge WebSocket (PROTOCOL.md §2)."""
-        relay = self.relay
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
+        """A bridge WebSocket that came through Hypercorn (HTTP/2 extended CONNECT):
+        the bridge endpoint's (HTTP/1.1 upgrades reach it straight from the listener)."""
         connection = connection_of(scope)
-        try:
-            tenant_id = self._authenticate(scope)
-        except RelayError as error:
-            status, headers, body = response_for(error)
-            headers.append((b"content-length", str(len(body)).encode()))
-            await self._respond(scope, send, status, headers, body, kind="websocket.http")
-            return
-        await send({"type": "websocket.accept"})
-
-        bridge = BridgeConnection(
-            tenant_id,
+        await self.bridges.serve_asgi(
+            scope,
+            receive,
             send,
-            self._peer(scope),
-            abort=connection.abort if connection is not None else lambda: None,
-            send_timeout=relay.config.send_timeout,
-            on_timeout=relay.hub.send_timed_out,
+            self._client(scope),
+            connection.abort if connection is not None else lambda: None,
         )
-        relay.hub.attach(bridge)
-        try:
-            while True:
-                message = await receive()
-                if message["type"] != "websocket.receive":
-                    break
-                text = message.get("text")
-                relay.hub.receive(bridge, text if text is not None else message["bytes"])
-        finally:
-            relay.hub.detach(bridge)
 
     def _client(self, scope: Scope) -> str:
         """The client address to believe: the socket's peer, or, from a trusted proxy,
@@ -385,43 +352,7 @@ class Ingress:
         if connection is None:
             client = scope.get("client")
             return str(client[0]) if client else "?"
-        if not connection.trusted:
-            return connection.peer
-        return self.relay.proxies.client(connection.peer, _header(scope, b"x-forwarded-for"))
-
-    def _peer(self, scope: Scope) -> str:
-        """The client as logged: the believed address and, unless a proxy stands between,
-        the port."""
-        connection = connection_of(scope)
-        client = scope.get("client")
-        if client and (connection is None or not connection.trusted):
-            return f"{self._client(scope)}:{client[1]}"
-        return self._client(scope)
-
-    def _authenticate(self, scope: Scope) -> str:
-        """The tenant a bridge upgrade serves; raises :class:`InvalidToken`, or
-        :class:`TooManyRequests` for an address locked out after repeated bad
-        tokens or a tenant reconnecting too often (PROTOCOL.md §2)."""
-        relay = self.relay
-        key = address_key(self._client(scope))
-        now = time.monotonic()
-        locked = relay.auth_failures.blocked_for(key, now)
-        if locked > 0:
-            # No token is checked for a locked-out address: guessing gains it nothing.
-            relay.metrics.bridge_refused["auth_lockout"].inc()
-            raise TooManyRequests(retry_after(locked))
-        token = _bearer(_header(scope, b"authorization"))
-        path_token = scope["path"][len(BRIDGE_PATH) + 1 :]
-        tenant = relay.tenants.authenticate(token or path_token)
-        if tenant is None:
-            relay.auth_failures.take(key, now)
-            relay.metrics.bridge_rejected.inc()
-            relay.auth_log(now, peer=self._peer(scope))
-            raise InvalidToken
-        if not relay.bridge_connects.take(tenant.id, now):
-            relay.metrics.bridge_refused["reconnect_rate"].inc()
-            raise TooManyRequests(retry_after(relay.bridge_connects.blocked_for(tenant.id, now)))
-        return tenant.id
+        return connection.client(_header(scope, b"x-forwarded-for"), self.relay.proxies)
 
 
 def _drain_bytes(limit: int) -> int:
@@ -442,10 +373,3 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-
-def _bearer(value: str | None) -> str | None:
-    if value is None:
-        return None
-    scheme, _, credentials = value.partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else None

@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
@@ -59,6 +59,9 @@ STATE_KEY = "linerelay.connection"
 RATE_BURST_SECONDS = 10
 #: Seconds between two log lines about running out of file descriptors.
 FD_LOG_INTERVAL = 10.0
+#: The longest HTTP/1 request line looked at to route a connection; a longer
+#: one is Hypercorn's to refuse.
+MAX_REQUEST_LINE = 8192
 #: Seconds a connection whose client sent EOF stays open for an answer in progress
 #: (webhooks are answered within ack_deadline_ms, well under it).
 EOF_GRACE = 1.0
@@ -95,6 +98,11 @@ class Connection:
     #: Called once when the socket is gone (it may be before Hypercorn's task ends).
     on_closed: Callable[[], None] | None = field(default=None, repr=False)
 
+    def client(self, forwarded_for: str | None, proxies: TrustedProxies) -> str:
+        """The client address to believe for a request carrying ``forwarded_for``
+        (its X-Forwarded-For): the peer's word only if the peer is a trusted proxy."""
+        return proxies.client(self.peer, forwarded_for) if self.trusted else self.peer
+
     def closed(self) -> None:
         """The socket is gone: give back what it was counted for, once."""
         on_closed, self.on_closed = self.on_closed, None
@@ -112,6 +120,15 @@ def connection_of(scope: dict[str, Any] | Any) -> Connection | None:
     state = scope.get("state")
     found = state.get(STATE_KEY) if state is not None else None
     return found if isinstance(found, Connection) else None
+
+
+class BridgeHandoff(Protocol):
+    """Who serves the connections of bridges (appliance/bridges.py)."""
+
+    def take_over(
+        self, transport: asyncio.BaseTransport, received: bytes, connection: Connection
+    ) -> None:
+        """Serve ``transport`` from now on; ``received`` is what was read of it so far."""
 
 
 class _Protocol(asyncio.StreamReaderProtocol):
@@ -138,6 +155,51 @@ class _Protocol(asyncio.StreamReaderProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._connection.closed()
+
+
+class _Opening(asyncio.Protocol):
+    """A connection's first bytes, read to see whether it is a bridge's WebSocket upgrade.
+
+    Holds what it read until the connection is handed to Hypercorn or to the
+    bridge endpoint, and stops reading once it has the request line.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.received = bytearray()
+        self._line: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        end = self.received.find(b"\r\n")
+        if not self._line.done() and (end >= 0 or len(self.received) >= MAX_REQUEST_LINE):
+            self._line.set_result(bytes(self.received[: end if end >= 0 else None]))
+            cast(asyncio.ReadTransport, self._transport).pause_reading()
+
+    def eof_received(self) -> bool:
+        if not self._line.done():
+            self._line.set_result(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._line.done():
+            self._line.set_result(None)
+        self._connection.closed()
+
+    async def first_line(self) -> bytes | None:
+        """The request line, or None if the client closed before sending one."""
+        return await self._line
+
+
+def is_bridge_upgrade(request_line: bytes) -> bool:
+    """Whether an HTTP/1 request line asks for the bridge endpoint (``GET /bridge...``)."""
+    method, _, rest = request_line.partition(b" ")
+    target = rest.partition(b" ")[0].partition(b"?")[0]
+    return method == b"GET" and (target == b"/bridge" or target.startswith(b"/bridge/"))
 
 
 class _GuardedReader:
@@ -182,9 +244,13 @@ class PublicListener:
         limits: ListenerLimits,
         metrics: Metrics,
         proxies: TrustedProxies | None = None,
+        bridges: BridgeHandoff | None = None,
     ) -> None:
+        """``bridges`` takes over HTTP/1 connections that ask for ``/bridge``; without
+        it every connection goes to Hypercorn."""
         self.sockets = sockets
         self.proxies = proxies or TrustedProxies()
+        self.bridges = bridges
         self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self.config = config
         self.ssl_context = ssl_context
@@ -309,12 +375,12 @@ class PublicListener:
         # asyncio closes a socket whose handshake failed without sending the
         # alert OpenSSL wrote: a copy of the descriptor keeps it open for ours.
         spare = conn.dup() if self.ssl_context is not None else None
+        handed_over = False
         try:
-            reader = asyncio.StreamReader(limit=2**16)
-            protocol = _Protocol(reader, connection)
+            opening = _Opening(connection)
             try:
                 transport, _ = await loop.connect_accepted_socket(
-                    lambda: protocol,
+                    lambda: opening,
                     conn,
                     ssl=self.ssl_context,
                     ssl_handshake_timeout=(
@@ -332,23 +398,60 @@ class PublicListener:
                 if spare is not None:
                     spare.close()
             connection.transport = transport
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            source: Any = reader
             ssl_object = transport.get_extra_info("ssl_object")
-            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-                source = _GuardedReader(reader, self._guard(), self._tripped(connection))
-            server = TCPServer(
-                self.app, loop, self.config, self.context, {STATE_KEY: connection}, source, writer
-            )
-            await server.run()
+            h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+            if not h2 and self.bridges is not None:
+                try:
+                    line = await asyncio.wait_for(
+                        opening.first_line(), self.config.keep_alive_timeout
+                    )
+                except TimeoutError:
+                    transport.close()  # nothing asked of it: an idle or slowloris connection
+                    return
+                if line is None:
+                    return
+                if is_bridge_upgrade(line):
+                    handed_over = True
+                    self.bridges.take_over(transport, bytes(opening.received), connection)
+                    return
+            await self._serve_http(transport, opening, connection, h2)
         except OSError as exc:  # ssl.SSLError included: the peer broke off or misbehaved
             log.debug("connection ended badly", extra={"peer": connection.peer, "why": repr(exc)})
         except Exception:
             log.exception("connection failed", extra={"peer": connection.peer})
         finally:
             # Usually done already, when the socket closed; Hypercorn's task can
-            # outlive it by up to keep_alive_timeout.
-            connection.closed()
+            # outlive it by up to keep_alive_timeout. A bridge's connection is the
+            # bridge endpoint's to give back.
+            if not handed_over:
+                connection.closed()
+
+    async def _serve_http(
+        self,
+        transport: asyncio.BaseTransport,
+        opening: _Opening,
+        connection: Connection,
+        h2: bool,
+    ) -> None:
+        """Hand the connection to Hypercorn, with what was read of it so far."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = _Protocol(reader, connection)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if opening.received:
+            reader.feed_data(bytes(opening.received))
+        cast(asyncio.ReadTransport, transport).resume_reading()
+        writer = asyncio.StreamWriter(
+            cast(asyncio.WriteTransport, transport), protocol, reader, loop
+        )
+        source: Any = reader
+        if h2:
+            source = _GuardedReader(reader, self._guard(), self._tripped(connection))
+        server = TCPServer(
+            self.app, loop, self.config, self.context, {STATE_KEY: connection}, source, writer
+        )
+        await server.run()
 
     def _guard(self) -> H2Guard:
         limits = self.limits

@@ -70,6 +70,8 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     logging.Formatter.converter = time.gmtime
     asyncio_log = logging.getLogger("asyncio")
     asyncio_log.filters[:] = [_demote_peer_noise]
+    # python-websockets logs every handshake and close at info: per-connection detail.
+    logging.getLogger("appliance.bridges.websockets").setLevel(max(logging.WARNING, root.level))
     sys.unraisablehook = _log_unraisable
 
 

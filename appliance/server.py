@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from appliance import config as config_module
 from appliance import logs, protocol, systemd, tuning
 from appliance.app import create_admin_app, create_public_app
+from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
 from appliance.errors import ConfigError, StoreError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
@@ -92,7 +93,9 @@ class Server:
 
         public_config, admin_config = _hypercorn_configs(config, admin_sock)
         self.public_config = public_config
-        public_app = create_public_app(relay)
+        self.bridges = BridgeEndpoint(config, tenants, relay.hub, relay.metrics, relay.proxies)
+        await self.bridges.start()
+        public_app = create_public_app(relay, self.bridges)
         # The ingress in front of the Quart app, served directly: one
         # coroutine frame less for every open connection.
         self.listener = PublicListener(
@@ -103,6 +106,7 @@ class Server:
             _listener_limits(config),
             relay.metrics,
             relay.proxies,
+            self.bridges,
         )
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(logs.loop_exception_handler)
@@ -131,7 +135,7 @@ class Server:
         try:
             await public_app.startup()
             await asyncio.gather(
-                self.listener.serve(self._until_shutdown),
+                self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
                     create_admin_app(relay, lambda: self._ready),
                     admin_config,
@@ -163,6 +167,11 @@ class Server:
             store, metrics, config.bridge_window, config.nack_backoff, config.bridge_window_bytes
         )
         return Relay(config, tenants, store, hub, metrics)
+
+    async def _serve_public(self, grace: float) -> None:
+        """The public listener until shutdown, then the bridges' goodbyes."""
+        await self.listener.serve(self._until_shutdown)
+        await self.bridges.stop(grace)
 
     async def _until_shutdown(self) -> None:
         await self._shutdown.wait()
@@ -222,6 +231,7 @@ class Server:
         self.config = config
         relay = self.relay
         relay.configure(config)
+        self.bridges.configure(config, relay.proxies)
         relay.store.configure(_limits(config))
         self.listener.configure(_listener_limits(config), relay.proxies)
         _apply_hypercorn_limits(self.public_config, config)

@@ -220,7 +220,7 @@ class Link:
             case Webhook():
                 result = await self._intake(frame)
                 if result.ok:
-                    await ws.send(encode(Ack(frame.id)))
+                    await ws.send(encode(Ack((frame.id,))))
                     self._status.count("acked")
                 else:
                     await ws.send(encode(Nack(frame.id, result.reason)))

@@ -215,7 +215,7 @@ class BridgeUser(User):
                 continue
             if isinstance(frame, protocol.Webhook):
                 ours = self._deliver(frame, secret)
-                ws.send(protocol.encode(protocol.Ack(frame.id)))
+                ws.send(protocol.encode(protocol.Ack((frame.id,))))
                 if ours and self._api is not None:
                     self._answers.spawn(self._answer, frame.body)
             elif isinstance(frame, protocol.Hello) and frame.tenant != tenant:

@@ -5,18 +5,72 @@ import json
 import pytest
 
 from appliance import protocol
-from appliance.protocol import Ack, FrameError, Hello, Nack, Unknown, Webhook, decode, encode
+from appliance.protocol import (
+    Ack,
+    FrameError,
+    Hello,
+    Nack,
+    Unknown,
+    Webhook,
+    Webhooks,
+    decode,
+    encode,
+)
+
+HOOK = Webhook("d-000000000042", "shop-42", '{"events":[]}', "c2ln", 1763800000123, 2)
 
 
-def test_frames_round_trip() -> None:
+def test_frames_round_trip_in_protocol_1() -> None:
     frames = [
         Hello(tenant="shop-42", window=64),
-        Webhook("d-000000000042", "shop-42", '{"events":[]}', "c2ln", 1763800000123, 2),
-        Ack("d-000000000042"),
+        HOOK,
+        Ack(("d-000000000042",)),
         Nack("d-000000000042", "busy"),
     ]
     for frame in frames:
         assert decode(encode(frame)) == frame
+
+
+def test_frames_round_trip_in_protocol_2() -> None:
+    frames = [
+        Hello(tenant="shop-42", window=256, protocol=2),
+        Webhooks((HOOK, Webhook("d-2", "shop-42", "{}", "s", 1, 1))),
+        Ack(("d-1", "d-2", "d-3")),
+        Nack("d-1", "busy"),
+    ]
+    for frame in frames:
+        assert decode(encode(frame, 2)) == frame
+
+
+def test_protocol_2_frames_match_protocol_md() -> None:
+    batch = json.loads(encode(Webhooks((HOOK,)), 2))
+    assert batch == {
+        "type": "webhooks",
+        "items": [
+            {
+                "id": "d-000000000042",
+                "tenant": "shop-42",
+                "body": '{"events":[]}',
+                "signature": "c2ln",
+                "received_at": 1763800000123,
+                "attempt": 2,
+            }
+        ],
+    }
+    assert json.loads(encode(Ack(("a", "b")), 2)) == {"type": "ack", "ids": ["a", "b"]}
+    assert json.loads(encode(Ack(("a",)), 1)) == {"type": "ack", "id": "a"}
+
+
+def test_protocol_1_cannot_say_batches() -> None:
+    with pytest.raises(ValueError, match="batches"):
+        encode(Webhooks((HOOK,)), 1)
+    with pytest.raises(ValueError, match="exactly one id"):
+        encode(Ack(("a", "b")), 1)
+
+
+def test_either_ack_spelling_is_read() -> None:
+    assert decode('{"type":"ack","id":"d-1"}') == Ack(("d-1",))
+    assert decode('{"type":"ack","ids":["d-1","d-2"]}') == Ack(("d-1", "d-2"))
 
 
 def test_webhook_body_encodes_back_to_the_exact_bytes() -> None:
@@ -59,6 +113,10 @@ def test_nack_reason_is_optional_and_truncated() -> None:
         '{"type": "nack", "id": "d-1", "reason": 3}',
         '{"type": "hello", "tenant": "t", "window": true, "protocol": 1}',
         '{"type": "webhook", "id": "d-1"}',
+        '{"type": "ack", "ids": "d-1"}',
+        '{"type": "ack", "ids": [1]}',
+        '{"type": "webhooks", "items": [{"id": "d-1"}]}',
+        '{"type": "webhooks", "items": "x"}',
         "[" * 50_000,
     ],
 )
@@ -68,4 +126,4 @@ def test_malformed_frames_raise_frame_error(text: str) -> None:
 
 
 def test_bytes_frames_decode_like_text() -> None:
-    assert decode(b'{"type":"ack","id":"d-7"}') == Ack("d-7")
+    assert decode(b'{"type":"ack","id":"d-7"}') == Ack(("d-7",))
