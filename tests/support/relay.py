@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -58,8 +59,12 @@ class RelayProcess:
         state_dir: Path,
         config: str | None = None,
         env: dict[str, str] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.state_dir = state_dir
+        #: A command the relay runs under, such as ``taskset -c 0 prlimit --nofile=1024:1024``;
+        #: each must exec the next, so the process's pid stays the relay's.
+        self.wrapper = list(wrapper)
         self.port = free_port()
         self.admin_port = free_port()
         self.config_file: Path | None = None
@@ -97,6 +102,7 @@ class RelayProcess:
     def start(self, timeout: float = 30.0) -> RelayProcess:
         """Start the process and wait until it is ready."""
         args = [
+            *self.wrapper,
             LINERELAY,
             "serve",
             "--state-dir",
