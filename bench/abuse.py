@@ -36,37 +36,13 @@ import httpx
 
 from bench import attacks
 from bench.common import CLIENT_CORE, SERVER_CORE
-from bench.traffic import Legit, ProcessWatch, latency_stats
+from bench.traffic import Legit, ProcessWatch, latency_stats, scan_log
 from tests.support.relay import RelayProcess
 
 #: The relay's open-files limit (soft and hard): low, so fd exhaustion is quick and harmless.
 RELAY_NOFILE = 1024
 #: A log larger than this after an attack is truncated (the relay appends, so this is safe).
 LOG_CAP_BYTES = 256 * 1024 * 1024
-_ERROR_LEVELS = (b'"level":"error"', b'"level":"critical"')
-
-
-def scan_log(path: Path, start: int, end: int) -> dict[str, int]:
-    """Bytes, lines, error-level lines and non-JSON lines in ``path[start:end]``."""
-    figures = {"bytes": max(0, end - start), "lines": 0, "error_lines": 0, "non_json_lines": 0}
-    with path.open("rb") as fh:
-        fh.seek(start)
-        remaining = end - start
-        tail = b""
-        while remaining > 0:
-            chunk = fh.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            lines = (tail + chunk).split(b"\n")
-            tail = lines.pop()
-            for line in lines:
-                figures["lines"] += 1
-                if not line.startswith(b"{"):
-                    figures["non_json_lines"] += 1
-                elif any(level in line for level in _ERROR_LEVELS):
-                    figures["error_lines"] += 1
-    return figures
 
 
 class Campaign:

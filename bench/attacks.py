@@ -279,18 +279,34 @@ class Response:
 
 
 async def read_response(reader: asyncio.StreamReader, within: float = 10.0) -> Response:
-    """Read one response (Content-Length bodies only, as the relay sends)."""
+    """Read one response: Content-Length or chunked body (the relay's errors are chunked)."""
     async with asyncio.timeout(within):
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
+        version, _, rest = lines[0].partition(" ")
+        if not version.startswith("HTTP/") or not rest[:3].isdigit():
+            raise ValueError(f"not an HTTP/1 status line: {lines[0][:80]!r}")
+        status = int(rest[:3])
         headers = {}
         for line in lines[1:]:
             if ":" in line:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        body = await reader.readexactly(length) if length else b""
+        body = b""
+        if status == 101 or status in (204, 304):
+            pass
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailers
+                    break
+                body += (await reader.readexactly(size + 2))[:-2]
+        elif "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("connection", "").lower() == "close":
+            body = await reader.read()
     return Response(status, headers, body)
 
 

@@ -20,7 +20,8 @@ import os
 import ssl
 import time
 import uuid
-from collections.abc import Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from bench.common import body_600
 
 #: A request not answered in this long counts as failed (status 0).
 REQUEST_TIMEOUT = 10.0
+_ERROR_LEVELS = (b'"level":"error"', b'"level":"critical"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class Legit:
     token: str
     rate: float = 100.0
     connections: int = 4
+    #: Seconds between requests on a fresh connection; 0: none.
     fresh_every: float = 1.0
     samples: list[Sample] = field(default_factory=list)
     #: Body → when it was due, for every body answered 200.
@@ -97,6 +100,8 @@ class Legit:
     #: Body → signature as posted, for the byte-exact check on delivery.
     signatures: dict[bytes, str] = field(default_factory=dict)
     delivered: set[bytes] = field(default_factory=set)
+    #: Body → how many times a bridge acked it (more than once: an at-least-once duplicate).
+    delivery_count: Counter[bytes] = field(default_factory=Counter)
     #: Delivered frames whose body or signature differ from anything posted.
     mismatched: int = 0
     bridge_connects: int = 0
@@ -116,12 +121,16 @@ class Legit:
             asyncio.create_task(self._bridge_loop()),
         ]
 
-    async def stop(self) -> None:
-        """Stop posting, wait for answers still due, stop the bridge."""
+    async def stop_posting(self) -> None:
+        """Stop posting and wait for answers still due; the bridge goes on."""
         self._stop.set()
         await asyncio.gather(*self._tasks[:2], return_exceptions=True)
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=REQUEST_TIMEOUT + 1)
+
+    async def stop(self) -> None:
+        """Stop posting, wait for answers still due, stop the bridge."""
+        await self.stop_posting()
         self._tasks[2].cancel()
         await asyncio.gather(self._tasks[2], return_exceptions=True)
 
@@ -244,6 +253,8 @@ class Legit:
         task.add_done_callback(self._inflight.discard)
 
     async def _fresh_loop(self) -> None:
+        if self.fresh_every <= 0:
+            return
         started = time.monotonic()
         n = 0
         while not self._stop.is_set():
@@ -254,31 +265,73 @@ class Legit:
 
     # -- the bridge ------------------------------------------------------------
 
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        body = frame["body"].encode()
+        if self.signatures.get(body) != frame["signature"]:
+            self.mismatched += 1
+        self.delivered.add(body)
+        self.delivery_count[body] += 1
+
     async def _bridge_loop(self) -> None:
-        """Ack everything; reconnect whenever the connection goes (a restarted relay)."""
-        while True:
-            try:
-                async with ws_connect(
-                    self.target.bridge_url,
-                    ssl=self.context(),
-                    additional_headers={"Authorization": f"Bearer {self.token}"},
-                    max_size=None,
-                    compression=None,
-                    open_timeout=10,
-                ) as ws:
-                    self.bridge_connects += 1
-                    async for raw in ws:
-                        frame = json.loads(raw)
-                        if frame.get("type") != "webhook":
-                            continue
-                        body = frame["body"].encode()
-                        if self.signatures.get(body) != frame["signature"]:
-                            self.mismatched += 1
-                        self.delivered.add(body)
+        def connected() -> None:
+            self.bridge_connects += 1
+
+        await acking_bridge(self.target, self.token, self._on_frame, connected)
+
+
+async def acking_bridge(
+    target: Target,
+    token: str,
+    on_frame: Callable[[dict[str, Any]], None],
+    on_connect: Callable[[], None] | None = None,
+    source: str = "127.0.0.1",
+) -> None:
+    """A bridge that hands every webhook frame to ``on_frame`` and acks it, until cancelled;
+    it reconnects whenever the connection goes (a restarted relay)."""
+    while True:
+        try:
+            async with ws_connect(
+                target.bridge_url,
+                ssl=target.tls(),
+                additional_headers={"Authorization": f"Bearer {token}"},
+                max_size=None,
+                compression=None,
+                open_timeout=10,
+                local_addr=(source, 0),
+            ) as ws:
+                if on_connect is not None:
+                    on_connect()
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    if frame.get("type") == "webhook":
+                        on_frame(frame)
                         await ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
-            except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
-                pass
-            await asyncio.sleep(0.5)
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
+            pass
+        await asyncio.sleep(0.5)
+
+
+def scan_log(path: Path, start: int, end: int) -> dict[str, int]:
+    """Bytes, lines, error-level lines and non-JSON lines in ``path[start:end]``."""
+    figures = {"bytes": max(0, end - start), "lines": 0, "error_lines": 0, "non_json_lines": 0}
+    with path.open("rb") as fh:
+        fh.seek(start)
+        remaining = end - start
+        tail = b""
+        while remaining > 0:
+            chunk = fh.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+            lines = (tail + chunk).split(b"\n")
+            tail = lines.pop()
+            for line in lines:
+                figures["lines"] += 1
+                if not line.startswith(b"{"):
+                    figures["non_json_lines"] += 1
+                elif any(level in line for level in _ERROR_LEVELS):
+                    figures["error_lines"] += 1
+    return figures
 
 
 class ProcessWatch:
