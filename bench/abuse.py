@@ -133,10 +133,12 @@ class Campaign:
         t_attack, log_attack = time.monotonic(), self.log_size()
         outcome = await self.attack_process(name, params)
         t_settle, log_settle = time.monotonic(), self.log_size()
+        at_end = watch.read()
         await asyncio.sleep(args.settle)
         t_end, log_end = time.monotonic(), self.log_size()
         after = watch.read()
-        peak = watch.peak(t_attack, t_settle)
+        # A short attack may fall between two samples: the readings at its ends count too.
+        peak = _highest([watch.peak(t_attack, t_settle), before, at_end])
 
         broken = await self.healthy()
         if broken is not None:
@@ -248,6 +250,14 @@ class Campaign:
         if self.attacker is not None and self.attacker.returncode is None:
             self.attacker.kill()
         self.relay.stop(10.0)
+
+
+def _highest(readings: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The highest RSS and the highest fd count among ``readings``."""
+    present = [r for r in readings if r is not None]
+    if not present:
+        return None
+    return max(r[0] for r in present), max(r[1] for r in present)
 
 
 def _fmt(stats: dict[str, Any]) -> str:

@@ -1091,8 +1091,9 @@ async def smuggle(
                 response = await read_response(reader, within=3)
                 result.statuses[response.status] += 1
                 answers += 1
-            await reader.read(1)  # anything more, or EOF
-            closed = reader.at_eof()
+            # Both answered: does the server close now (EOF), or keep the connection?
+            async with asyncio.timeout(1):
+                closed = await reader.read(1) == b""
         except (TimeoutError, ValueError):
             closed = reader.at_eof()
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
