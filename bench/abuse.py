@@ -145,6 +145,8 @@ class Campaign:
             print(f"  relay unhealthy after {name} ({broken}): restarting it", flush=True)
             await self.restart()
         lost = await legit.drain(args.drain)
+        sensitive = {self.secret, legit.token, *legit.signatures.values()}
+        sensitive.update(str(params[k]) for k in ("secret", "token") if k in params)
         lost_here = len(legit.lost(t_base, t_end))
         log_path = self.relay.log_file
         report = {
@@ -173,12 +175,14 @@ class Campaign:
                     "peak": peak[1] if peak else None,
                     "after": after[1] if after else None,
                 },
-                "log_baseline": scan_log(log_path, log_base, log_attack),
-                "log_during": scan_log(log_path, log_attack, log_settle),
-                "log_after": scan_log(log_path, log_settle, log_end),
+                "log_baseline": scan_log(log_path, log_base, log_attack, sensitive),
+                "log_during": scan_log(log_path, log_attack, log_settle, sensitive),
+                "log_after": scan_log(log_path, log_settle, log_end, sensitive),
                 "restarted": broken is not None,
                 "unhealthy_because": broken,
             },
+            # Other work on the machine shows in every latency: the 1-minute load, for judging.
+            "loadavg_1m": round(os.getloadavg()[0], 2),
             "seconds": {
                 "baseline": round(t_attack - t_base, 1),
                 "attack": round(t_settle - t_attack, 1),
@@ -304,6 +308,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"  relay log {phase:<8} {log['bytes'] / 1e6:.2f} MB, {log['lines']} lines, "
             f"{log['error_lines']} error-level, {log['non_json_lines']} not JSON"
+            + (f", {log['leaks']} SECRETS/TOKENS/SIGNATURES" if log["leaks"] else "")
         )
     lines.append(
         "  relay     "
@@ -312,6 +317,7 @@ def render(report: dict[str, Any]) -> str:
             if relay["restarted"]
             else "healthy after the attack"
         )
+        + f"; machine load {report['loadavg_1m']} (2 cores)"
     )
     return "\n".join(lines)
 
@@ -328,7 +334,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(attacks.ATTACKS),
         help="attacks to run, in order (default: all)",
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per attack")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=40.0,
+        help="seconds per attack (past the relay's 30-second keep-alive timeout, so its closes show)",
+    )
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds before each attack")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after each attack")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for deliveries")

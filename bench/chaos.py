@@ -323,7 +323,8 @@ class Chaos:
         altered = sum(t.mismatched for t in self.tenants)
         wrong = {s: n for s, n in statuses.items() if s not in (0, 200, 503)}
         unrecovered = [f.kind for f in self.faults if f.recovered is None]
-        log = scan_log(self.relay.log_file, 0, self.relay.log_file.stat().st_size)
+        sensitive = {v for t in self.tenants for v in (t.secret, t.token, *t.signatures.values())}
+        log = scan_log(self.relay.log_file, 0, self.relay.log_file.stat().st_size, sensitive)
         problems = []
         if lost:
             where = [
@@ -338,6 +339,8 @@ class Chaos:
             problems.append(f"{altered} deliveries differ from what was posted")
         if wrong:
             problems.append(f"answers other than 200/503: {wrong}")
+        if log["leaks"]:
+            problems.append(f"{log['leaks']} secrets, tokens or signatures in the relay's log")
         if unrecovered:
             problems.append(f"no 200 within {RECOVERY_LIMIT:.0f} s after: {unrecovered}")
         return {

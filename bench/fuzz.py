@@ -929,6 +929,11 @@ class Fuzz:
         self.relay = RelayProcess(work / "state", config=config, wrapper=wrapper)
         self.report = Report(args.seed)
         self.log_at = 0
+        self.tokens: list[str] = []
+
+    def sensitive(self, legit: Legit) -> set[str]:
+        """Every secret and token of the run, and the legitimate webhooks' signatures."""
+        return {self.secret, legit.secret, legit.token, *self.tokens, *legit.signatures.values()}
 
     def input(self, index: int) -> Input:
         """Input ``index`` of this run."""
@@ -947,6 +952,7 @@ class Fuzz:
                 for i in range(self.args.ws_tenants)
             )
         )
+        self.tokens = [fuzz_token, *ws_tokens]
         legit = Legit(target, "legit", legit_secret, legit_token, rate=self.args.legit_rate)
         legit.start()
         # Signed fuzz inputs that are valid get queued: a bridge takes them so the
@@ -990,7 +996,9 @@ class Fuzz:
                     )
         await asyncio.sleep(0.15)  # the relay writes its access log every 0.1 s
         size = relay.log_file.stat().st_size
-        log = scan_log(relay.log_file, self.log_at, size)
+        log = scan_log(relay.log_file, self.log_at, size, self.sensitive(legit))
+        if log["leaks"]:
+            fail("leak", f"{log['leaks']} secrets, tokens or signatures in the relay's log")
         if log["error_lines"] or log["non_json_lines"]:
             events = _error_events(relay.log_file, self.log_at, size)
             report.error_lines.extend(events)

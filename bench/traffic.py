@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ from bench.common import body_600
 #: A request not answered in this long counts as failed (status 0).
 REQUEST_TIMEOUT = 10.0
 _ERROR_LEVELS = (b'"level":"error"', b'"level":"critical"')
+#: Shapes a secret can take in a log line: hex secrets and URL-safe tokens, base64 signatures.
+_WORDS = re.compile(rb"[A-Za-z0-9_-]{16,}")
+_SIGNATURES = re.compile(rb"[A-Za-z0-9+/]{43}=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,9 +315,18 @@ async def acking_bridge(
         await asyncio.sleep(0.5)
 
 
-def scan_log(path: Path, start: int, end: int) -> dict[str, int]:
-    """Bytes, lines, error-level lines and non-JSON lines in ``path[start:end]``."""
-    figures = {"bytes": max(0, end - start), "lines": 0, "error_lines": 0, "non_json_lines": 0}
+def scan_log(path: Path, start: int, end: int, sensitive: Collection[str] = ()) -> dict[str, int]:
+    """Bytes, lines, error-level lines and non-JSON lines in ``path[start:end]``, and
+    ``leaks``: how many distinct ``sensitive`` values (secrets, tokens, signatures) it holds."""
+    figures = {
+        "bytes": max(0, end - start),
+        "lines": 0,
+        "error_lines": 0,
+        "non_json_lines": 0,
+        "leaks": 0,
+    }
+    wanted = {v.encode() for v in sensitive}
+    found: set[bytes] = set()
     with path.open("rb") as fh:
         fh.seek(start)
         remaining = end - start
@@ -331,6 +344,12 @@ def scan_log(path: Path, start: int, end: int) -> dict[str, int]:
                     figures["non_json_lines"] += 1
                 elif any(level in line for level in _ERROR_LEVELS):
                     figures["error_lines"] += 1
+                if wanted:
+                    # Candidates, not substrings: a set lookup per word keeps this fast
+                    # with a signature for every webhook of the run.
+                    found.update(w for w in _WORDS.findall(line) if w in wanted)
+                    found.update(w for w in _SIGNATURES.findall(line) if w in wanted)
+    figures["leaks"] = len(found)
     return figures
 
 

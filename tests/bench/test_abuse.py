@@ -51,6 +51,8 @@ def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
         for figure in ("rss_kib", "fds"):
             assert all(isinstance(relay[figure][k], int) for k in ("before", "peak", "after"))
         assert relay["log_during"]["lines"] > 0
+        for phase in ("log_baseline", "log_during", "log_after"):
+            assert relay[phase]["leaks"] == 0, f"{report['attack']}: secrets in the relay's log"
         assert relay["restarted"] is False
         # The human-readable block went to stdout too.
         assert f"== {report['attack']} ==" in run.stdout

@@ -89,3 +89,8 @@ def test_memory_stays_bounded(report: dict[str, Any]) -> None:
 def test_fuzzing_writes_no_error_level_log_line(report: dict[str, Any]) -> None:
     noisy = [f for f in report["failures"] if f["check"] == "log"]
     assert not noisy, f"seed {SEED}: {noisy[:3]}; e.g. {report['error_lines'][:3]}"
+
+
+def test_no_secret_token_or_signature_reaches_the_log(report: dict[str, Any]) -> None:
+    leaks = [f for f in report["failures"] if f["check"] == "leak"]
+    assert not leaks, f"seed {SEED}: {leaks}"
