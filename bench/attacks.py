@@ -573,10 +573,10 @@ async def zero_window(
         watchers.append(asyncio.create_task(watch(client, time.monotonic())))
 
     try:
-        for start in range(0, min(intensity, MAX_CONNECTIONS), 50):
+        for start in range(0, min(intensity, MAX_CONNECTIONS), 100):
             if time.monotonic() >= deadline:
                 break
-            await asyncio.gather(*(one() for _ in range(min(50, intensity - start))))
+            await asyncio.gather(*(one() for _ in range(min(100, intensity - start))))
         await _sleep_until(deadline)
     finally:
         for task in watchers:
@@ -704,11 +704,12 @@ async def token_guessing(
     *,
     protocols: tuple[str, ...] = ("http1", "http2"),
 ) -> AttackResult:
-    """Bridge upgrades with random tokens, up to ``intensity`` attempts a second shared by
-    HTTP/1.1 (keep-alive where the server allows) and HTTP/2 extended CONNECT (RFC 8441).
+    """Bridge upgrades with random tokens, up to ``intensity`` attempts a second: over
+    HTTP/1.1 (keep-alive where the server allows) for the first part of the attack,
+    then over HTTP/2 extended CONNECT (RFC 8441), so each protocol's rate shows alone.
 
-    ``notes`` counts 401s and 429s per protocol, ``Retry-After`` headers seen,
-    and any upgrade that succeeded (it never should).
+    ``notes`` counts 401s and 429s and the rate reached per protocol,
+    ``Retry-After`` headers seen, and any upgrade that succeeded (it never should).
     """
     result = AttackResult("token_guessing", source)
     notes = result.notes
@@ -716,8 +717,7 @@ async def token_guessing(
         notes.update({f"{proto}_401": 0, f"{proto}_429": 0, f"{proto}_other": 0})
     notes.update(retry_after=0, upgraded=0, http2_no_extended_connect=0)
     started = time.monotonic()
-    deadline = _deadline(duration)
-    share = intensity / len(protocols)
+    share = float(intensity)
 
     def count(proto: str, status: int, retry_after: str | None) -> None:
         result.statuses[status] += 1
@@ -732,7 +732,7 @@ async def token_guessing(
     def guess() -> str:
         return "lrb_" + secrets.token_urlsafe(32)
 
-    async def http1(rate: float) -> None:
+    async def http1(rate: float, deadline: float) -> None:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
         while time.monotonic() < deadline:
@@ -763,7 +763,7 @@ async def token_guessing(
         if writer is not None:
             await _close(writer)
 
-    async def http2() -> None:
+    async def http2(deadline: float) -> None:
         while time.monotonic() < deadline:
             try:
                 client = await H2Client.open(target, source)
@@ -778,11 +778,19 @@ async def token_guessing(
                 await _h2_guess(client, target.authority, deadline, share, guess, count, result)
             await client.close()
 
-    # Sequential HTTP/1.1 attempts wait out a handshake each; several workers keep the rate.
-    workers = (
-        [http1(share / HTTP1_WORKERS) for _ in range(HTTP1_WORKERS)] if "http1" in protocols else []
-    )
-    await asyncio.gather(*workers, *([http2()] if "http2" in protocols else []))
+    part = min(duration, MAX_DURATION) / len(protocols)
+    for proto in protocols:
+        began, answered = time.monotonic(), result.requests
+        deadline = began + part
+        if proto == "http1":
+            # Each attempt waits out a handshake (the server closes after a 401): several
+            # workers keep the rate.
+            await asyncio.gather(
+                *(http1(share / HTTP1_WORKERS, deadline) for _ in range(HTTP1_WORKERS))
+            )
+        else:
+            await http2(deadline)
+        notes[f"{proto}_per_s"] = round((result.requests - answered) / (time.monotonic() - began))
     result.seconds = time.monotonic() - started
     return result
 
@@ -868,7 +876,7 @@ async def never_reading_bridge(
     tenant: str,
     token: str,
     secret: str,
-    body_bytes: int = 128 * 1024,
+    body_bytes: int = 256 * 1024,
     post_rate: float = 10.0,
 ) -> AttackResult:
     """``intensity`` bridges of one tenant (its real token) that connect and never read
@@ -946,7 +954,7 @@ async def reconnecting_bridge(
     token: str,
     secret: str | None = None,
     prime: int = 64,
-    prime_bytes: int = 64 * 1024,
+    prime_bytes: int = 256 * 1024,
 ) -> AttackResult:
     """A bridge with the tenant's real token that reconnects ``intensity`` times a second,
     reading its hello and a moment of frames and acking nothing.
