@@ -56,6 +56,7 @@ from appliance.signature import sign
 MAX_DURATION = 600.0
 #: Connections any one attack holds at most.
 MAX_CONNECTIONS = 20_000
+#: Concurrent HTTP/1.1 guessers: each waits out a TLS handshake per attempt.
 HTTP1_WORKERS = 8
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _TCP_CLOSE_WAIT = 8  # linux/tcp_states.h: the peer has sent its FIN
@@ -902,7 +903,7 @@ async def never_reading_bridge(
                     result.notes["posted_200"] += statuses.count(200)
                 posted += due
                 result.notes["posted"] = posted
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # a few bodies per connection, not one each
 
     async def open_bridges() -> None:
         spacing = min(duration, MAX_DURATION) / 2 / max(1, intensity)

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -688,14 +687,12 @@ def generate(seed: int, index: int, kinds: list[str], bodies: list[bytes], secre
 _STATUS_LINE = re.compile(rb"(?:^|\n)HTTP/1\.[01] (\d{3}) ")
 
 
-async def _read_all(
-    reader: asyncio.StreamReader, done: Callable[[bytes], bool]
-) -> tuple[bytes, bool]:
-    """Read until EOF, ``done(buffer)``, a pause of IDLE after a first answer, or PER_INPUT."""
+async def _read_all(reader: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Read until EOF, a pause of IDLE after a first answer, or PER_INPUT in all."""
     buf = b""
     deadline = time.monotonic() + PER_INPUT
     eof = False
-    while time.monotonic() < deadline and not done(buf):
+    while time.monotonic() < deadline:
         wait = min(deadline - time.monotonic(), IDLE if buf else PER_INPUT)
         try:
             async with asyncio.timeout(max(0.01, wait)):
@@ -796,7 +793,7 @@ class Runner:
             await writer.drain()
         except (OSError, ssl.SSLError):
             pass
-        data, eof = await _read_all(reader, lambda _: False)
+        data, eof = await _read_all(reader)
         await _close(writer)
         if item.kind == "http1":
             statuses = [m.decode() for m in _STATUS_LINE.findall(data)]
