@@ -97,6 +97,29 @@ class Campaign:
             await asyncio.sleep(1)
         return why
 
+    def left_broken(
+        self,
+        before: tuple[int, int] | None,
+        after: tuple[int, int] | None,
+        t_settle: float,
+        t_end: float,
+    ) -> str | None:
+        """Why the relay, though it answers, is not fit for the next attack; None if it is.
+
+        Left broken means still holding the attacker's connections after the attacker
+        is gone, or failing legitimate webhooks at the end of the settle (requests due
+        in its second half, up to a second before its end, answered 200 by now).
+        """
+        assert self.legit is not None
+        if before is not None and after is not None and after[1] > before[1] + 100:
+            return f"still holds {after[1]} fds after the attacker left ({before[1]} before)"
+        start, end = t_settle + self.args.settle / 2, t_end - 1.0
+        due = int((end - start) * self.args.rate)
+        ok = sum(1 for s in self.legit.window(start, end) if s.status == 200)
+        if due > 10 and ok < 0.9 * due:
+            return f"only {ok} of {due} legitimate webhooks answered 200 at the end of the settle"
+        return None
+
     async def restart(self) -> None:
         """Stop (kill if it will not stop) and start the relay again on the same state dir."""
         await asyncio.to_thread(self.relay.stop, 10.0)
@@ -140,7 +163,7 @@ class Campaign:
         # A short attack may fall between two samples: the readings at its ends count too.
         peak = _highest([watch.peak(t_attack, t_settle), before, at_end])
 
-        broken = await self.healthy()
+        broken = await self.healthy() or self.left_broken(before, after, t_settle, t_end)
         if broken is not None:
             print(f"  relay unhealthy after {name} ({broken}): restarting it", flush=True)
             await self.restart()

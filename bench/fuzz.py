@@ -47,7 +47,7 @@ from hpack import NeverIndexedHeaderTuple
 from appliance.signature import sign
 from bench.attacks import Target, open_tcp, read_response, request_bytes
 from bench.common import CLIENT_CORE, SERVER_CORE
-from bench.traffic import Legit, ProcessWatch, acking_bridge, scan_log
+from bench.traffic import ERROR_LEVELS, Legit, ProcessWatch, acking_bridge, scan_log
 from tests.support.relay import RelayProcess
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "line-webhooks"
@@ -249,6 +249,10 @@ def http1_input(rng: random.Random, bodies: list[bytes], secret: str) -> tuple[b
                 "/healthz",
                 "/metrics",
                 "/webhook/fu\x00zz",
+                "?webhook/fuzz",
+                "",
+                "#x",
+                "//webhook/fuzz",
             ]
         )
         notes.append("target")
@@ -875,6 +879,8 @@ class Report:
     outcomes: dict[str, int] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
+    #: The relay's open fds after each batch (connections it still holds).
+    fds: list[int] = field(default_factory=list)
     error_lines: list[str] = field(default_factory=list)
     restarts: int = 0
 
@@ -892,22 +898,25 @@ def load_bodies(fixtures: Path) -> list[bytes]:
     return bodies
 
 
-def _error_events(path: Path, start: int, end: int, keep: int = 5) -> list[str]:
-    """The ``event`` of the first error-level lines in ``path[start:end]``, shortened."""
-    found = []
+def _error_events(path: Path, start: int, end: int, keep: int = 8) -> list[str]:
+    """The distinct kinds of error-level (and non-JSON) lines in ``path[start:end]``: each
+    line's event and the last line of its traceback, so a rare kind is not lost among a
+    frequent one."""
+    found: list[str] = []
     with path.open("rb") as fh:
         fh.seek(start)
         for raw in fh.read(end - start).splitlines():
-            if (
-                b'"level":"error"' in raw
-                or b'"level":"critical"' in raw
-                or not raw.startswith(b"{")
-            ):
-                try:
-                    event = str(json.loads(raw).get("event", ""))
-                except ValueError:
-                    event = raw.decode(errors="replace")
-                found.append(event.splitlines()[0][:160] if event else "")
+            if raw.startswith(b"{") and not any(level in raw for level in ERROR_LEVELS):
+                continue
+            try:
+                record = json.loads(raw)
+                event = str(record.get("event", "")).splitlines()[0][:100]
+                trace = str(record.get("exc", "")).strip().splitlines()
+                kind = f"{event} / {trace[-1][:120]}" if trace else event
+            except (ValueError, AttributeError, IndexError):
+                kind = "not JSON: " + raw.decode(errors="replace")[:120]
+            if kind not in found:
+                found.append(kind)
                 if len(found) >= keep:
                     break
     return found
@@ -998,15 +1007,16 @@ class Fuzz:
             fail("leak", f"{log['leaks']} secrets, tokens or signatures in the relay's log")
         if log["error_lines"] or log["non_json_lines"]:
             events = _error_events(relay.log_file, self.log_at, size)
-            report.error_lines.extend(events)
+            report.error_lines.extend(e for e in events if e not in report.error_lines)
             fail(
                 "log",
-                f"{log['error_lines']} error-level and {log['non_json_lines']} non-JSON lines, e.g. {events[:2]}",
+                f"{log['error_lines']} error-level and {log['non_json_lines']} non-JSON lines: {events}",
             )
         self.log_at = size
         now = watch.read()
         if now is not None:
             report.rss_kib.append(now[0])
+            report.fds.append(now[1])
         if not alive:
             report.restarts += 1
             await asyncio.to_thread(self.relay.stop, 10.0)
@@ -1194,6 +1204,7 @@ def main(argv: list[str] | None = None) -> int:
         "inputs_per_second": round(report.inputs / report.seconds, 1) if report.seconds else None,
         "outcomes": report.outcomes,
         "rss_kib_first_last": [report.rss_kib[0], report.rss_kib[-1]] if report.rss_kib else None,
+        "fds_first_last": [report.fds[0], report.fds[-1]] if report.fds else None,
         "restarts": report.restarts,
         "error_lines": report.error_lines[:20],
         "failures": report.failures,
@@ -1201,7 +1212,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary, indent=1), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({**summary, "rss_kib": report.rss_kib}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({**summary, "rss_kib": report.rss_kib, "fds": report.fds}, indent=1)
+        )
     return 0 if report.ok else 1
 
 

@@ -36,7 +36,8 @@ from bench.common import body_600
 
 #: A request not answered in this long counts as failed (status 0).
 REQUEST_TIMEOUT = 10.0
-_ERROR_LEVELS = (b'"level":"error"', b'"level":"critical"')
+#: How the relay marks a line an operator must act on.
+ERROR_LEVELS = (b'"level":"error"', b'"level":"critical"')
 #: Shapes a secret can take in a log line: hex secrets and URL-safe tokens, base64 signatures.
 _WORDS = re.compile(rb"[A-Za-z0-9_-]{16,}")
 _SIGNATURES = re.compile(rb"[A-Za-z0-9+/]{43}=")
@@ -342,7 +343,7 @@ def scan_log(path: Path, start: int, end: int, sensitive: Collection[str] = ()) 
                 figures["lines"] += 1
                 if not line.startswith(b"{"):
                     figures["non_json_lines"] += 1
-                elif any(level in line for level in _ERROR_LEVELS):
+                elif any(level in line for level in ERROR_LEVELS):
                     figures["error_lines"] += 1
                 if wanted:
                     # Candidates, not substrings: a set lookup per word keeps this fast
