@@ -167,7 +167,7 @@ class Campaign:
         if broken is not None:
             print(f"  relay unhealthy after {name} ({broken}): restarting it", flush=True)
             await self.restart()
-        lost = await legit.drain(args.drain)
+        lost = await legit.drain(args.drain, before=t_end)
         sensitive = {self.secret, legit.token, *legit.signatures.values()}
         sensitive.update(str(params[k]) for k in ("secret", "token") if k in params)
         lost_here = len(legit.lost(t_base, t_end))

@@ -64,6 +64,18 @@ class ChurningTenant(Legit):
     churn: bool = True
     nacks: int = 0
     left_unacked: int = 0
+    _ws: Any = None
+
+    def pause_churn(self) -> None:
+        """Stop churning: from now on every frame is acked, on a connection that stays.
+
+        The current connection is dropped first: frames it left unacked on purpose
+        would otherwise wait for an ack forever (the relay redelivers an unacked
+        webhook after a reconnect or a nack, never on a timer: PROTOCOL.md §2).
+        """
+        self.churn = False
+        if self._ws is not None:
+            self._ws.transport.abort()
 
     async def _bridge_loop(self) -> None:
         rng = random.Random(self.seed)
@@ -78,6 +90,7 @@ class ChurningTenant(Legit):
                     open_timeout=10,
                 ) as ws:
                     self.bridge_connects += 1
+                    self._ws = ws
                     await self._take(ws, rng)
                     if self.churn and rng.random() < 0.5:
                         ws.transport.abort()  # vanish without a close handshake
@@ -264,11 +277,16 @@ class Chaos:
             await asyncio.sleep(0.2)
 
     async def drain(self, within: float) -> int:
-        """Wait until every 200 so far has reached a bridge; how many have not."""
-        deadline = time.monotonic() + within
+        """Wait until every 200 so far has reached a bridge; how many have not.
+
+        Posting goes on meanwhile: webhooks answered after the drain began are the
+        next check's, not this one's (some are always on their way).
+        """
+        began = time.monotonic()
+        deadline = began + within
         for tenant in self.tenants:
-            await tenant.drain(max(0.0, deadline - time.monotonic()))
-        return sum(len(t.lost()) for t in self.tenants)
+            await tenant.drain(max(0.0, deadline - time.monotonic()), before=began)
+        return sum(len(t.lost(end=began)) for t in self.tenants)
 
     # -- the run -----------------------------------------------------------------
 
@@ -292,7 +310,7 @@ class Chaos:
                 await self.recovered(record)
                 # The check after each fault: churn paused so the bridges take everything.
                 for tenant in self.tenants:
-                    tenant.churn = False
+                    tenant.pause_churn()
                 drain_started = time.monotonic()
                 record.lost_after_drain = await self.drain(args.drain)
                 record.drain_s = round(time.monotonic() - drain_started, 1)
@@ -306,7 +324,7 @@ class Chaos:
                 print(f"          {json.dumps(record.summary(t0))}", flush=True)
         finally:
             for tenant in self.tenants:
-                tenant.churn = False
+                tenant.pause_churn()
             await asyncio.gather(*(t.stop_posting() for t in self.tenants))
         lost = await self.drain(args.final_drain)
         for tenant in self.tenants:

@@ -149,13 +149,14 @@ class Legit:
             b for b, due in self.accepted.items() if start <= due < end and b not in self.delivered
         ]
 
-    async def drain(self, within: float) -> int:
-        """Wait up to ``within`` seconds for every accepted body to be delivered; lost count."""
+    async def drain(self, within: float, before: float = float("inf")) -> int:
+        """Wait up to ``within`` seconds until every body accepted (due) before ``before``
+        has been delivered; how many have not."""
         deadline = time.monotonic() + within
         # Polled: deliveries arrive on the bridge task, any of them may be the last one.
-        while self.lost() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self.lost(end=before) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        return len(self.lost())
+        return len(self.lost(end=before))
 
     async def probe(self) -> int:
         """One signed webhook on a fresh connection, outside the samples; its status (0: none)."""

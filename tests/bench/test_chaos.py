@@ -47,7 +47,7 @@ def soak(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 def test_kill_9_and_a_locked_store_lose_no_webhook(tmp_path: Path) -> None:
     summary = soak(tmp_path, "--duration", "30", "--faults", "kill,lock", "--steady", "3")
-    assert summary["problems"] == [], summary["problems"]
+    assert summary["problems"] == [], f"seed {summary['seed']}: {summary['problems']}"
     assert {f["fault"] for f in summary["faults"]} == {"kill", "lock"}
     assert summary["accepted"] > 400
     assert summary["delivered"] >= summary["accepted"]
@@ -60,30 +60,11 @@ def test_kill_9_and_a_locked_store_lose_no_webhook(tmp_path: Path) -> None:
     assert all(f["recovery_s"] is not None for f in summary["faults"])
 
 
-@pytest.fixture(scope="module")
-def full_disk(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One soak whose only fault is a full state dir (a small tmpfs filled with junk);
-    skipped where this process may not mount a tmpfs."""
-    return soak(
-        tmp_path_factory.mktemp("disk"), "--duration", "20", "--faults", "disk", "--steady", "3"
-    )
-
-
-def test_a_full_disk_is_answered_503_and_recovered_from_unaided(full_disk: dict[str, Any]) -> None:
-    disks = full_disk["faults"]
+def test_a_full_disk_is_answered_503_loses_nothing_and_recovers_unaided(tmp_path: Path) -> None:
+    summary = soak(tmp_path, "--duration", "20", "--faults", "disk", "--steady", "3")
+    disks = summary["faults"]
     assert disks, "no disk fault ran"
     assert any(f["statuses"].get("503") for f in disks), disks  # the disk really filled up
-    assert set(full_disk["statuses"]) <= {"0", "200", "503"}, full_disk["statuses"]
     assert all(f["recovery_s"] is not None for f in disks), disks
-    assert full_disk["altered"] == 0
-
-
-@pytest.mark.xfail(
-    strict=False,  # a race: it shows in most runs (5 of 7 measured), not all
-    reason="relay bug: a store read that fails on a full disk (hub._fetch, 'store read "
-    "failed') is taken for an empty page, and that tenant's queued webhooks are not "
-    "delivered to its connected bridge until the bridge reconnects",
-)
-def test_a_full_disk_loses_no_webhook(full_disk: dict[str, Any]) -> None:
-    assert full_disk["lost"] == 0, full_disk["problems"]
-    assert all(f["lost_after_drain"] == 0 for f in full_disk["faults"]), full_disk["faults"]
+    assert summary["problems"] == [], f"seed {summary['seed']}: {summary['problems']}"
+    assert summary["delivered"] >= summary["accepted"]
