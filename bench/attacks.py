@@ -1123,6 +1123,58 @@ async def smuggle(
     return result
 
 
+async def abandon(
+    target: Target,
+    source: str,
+    duration: float = 20.0,
+    intensity: int = 100,
+    *,
+    tenant: str = "x",
+) -> AttackResult:
+    """Up to ``intensity`` connections a second that each send one request, read the
+    answer's head and vanish with a TCP reset instead of closing: what a phone on a
+    flaky network does. The server must forget each connection as it goes.
+    """
+    result = AttackResult("abandon", source)
+    started = time.monotonic()
+    deadline = _deadline(duration)
+    request = request_bytes("POST", f"/webhook/{tenant}", target.authority, {}, b"{}")
+    limit = asyncio.Semaphore(16)
+
+    async def one() -> None:
+        async with limit:
+            try:
+                reader, writer = await open_tcp(target, source, tls=target.tls(), within=5)
+            except (OSError, TimeoutError):
+                result.refused += 1
+                return
+            result.opened += 1
+            try:
+                writer.write(request)
+                result.requests += 1
+                async with asyncio.timeout(5):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                result.statuses[int(head.split(b" ", 2)[1])] += 1
+            except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+                pass
+            writer.transport.abort()
+
+    tasks: set[asyncio.Task[None]] = set()
+    sent = 0
+    while time.monotonic() < deadline:
+        due = int((time.monotonic() - started) * intensity) - sent
+        for _ in range(max(0, due)):
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        sent += max(0, due)
+        await asyncio.sleep(0.01)
+    if tasks:
+        await asyncio.wait(tasks, timeout=10)
+    result.seconds = time.monotonic() - started
+    return result
+
+
 def signature_spellings(signature: str) -> list[str]:
     """The four base64 spellings of a SHA-256 signature that decode to the same digest.
 
@@ -1198,6 +1250,7 @@ ATTACKS: dict[str, Callable[..., Awaitable[AttackResult]]] = {
     "never_reading_bridge": never_reading_bridge,
     "reconnecting_bridge": reconnecting_bridge,
     "fd_flood": fd_flood,
+    "abandon": abandon,
     "smuggle": smuggle,
     "signature_variants": signature_variants,
 }
@@ -1210,6 +1263,7 @@ DEFAULT_INTENSITY = {
     "never_reading_bridge": 10,
     "reconnecting_bridge": 3,
     "fd_flood": 1500,
+    "abandon": 100,
     "smuggle": 3,
     "signature_variants": 5,
 }
@@ -1223,6 +1277,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "never_reading_bridge": ("tenant", "token", "secret"),
     "reconnecting_bridge": ("tenant", "token", "secret"),
     "fd_flood": (),
+    "abandon": (),
     "smuggle": ("tenant", "secret"),
     "signature_variants": ("tenant", "secret", "token"),
 }
