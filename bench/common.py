@@ -70,7 +70,8 @@ def free_port() -> int:
 
 def pinned(core: str, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """Start ``argv`` pinned to ``core`` with taskset."""
-    return subprocess.Popen(["taskset", "-c", core, *argv], **kwargs)  # type: ignore[call-overload]
+    proc: subprocess.Popen[bytes] = subprocess.Popen(["taskset", "-c", core, *argv], **kwargs)  # type: ignore[call-overload]
+    return proc
 
 
 def wait_http(url: str, timeout: float = 30.0, verify: object = False) -> None:

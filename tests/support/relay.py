@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -64,11 +65,15 @@ class RelayProcess:
         env: dict[str, str] | None = None,
         expected_errors: tuple[str, ...] = (),
         log_file: Path | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         """``expected_errors``: events of error-level log lines the test provokes on purpose.
         ``log_file``: where the relay's output goes (default: beside the state dir)."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
+        #: A command the relay runs under, such as ``taskset -c 0 prlimit --nofile=1024:1024``;
+        #: each must exec the next, so the process's pid stays the relay's.
+        self.wrapper = list(wrapper)
         self.port = free_port()
         self.admin_port = free_port()
         self.config_file: Path | None = None
@@ -106,6 +111,7 @@ class RelayProcess:
     def start(self, timeout: float = 30.0) -> RelayProcess:
         """Start the process and wait until it is ready."""
         args = [
+            *self.wrapper,
             LINERELAY,
             "serve",
             "--state-dir",
