@@ -1,10 +1,12 @@
-"""The public listener's hot paths as plain ASGI, in front of the Quart app.
+"""The public listener's app, as plain ASGI.
 
-``POST /webhook/{tenant}`` and the ``/bridge`` WebSocket are served here;
-everything else falls through to Quart. They bypass Quart's per-request
-machinery on purpose: measured on these machines, Quart's request handling
-alone costs about half of Hypercorn's ceiling, which would put the relay
-below a bare FastAPI peer (README, "Performance").
+``POST /webhook/{tenant}`` is served here, the ``/bridge`` WebSocket by the
+bridge endpoint (appliance/bridges.py), and everything else is a JSON 404.
+No framework sits on this path: measured on these machines, Quart's request
+handling alone costs about half of Hypercorn's ceiling (README,
+"Performance"), and a 404 that reads the request's body first keeps
+Hypercorn's HTTP/2 connections whole (a stream's data arriving after its
+handler ended breaks the connection in Hypercorn 0.18).
 
 A webhook is answered in this order (PROTOCOL.md §1): body (size limit and
 read deadline), method, tenant, signature over the raw bytes, body shape,
@@ -34,6 +36,7 @@ from appliance.errors import (
     BodyTooLarge,
     InvalidSignature,
     MethodNotAllowed,
+    NotFound,
     Overloaded,
     QueueFull,
     RelayError,
@@ -55,7 +58,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: An oversized HTTP/1 body up to this many bytes (or 4 times ``max_body_bytes``
 #: if more) is drained after its 413, so the answer reaches a client that reads
@@ -118,12 +120,11 @@ class Relay:
 
 
 class Ingress:
-    """ASGI middleware: webhooks here, bridges to ``bridges``, anything else to ``fallback``."""
+    """The public ASGI app: webhooks here, bridges to ``bridges``, anything else 404."""
 
-    def __init__(self, relay: Relay, bridges: BridgeEndpoint, fallback: ASGIApp) -> None:
+    def __init__(self, relay: Relay, bridges: BridgeEndpoint) -> None:
         self.relay = relay
         self.bridges = bridges
-        self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -134,20 +135,24 @@ class Ingress:
             await self.webhook(scope, receive, send)
         elif kind == "websocket" and is_bridge_path(path):
             await self.bridge(scope, receive, send)
-        elif kind == "lifespan":
-            await self.fallback(scope, receive, send)
-        else:
-            await self.fallback(scope, receive, self._bounded(scope, send))
+        elif kind == "http":
+            await self.not_found(scope, receive, send)
+        elif kind == "websocket":
+            await receive()  # websocket.connect
+            await self._within_deadline(scope, send, [{"type": "websocket.close", "code": 1008}])
 
     # -- answers -------------------------------------------------------------
 
-    def _bounded(self, scope: Scope, send: Send) -> Send:
-        """``send`` with the send deadline, for what the fallback app answers."""
-
-        async def bounded(message: Message) -> None:
-            await self._within_deadline(scope, send, [message])
-
-        return bounded
+    async def not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """404 for any other path, once its body is read (or found too large)."""
+        try:
+            await self._read_body(scope, receive)
+        except BodyTooLarge as error:
+            await self._refuse_oversized(scope, receive, send, error, NotFound())
+            return
+        except RelayError:
+            pass  # a body that never came: the answer is the same
+        await self._refuse(scope, send, NotFound())
 
     async def _within_deadline(self, scope: Scope, send: Send, messages: list[Message]) -> None:
         """Send ``messages`` within ``send_timeout``, else drop the connection."""
@@ -183,8 +188,9 @@ class Ingress:
         )
 
     async def _refuse(self, scope: Scope, send: Send, error: RelayError) -> None:
-        """Answer a request refused before its body is read."""
-        self.relay.metrics.outcome[_OUTCOME_OF.get(type(error), error.code)].inc()
+        """Answer a request refused before its body is read (counted if it was a webhook)."""
+        if scope.get("path", "").startswith(WEBHOOK_PREFIX):
+            self.relay.metrics.outcome[_OUTCOME_OF.get(type(error), error.code)].inc()
         status, headers, body = response_for(error)
         headers.append((b"content-length", str(len(body)).encode()))
         await self._respond(scope, send, status, headers, body)
@@ -294,9 +300,15 @@ class Ingress:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _refuse_oversized(
-        self, scope: Scope, receive: Receive, send: Send, error: BodyTooLarge
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        error: BodyTooLarge,
+        answer: RelayError | None = None,
     ) -> None:
-        """Answer 413 at once, then read the rest of the body and drop it.
+        """Answer ``answer`` (the 413 by default) at once, then read the rest of the
+        body and drop it.
 
         A client may wait for an early answer before it sends the body, so
         the 413 goes out first; but a connection closed on a client still
@@ -310,7 +322,7 @@ class Ingress:
         whole: flow control and the deadline bound them, and Hypercorn drops
         the connection when data arrives for a stream whose handler ended.
         """
-        status, headers, body = response_for(error)
+        status, headers, body = response_for(answer or error)
         headers.append((b"content-length", str(len(body)).encode()))
         http1 = scope.get("http_version") != "2"
         if not error.unread or (error.hopeless and http1):

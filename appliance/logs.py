@@ -73,6 +73,8 @@ def configure(level: str = "info", stream: TextIO | None = None) -> None:
     # python-websockets logs every handshake and close at info: per-connection detail.
     logging.getLogger("appliance.bridges.websockets").setLevel(max(logging.WARNING, root.level))
     sys.unraisablehook = _log_unraisable
+    # Python's warnings (a coroutine never awaited, say) as JSON lines, not raw stderr.
+    logging.captureWarnings(True)
 
 
 #: asyncio's own lines about writes to a connection the peer already dropped.
@@ -109,6 +111,11 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
     traceback; anything else is a bug of ours and stays an error.
     """
     exception = context.get("exception")
+    if isinstance(exception, RuntimeError) and "is shutting down" in str(exception):
+        # A handler that outlived its connection's task group (Hypercorn tears a
+        # connection down when it fails on what a client sent; that is logged).
+        logging.getLogger("asyncio").debug("late task", extra={"why": repr(exception)})
+        return
     if isinstance(exception, PEER_ERRORS):
         logging.getLogger("asyncio").debug(
             "peer error", extra={"why": repr(exception), "where": context.get("message")}

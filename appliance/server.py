@@ -15,6 +15,7 @@ open connections are kept) and re-reads the config file.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -29,12 +30,12 @@ from hypercorn.config import Config as HypercornConfig
 
 from appliance import config as config_module
 from appliance import logs, protocol, systemd, tuning
-from appliance.app import create_admin_app, create_public_app
+from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
 from appliance.errors import ConfigError, StoreError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
-from appliance.ingress import Relay
+from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
 from appliance.state import StateDir
@@ -95,12 +96,12 @@ class Server:
         self.public_config = public_config
         self.bridges = BridgeEndpoint(config, tenants, relay.hub, relay.metrics, relay.proxies)
         await self.bridges.start()
-        public_app = create_public_app(relay, self.bridges)
+        public_app = Ingress(relay, self.bridges)
         # The ingress in front of the Quart app, served directly: one
         # coroutine frame less for every open connection.
         self.listener = PublicListener(
             [public_sock],
-            public_app.asgi_app,
+            public_app,
             public_config,
             self.ssl_context,
             _listener_limits(config),
@@ -132,8 +133,11 @@ class Server:
             },
         )
         self._notifier.ready("serving")
+        # What start-up made lives as long as the process: keep it out of every
+        # collection, so the periodic ones only walk what serving creates.
+        gc.collect()
+        gc.freeze()
         try:
-            await public_app.startup()
             await asyncio.gather(
                 self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
@@ -146,7 +150,6 @@ class Server:
             self._ready = False
             housekeeping.cancel()
             watchdog.cancel()
-            await public_app.shutdown()
             relay.access_log.flush()
             os.close(pid_fd)
             try:
@@ -255,7 +258,7 @@ class Server:
     async def _housekeeping(self) -> None:
         """Notice tenant changes; expire and prune old rows."""
         relay = self.relay
-        last_sweep = 0.0
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.config.tenant_poll_interval)
             try:
@@ -265,6 +268,7 @@ class Server:
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
                     last_sweep = now
                     await self._sweep()
+
             except Exception:
                 # Housekeeping must outlive a bad moment (disk full, locked file).
                 log.exception("housekeeping failed")

@@ -61,12 +61,6 @@ def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
     assert "token" not in reports[0]["params"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay bug (found by bench.fuzz): a keep-alive connection that the client drops "
-    "(TCP reset, or close_notify without waiting) after a complete answer stays in the "
-    "relay's memory, about 35-50 KiB each, past the keep-alive timeout",
-)
 def test_abandoned_connections_are_forgotten(tmp_path: Path) -> None:
     out = tmp_path / "abandon.json"
     run = subprocess.run(
