@@ -285,7 +285,9 @@ def load(
                 values.update(tomllib.load(fh))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # TOMLDecodeError is a ValueError; so is an integer over Python's digit
+            # limit, and deep nesting exhausts tomllib's recursion.
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     fields = {f.name: f for f in dataclasses.fields(RelayConfig)}
     for key in values:

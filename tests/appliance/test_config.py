@@ -57,6 +57,8 @@ def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
         ("ping_interval = 30\nbridge_idle_timeout = 10\n", "bridge_idle_timeout"),
         ("ack_deadline_ms = -1\n", "ack_deadline_ms"),
         ("listen = \n", "TOML"),
+        ("queue_cap = " + "[" * 2000 + "]" * 2000 + "\n", "TOML"),  # RecursionError in tomllib
+        ("queue_cap = " + "9" * 4301 + "\n", "TOML"),  # over Python's int digit limit
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
