@@ -325,14 +325,15 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                     return value.lower() in ("true", "1")
                 raise TypeError
             case "int":
-                if isinstance(value, bool):
+                # 1e4 is 10000, but 1.5 is not an integer (nor is inf).
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                     raise TypeError
                 return int(value)
             case "float":
                 if isinstance(value, bool):
                     raise TypeError
                 return float(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from exc
     raise ConfigError(f"{key}: unsupported type {kind}")  # pragma: no cover
 

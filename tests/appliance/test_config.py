@@ -59,6 +59,9 @@ def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
         ("listen = \n", "TOML"),
         ("queue_cap = " + "[" * 2000 + "]" * 2000 + "\n", "TOML"),  # RecursionError in tomllib
         ("queue_cap = " + "9" * 4301 + "\n", "TOML"),  # over Python's int digit limit
+        ("queue_cap = inf\n", "queue_cap"),  # int(inf): OverflowError
+        ("queue_cap = 1.5\n", "queue_cap"),  # was silently 1
+        ("body_timeout = " + "9" * 400 + "\n", "body_timeout"),  # float(10**400): OverflowError
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
