@@ -9,6 +9,7 @@ field's metadata; docs/config.md lists them all (a test keeps the two in step).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -332,7 +333,10 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
             case "float":
                 if isinstance(value, bool):
                     raise TypeError
-                return float(value)
+                seconds = float(value)
+                if not math.isfinite(seconds):  # "inf" and "1e400" read as float("inf")
+                    raise ValueError
+                return seconds
     except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from exc
     raise ConfigError(f"{key}: unsupported type {kind}")  # pragma: no cover

@@ -62,6 +62,8 @@ def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
         ("queue_cap = inf\n", "queue_cap"),  # int(inf): OverflowError
         ("queue_cap = 1.5\n", "queue_cap"),  # was silently 1
         ("body_timeout = " + "9" * 400 + "\n", "body_timeout"),  # float(10**400): OverflowError
+        ("dedupe_window = inf\n", "dedupe_window"),  # the store then failed to open
+        ("max_unacked_age = nan\n", "max_unacked_age"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -72,6 +74,12 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
 def test_bad_environment_override_names_the_key() -> None:
     with pytest.raises(ConfigError, match="max_body_bytes"):
         config.load(None, {"LINERELAY_MAX_BODY_BYTES": "lots"})
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "INF", "1e400", "nan"])
+def test_seconds_must_be_a_finite_number(raw: str) -> None:
+    with pytest.raises(ConfigError, match="send_timeout"):
+        config.load(None, {"LINERELAY_SEND_TIMEOUT": raw})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
