@@ -268,7 +268,8 @@ def _toml_value(value: Any) -> str:
 def parse_address(value: str, key: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a tuple; raises :class:`ConfigError`."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -76,6 +76,14 @@ def test_bad_environment_override_names_the_key() -> None:
         config.load(None, {"LINERELAY_MAX_BODY_BYTES": "lots"})
 
 
+@pytest.mark.parametrize("address", ["h:\u00b2", "h:\u0663", "h:" + "9" * 4301, "h:080808"])
+def test_a_port_is_one_to_five_ascii_digits(address: str) -> None:
+    # int() refused the superscript two that isdigit() let through (ValueError, not
+    # ConfigError), took Arabic-Indic digits, and failed on 4,301 of them.
+    with pytest.raises(ConfigError, match="listen"):
+        config.load(None, {"LINERELAY_LISTEN": address})
+
+
 @pytest.mark.parametrize("raw", ["inf", "-inf", "INF", "1e400", "nan"])
 def test_seconds_must_be_a_finite_number(raw: str) -> None:
     with pytest.raises(ConfigError, match="send_timeout"):
