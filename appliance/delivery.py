@@ -275,16 +275,22 @@ class TenantDelivery:
             return []
         actions: list[Action] = []
         sent = self._sent.setdefault(connection, {})
-        while len(self._inflight) < self.window and (
-            not self._inflight or self._inflight_bytes < self.window_bytes
-        ):
-            if self._retry and self._retry[0][0] <= now:
-                delivery = heapq.heappop(self._retry)[2]
+        while len(self._inflight) < self.window:
+            retry = bool(self._retry) and self._retry[0][0] <= now
+            if retry:
+                delivery = self._retry[0][2]
             elif self._ready:
-                delivery = self._ready.pop(0)
-                self._ready_bytes -= len(delivery.body)
+                delivery = self._ready[0]
             else:
                 break
+            # No more than window_bytes in flight, unless this webhook goes alone.
+            if self._inflight and self._inflight_bytes + len(delivery.body) > self.window_bytes:
+                break
+            if retry:
+                heapq.heappop(self._retry)
+            else:
+                self._ready.pop(0)
+                self._ready_bytes -= len(delivery.body)
             delivery.attempts += 1
             self._inflight[delivery.seq] = delivery
             self._inflight_bytes += len(delivery.body)

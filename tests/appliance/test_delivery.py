@@ -112,11 +112,22 @@ def test_large_webhooks_shrink_the_window_to_its_bytes_but_one_always_goes() -> 
     actions: list[Action] = []
     for row in rows(1, 2, 3, 4, size=100):
         actions += state.committed(row, 0.0)
-    assert [sent for _, sent, _ in sends(actions)] == [wire(1), wire(2), wire(3)]
-    assert state.in_flight == 3  # 300 bytes: the third crossed 250, the fourth waits
+    assert [sent for _, sent, _ in sends(actions)] == [wire(1), wire(2)]
+    assert state.in_flight == 2  # 200 bytes: a third would take 300 past 250, so it waits
     huge = connected(window=10, window_bytes=10)
     assert sends(huge.committed(rows(1, size=100)[0], 0.0)) == [("a", wire(1), 1)]
     assert sends(huge.committed(rows(2, size=100)[0], 0.0)) == []
+
+
+def test_bytes_in_flight_never_pass_window_bytes_unless_one_goes_alone() -> None:
+    # Found by the delivery property test: 41 bytes in flight, then a 150-byte
+    # webhook was sent (191 > window_bytes 120), because only the bytes already
+    # in flight were compared with the limit.
+    state = connected(window=4, window_bytes=120)
+    first = state.committed(rows(1, size=40)[0], 0.0)
+    assert sends(first) == [("a", wire(1), 1)]
+    assert sends(state.committed(rows(2, size=150)[0], 0.0)) == []  # would be 190 bytes
+    assert sends(state.ack("a", wire(1), 0.0)) == [("a", wire(2), 1)]  # alone: it goes
 
 
 def test_memory_waiting_to_be_sent_is_bounded_in_bytes() -> None:
