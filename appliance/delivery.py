@@ -82,7 +82,7 @@ class TenantDelivery:
         "_inflight",
         "_inflight_bytes",
         "_loaded_upto",
-        "_max_committed",
+        "_missed",
         "_ready",
         "_ready_bytes",
         "_retry",
@@ -116,7 +116,9 @@ class TenantDelivery:
         self._sent: dict[Hashable, dict[str, int]] = {}
         self._retry: list[tuple[float, int, Delivery]] = []  # (due, seq, delivery) heap
         self._loaded_upto = 0  # highest seq in memory or known handled
-        self._max_committed = 0  # highest seq the store reported committed
+        # A commit was notified while a Fetch was out: its page may have been read
+        # before that row existed, so an empty page does not prove the tenant caught up.
+        self._missed = False
         self._caught_up = False
         self._fetching = False
         self._generation = 0
@@ -158,7 +160,6 @@ class TenantDelivery:
 
     def committed(self, delivery: Delivery, now: float) -> list[Action]:
         """The store committed a new webhook for this tenant."""
-        self._max_committed = max(self._max_committed, delivery.seq)
         if (
             self.active is None
             or not self._caught_up
@@ -168,6 +169,7 @@ class TenantDelivery:
         ):
             # Not kept in memory: the store has it, and a Fetch will find it.
             self._caught_up = False
+            self._missed = self._missed or self._fetching
             return self._pump(now)
         self._append_ready(delivery)
         return self._pump(now)
@@ -187,7 +189,7 @@ class TenantDelivery:
             if self._ready and self._ready_bytes >= self.window_bytes:
                 break  # the rest stays in the store for the next Fetch
             self._append_ready(row)
-        self._caught_up = not rows and self._loaded_upto >= self._max_committed
+        self._caught_up = not rows and not self._missed
         return self._pump(now)
 
     def ack(self, connection: Hashable, delivery_id: str, now: float) -> list[Action] | None:
@@ -253,6 +255,7 @@ class TenantDelivery:
         self._loaded_upto = 0
         self._caught_up = False
         self._fetching = False
+        self._missed = False
         self._generation += 1
 
     def _discard(self, seq: int) -> bool:
@@ -300,6 +303,7 @@ class TenantDelivery:
             del sent[next(iter(sent))]
         if not self._ready and not self._caught_up and not self._fetching:
             self._fetching = True
+            self._missed = False
             actions.append(
                 Fetch(self._loaded_upto, 2 * self.window, self._generation, self.window_bytes)
             )

@@ -99,6 +99,27 @@ def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
     assert sends(state.ack("a", wire(3), 0.0)) == [("a", wire(4), 1)]
 
 
+def test_a_take_over_after_everything_was_acked_does_not_fetch_forever() -> None:
+    # Found by the delivery property test: the newest committed row was acked before
+    # the take-over, so no page could reach it, and every empty page asked again
+    # (in the hub, store reads back to back until the tenant's next webhook).
+    state = connected()
+    state.committed(rows(1)[0], 0.0)
+    state.ack("a", wire(1), 0.0)
+    (fetch,) = fetches(state.connect("b", 1.0))
+    assert state.loaded([], fetch.generation, 1.0) == []
+
+
+def test_a_row_expired_before_it_was_loaded_does_not_make_fetches_spin() -> None:
+    state = connected(window=1)
+    for seq in (1, 2, 3, 4):  # 1 sent, 2 and 3 ready, 4 left in the store
+        state.committed(rows(seq)[0], 0.0)
+    state.expired([4], 0.0)  # the store expires it before any Fetch reads it
+    state.ack("a", wire(1), 0.0)
+    (fetch,) = fetches(state.ack("a", wire(2), 0.0) or [])
+    assert state.loaded([], fetch.generation, 0.0) == []
+
+
 def test_a_commit_seen_during_a_fetch_is_fetched_again_not_lost() -> None:
     state = TenantDelivery("t", 8)
     (fetch,) = fetches(state.connect("a", 0.0))
