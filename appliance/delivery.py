@@ -38,7 +38,8 @@ from appliance.store import Delivery
 
 MAX_BACKOFF = 60.0
 #: Ids remembered per connection as sent and not yet answered, in windows; a
-#: bridge answering older ones than that gets them again instead.
+#: bridge answering older ones than that gets them again instead. Ids in flight
+#: are always remembered.
 SENT_MEMORY = 4
 
 
@@ -299,8 +300,12 @@ class TenantDelivery:
             self._inflight_bytes += len(delivery.body)
             sent[delivery.id] = delivery.seq
             actions.append(Send(connection, _frame(delivery), delivery.seq))
-        while len(sent) > SENT_MEMORY * self.window:
-            del sent[next(iter(sent))]
+        excess = len(sent) - SENT_MEMORY * self.window
+        if excess > 0:
+            # The oldest ids go first, but never one in flight: its ack must count,
+            # or it would hold a place in the window until the bridge reconnects.
+            for old in [i for i, seq in sent.items() if seq not in self._inflight][:excess]:
+                del sent[old]
         if not self._ready and not self._caught_up and not self._fetching:
             self._fetching = True
             self._missed = False

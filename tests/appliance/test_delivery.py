@@ -265,6 +265,28 @@ def test_ids_remembered_per_connection_are_bounded() -> None:
     assert state.ack("a", wire(1), 0.0) is None  # forgotten: the oldest went first
 
 
+def test_an_id_in_flight_is_never_forgotten() -> None:
+    # Found by the delivery property test: webhook 1 stays in flight while the
+    # bridge nacks every webhook in the other slot; each nack sends one more id,
+    # and once the remembered ids passed SENT_MEMORY windows the oldest, 1, was
+    # forgotten although still in flight. Its ack was then ignored and it held a
+    # place in the window until the bridge reconnected.
+    state = connected(window=2, backoff=100.0)
+    state.committed(rows(1)[0], 0.0)
+    (other,) = sends(state.committed(rows(2)[0], 0.0))
+    for seq in range(3, 2 * SENT_MEMORY + 4):
+        state.committed(rows(seq)[0], 0.0)  # the store has the next webhook ...
+        actions = state.nack("a", other[1], 0.0)  # ... and it takes the nacked one's slot
+        assert actions is not None
+        for fetch in fetches(actions):
+            actions = state.loaded(rows(seq), fetch.generation, 0.0)
+        (other,) = sends(actions)
+        assert other[1] == wire(seq)
+    actions = state.ack("a", wire(1), 0.0)
+    assert actions is not None
+    assert actions[0] == StoreAck(1)
+
+
 def test_an_ack_for_a_webhook_waiting_to_be_retried_removes_it() -> None:
     state = connected()
     state.committed(rows(1)[0], 0.0)
