@@ -152,7 +152,7 @@ def names_a_key(error: ConfigError, keys: set[str]) -> bool:
 # -- arbitrary input ------------------------------------------------------------
 
 
-@examples(200)
+@examples(150)
 @given(st.dictionaries(KEYS, TOML_VALUES, max_size=5))
 def test_any_toml_document_gives_a_valid_config_or_a_config_error_naming_a_key(
     values: dict[str, Any],

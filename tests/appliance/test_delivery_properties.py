@@ -383,5 +383,5 @@ class DeliveryMachine(RuleBasedStateMachine):
         assert not lost, f"never delivered: {lost}"
 
 
-DeliveryMachine.TestCase.settings = examples(300, stateful_step_count=50)
+DeliveryMachine.TestCase.settings = examples(200, stateful_step_count=50)
 test_delivery_state_machine = DeliveryMachine.TestCase

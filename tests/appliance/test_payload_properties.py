@@ -95,7 +95,7 @@ def corrupted(body: bytes, data: st.DataObject) -> bytes:
     )
 
 
-@examples(200)
+@examples(150)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)), st.data())
 def test_any_bytes_give_a_count_or_malformed_body(raw: bytes, data: st.DataObject) -> None:
     """Whatever the bytes (random, text, or a valid webhook with one byte changed), the
@@ -110,7 +110,7 @@ def test_any_bytes_give_a_count_or_malformed_body(raw: bytes, data: st.DataObjec
         assert count >= 0
 
 
-@examples(150)
+@examples(100)
 @given(st.lists(JSON_VALUES, max_size=6), OTHER_MEMBERS, WHITESPACE)
 def test_an_object_with_an_events_array_is_counted(
     events: list[str], others: list[tuple[str, str]], ws: str
@@ -123,7 +123,7 @@ def test_an_object_with_an_events_array_is_counted(
     assert body == before  # only a count comes back; the bytes are the caller's, untouched
 
 
-@examples(200)
+@examples(60)
 @given(st.one_of(NOT_OBJECTS, st.builds(lambda v: f'{{"events":{v}}}', NOT_ARRAYS)))
 def test_a_non_object_or_a_non_array_events_is_malformed(text: str) -> None:
     """JSON that is not an object, or whose ``events`` is not an array, is MalformedBody."""
@@ -131,7 +131,7 @@ def test_a_non_object_or_a_non_array_events_is_malformed(text: str) -> None:
         count_events(text.encode())
 
 
-@examples(100)
+@examples(50)
 @given(st.lists(JSON_VALUES, max_size=3), NOT_ARRAYS, st.booleans())
 def test_duplicate_events_keys_are_read_as_the_bridge_reads_them(
     events: list[str], other: str, array_last: bool
@@ -164,7 +164,7 @@ def test_deep_nesting_is_malformed_not_a_recursion_error(depth: int, opener: str
         count_events(("[" * 100_000).encode())
 
 
-@examples(100)
+@examples(50)
 @given(st.lists(JSON_VALUES, max_size=3), st.sampled_from(["\\ud800", "\\udc00", "\\udbff\\u0041"]))
 def test_lone_surrogate_escapes_are_json_and_counted(events: list[str], escape: str) -> None:
     """A lone surrogate written as an escape is valid JSON text and is counted (the bytes
@@ -200,7 +200,7 @@ def test_a_byte_order_mark_is_malformed(events: list[str]) -> None:
         count_events(b"\xef\xbb\xbf" + webhook(events, []).encode())
 
 
-@examples(100)
+@examples(50)
 @given(
     st.lists(JSON_VALUES, max_size=3),
     st.sampled_from(["NaN", "Infinity", "-Infinity"]),
