@@ -110,12 +110,14 @@ class Row:
 
 
 _spare: subprocess.Popen[bytes] | None = None
+_exiting: list[subprocess.Popen[bytes]] = []
 
 
 def started() -> subprocess.Popen[bytes]:
     """A store process, imports done, waiting for its file: one is always started
     ahead, so that restarts and crashes do not wait for Python to start."""
     global _spare  # noqa: PLW0603
+    _exiting[:] = [p for p in _exiting if p.poll() is None]
     ready = _spare or _start()
     _spare = _start()
     return ready
@@ -123,6 +125,8 @@ def started() -> subprocess.Popen[bytes]:
 
 @atexit.register
 def _stop_spare() -> None:
+    for closed in _exiting:
+        closed.wait(timeout=10)
     if _spare is not None and _spare.stdin is not None:
         _spare.stdin.close()  # it exits when its first line never comes
         _spare.wait(timeout=10)
@@ -185,9 +189,9 @@ class StoreProcess:
         return answer.get("result")
 
     def close(self) -> None:
-        self.call("close")
-        self.proc.wait(timeout=30)
+        self.call("close")  # answered once the store is closed and its file durable
         self._release()
+        _exiting.append(self.proc)  # Python's own shutdown is not waited for
 
     def kill(self) -> None:
         self.proc.kill()  # SIGKILL: no close, no checkpoint, no flush of anything
