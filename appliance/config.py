@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -313,7 +314,8 @@ def _toml_value(value: Any) -> str:
 def parse_address(value: str, key: str = "address") -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) as a tuple; raises :class:`ConfigError`."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {value!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
@@ -331,7 +333,9 @@ def load(
                 values.update(tomllib.load(fh))
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (ValueError, RecursionError) as exc:
+            # TOMLDecodeError is a ValueError; so is an integer over Python's digit
+            # limit, and deep nesting exhausts tomllib's recursion.
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     fields = {f.name: f for f in dataclasses.fields(RelayConfig)}
     for key in values:
@@ -369,13 +373,17 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                     return value.lower() in ("true", "1")
                 raise TypeError
             case "int":
-                if isinstance(value, bool):
+                # 1e4 is 10000, but 1.5 is not an integer (nor is inf).
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                     raise TypeError
                 return int(value)
             case "float":
                 if isinstance(value, bool):
                     raise TypeError
-                return float(value)
+                seconds = float(value)
+                if not math.isfinite(seconds):  # "inf" and "1e400" read as float("inf")
+                    raise ValueError
+                return seconds
             case "tuple[str, ...]":
                 if isinstance(value, str):
                     return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -384,7 +392,7 @@ def _coerce(key: str, kind: Any, value: Any) -> Any:
                 ):
                     raise TypeError
                 return tuple(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from exc
     raise ConfigError(f"{key}: unsupported type {kind}")  # pragma: no cover
 

@@ -38,7 +38,8 @@ from appliance.store import Delivery
 
 MAX_BACKOFF = 60.0
 #: Ids remembered per connection as sent and not yet answered, in windows; a
-#: bridge answering older ones than that gets them again instead.
+#: bridge answering older ones than that gets them again instead. Ids in flight
+#: are always remembered.
 SENT_MEMORY = 4
 
 
@@ -82,7 +83,7 @@ class TenantDelivery:
         "_inflight",
         "_inflight_bytes",
         "_loaded_upto",
-        "_max_committed",
+        "_missed",
         "_ready",
         "_ready_bytes",
         "_retry",
@@ -116,7 +117,9 @@ class TenantDelivery:
         self._sent: dict[Hashable, dict[str, int]] = {}
         self._retry: list[tuple[float, int, Delivery]] = []  # (due, seq, delivery) heap
         self._loaded_upto = 0  # highest seq in memory or known handled
-        self._max_committed = 0  # highest seq the store reported committed
+        # A commit was notified while a Fetch was out: its page may have been read
+        # before that row existed, so an empty page does not prove the tenant caught up.
+        self._missed = False
         self._caught_up = False
         self._fetching = False
         self._generation = 0
@@ -158,7 +161,6 @@ class TenantDelivery:
 
     def committed(self, delivery: Delivery, now: float) -> list[Action]:
         """The store committed a new webhook for this tenant."""
-        self._max_committed = max(self._max_committed, delivery.seq)
         if (
             self.active is None
             or not self._caught_up
@@ -168,6 +170,7 @@ class TenantDelivery:
         ):
             # Not kept in memory: the store has it, and a Fetch will find it.
             self._caught_up = False
+            self._missed = self._missed or self._fetching
             return self._pump(now)
         self._append_ready(delivery)
         return self._pump(now)
@@ -191,7 +194,7 @@ class TenantDelivery:
                 complete = False  # the rest stays in the store for the next Fetch
                 break
             self._append_ready(row)
-        self._caught_up = complete and self._loaded_upto >= self._max_committed
+        self._caught_up = complete and not self._missed
         return self._pump(now)
 
     def ack(self, connection: Hashable, delivery_id: str, now: float) -> list[Action] | None:
@@ -257,6 +260,7 @@ class TenantDelivery:
         self._loaded_upto = 0
         self._caught_up = False
         self._fetching = False
+        self._missed = False
         self._generation += 1
 
     def _discard(self, seq: int) -> bool:
@@ -279,25 +283,36 @@ class TenantDelivery:
             return []
         actions: list[Action] = []
         sent = self._sent.setdefault(connection, {})
-        while len(self._inflight) < self.window and (
-            not self._inflight or self._inflight_bytes < self.window_bytes
-        ):
-            if self._retry and self._retry[0][0] <= now:
-                delivery = heapq.heappop(self._retry)[2]
+        while len(self._inflight) < self.window:
+            retry = bool(self._retry) and self._retry[0][0] <= now
+            if retry:
+                delivery = self._retry[0][2]
             elif self._ready:
-                delivery = self._ready.pop(0)
-                self._ready_bytes -= len(delivery.body)
+                delivery = self._ready[0]
             else:
                 break
+            # No more than window_bytes in flight, unless this webhook goes alone.
+            if self._inflight and self._inflight_bytes + len(delivery.body) > self.window_bytes:
+                break
+            if retry:
+                heapq.heappop(self._retry)
+            else:
+                self._ready.pop(0)
+                self._ready_bytes -= len(delivery.body)
             delivery.attempts += 1
             self._inflight[delivery.seq] = delivery
             self._inflight_bytes += len(delivery.body)
             sent[delivery.id] = delivery.seq
             actions.append(Send(connection, _frame(delivery), delivery.seq))
-        while len(sent) > SENT_MEMORY * self.window:
-            del sent[next(iter(sent))]
+        excess = len(sent) - SENT_MEMORY * self.window
+        if excess > 0:
+            # The oldest ids go first, but never one in flight: its ack must count,
+            # or it would hold a place in the window until the bridge reconnects.
+            for old in [i for i, seq in sent.items() if seq not in self._inflight][:excess]:
+                del sent[old]
         if not self._ready and not self._caught_up and not self._fetching:
             self._fetching = True
+            self._missed = False
             actions.append(
                 Fetch(self._loaded_upto, 2 * self.window, self._generation, self.window_bytes)
             )

@@ -7,14 +7,24 @@ JSON object whose ``events`` is an array, and how many events there are.
 from __future__ import annotations
 
 import json
+from typing import NoReturn
 
 from appliance.errors import MalformedBody
+
+
+def _not_json(constant: str) -> NoReturn:
+    """Python's json reads NaN, Infinity and -Infinity; JSON has no such numbers."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+#: One decoder for every body (json.loads with options would build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 
 def count_events(body: bytes) -> int:
     """The number of events in ``body``; raises :class:`MalformedBody` if it is not a webhook."""
     try:
-        obj = json.loads(body.decode("utf-8"))
+        obj = _DECODER.decode(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedBody("body is not UTF-8 JSON") from exc
     if not isinstance(obj, dict):

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support.relay import STARTED, RelayProcess
+
+# Property tests (hypothesis): the profile comes from $HYPOTHESIS_PROFILE, "ci"
+# by default (the whole set well under a minute on two cores); "fuzz" runs each
+# property fifty times longer (tests/support/properties.py scales them).
+settings.register_profile("ci", deadline=None, print_blob=True)
+settings.register_profile(
+    "fuzz", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: Real LINE bodies; ../shared sits beside the checkout, here and in CI.
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "line-webhooks"

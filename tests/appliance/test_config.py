@@ -57,6 +57,13 @@ def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
         ("ping_interval = 30\nbridge_idle_timeout = 10\n", "bridge_idle_timeout"),
         ("ack_deadline_ms = -1\n", "ack_deadline_ms"),
         ("listen = \n", "TOML"),
+        ("queue_cap = " + "[" * 2000 + "]" * 2000 + "\n", "TOML"),  # RecursionError in tomllib
+        ("queue_cap = " + "9" * 4301 + "\n", "TOML"),  # over Python's int digit limit
+        ("queue_cap = inf\n", "queue_cap"),  # int(inf): OverflowError
+        ("queue_cap = 1.5\n", "queue_cap"),  # was silently 1
+        ("body_timeout = " + "9" * 400 + "\n", "body_timeout"),  # float(10**400): OverflowError
+        ("dedupe_window = inf\n", "dedupe_window"),  # the store then failed to open
+        ("max_unacked_age = nan\n", "max_unacked_age"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -67,6 +74,20 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None
 def test_bad_environment_override_names_the_key() -> None:
     with pytest.raises(ConfigError, match="max_body_bytes"):
         config.load(None, {"LINERELAY_MAX_BODY_BYTES": "lots"})
+
+
+@pytest.mark.parametrize("address", ["h:\u00b2", "h:\u0663", "h:" + "9" * 4301, "h:080808"])
+def test_a_port_is_one_to_five_ascii_digits(address: str) -> None:
+    # int() refused the superscript two that isdigit() let through (ValueError, not
+    # ConfigError), took Arabic-Indic digits, and failed on 4,301 of them.
+    with pytest.raises(ConfigError, match="listen"):
+        config.load(None, {"LINERELAY_LISTEN": address})
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "INF", "1e400", "nan"])
+def test_seconds_must_be_a_finite_number(raw: str) -> None:
+    with pytest.raises(ConfigError, match="send_timeout"):
+        config.load(None, {"LINERELAY_SEND_TIMEOUT": raw})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

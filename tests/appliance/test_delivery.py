@@ -109,6 +109,27 @@ def test_a_bridge_that_falls_behind_reads_from_the_store_again() -> None:
     assert sends(state.ack("a", wire(3), 0.0)) == [("a", wire(4), 1)]
 
 
+def test_a_take_over_after_everything_was_acked_does_not_fetch_forever() -> None:
+    # Found by the delivery property test: the newest committed row was acked before
+    # the take-over, so no page could reach it, and every empty page asked again
+    # (in the hub, store reads back to back until the tenant's next webhook).
+    state = connected()
+    state.committed(rows(1)[0], 0.0)
+    state.ack("a", wire(1), 0.0)
+    (fetch,) = fetches(state.connect("b", 1.0))
+    assert state.loaded([], fetch, 1.0) == []
+
+
+def test_a_row_expired_before_it_was_loaded_does_not_make_fetches_spin() -> None:
+    state = connected(window=1)
+    for seq in (1, 2, 3, 4):  # 1 sent, 2 and 3 ready, 4 left in the store
+        state.committed(rows(seq)[0], 0.0)
+    state.expired([4], 0.0)  # the store expires it before any Fetch reads it
+    state.ack("a", wire(1), 0.0)
+    (fetch,) = fetches(state.ack("a", wire(2), 0.0) or [])
+    assert state.loaded([], fetch, 0.0) == []
+
+
 def test_a_commit_seen_during_a_fetch_is_fetched_again_not_lost() -> None:
     state = TenantDelivery("t", 8)
     (fetch,) = fetches(state.connect("a", 0.0))
@@ -122,11 +143,22 @@ def test_large_webhooks_shrink_the_window_to_its_bytes_but_one_always_goes() -> 
     actions: list[Action] = []
     for row in rows(1, 2, 3, 4, size=100):
         actions += state.committed(row, 0.0)
-    assert [sent for _, sent, _ in sends(actions)] == [wire(1), wire(2), wire(3)]
-    assert state.in_flight == 3  # 300 bytes: the third crossed 250, the fourth waits
+    assert [sent for _, sent, _ in sends(actions)] == [wire(1), wire(2)]
+    assert state.in_flight == 2  # 200 bytes: a third would take 300 past 250, so it waits
     huge = connected(window=10, window_bytes=10)
     assert sends(huge.committed(rows(1, size=100)[0], 0.0)) == [("a", wire(1), 1)]
     assert sends(huge.committed(rows(2, size=100)[0], 0.0)) == []
+
+
+def test_bytes_in_flight_never_pass_window_bytes_unless_one_goes_alone() -> None:
+    # Found by the delivery property test: 41 bytes in flight, then a 150-byte
+    # webhook was sent (191 > window_bytes 120), because only the bytes already
+    # in flight were compared with the limit.
+    state = connected(window=4, window_bytes=120)
+    first = state.committed(rows(1, size=40)[0], 0.0)
+    assert sends(first) == [("a", wire(1), 1)]
+    assert sends(state.committed(rows(2, size=150)[0], 0.0)) == []  # would be 190 bytes
+    assert sends(state.ack("a", wire(1), 0.0)) == [("a", wire(2), 1)]  # alone: it goes
 
 
 def test_memory_waiting_to_be_sent_is_bounded_in_bytes() -> None:
@@ -241,6 +273,28 @@ def test_ids_remembered_per_connection_are_bounded() -> None:
         state.nack("a", wire(seq), 0.0)  # back to the retry heap, still remembered
         state.expired([seq], 0.0)
     assert state.ack("a", wire(1), 0.0) is None  # forgotten: the oldest went first
+
+
+def test_an_id_in_flight_is_never_forgotten() -> None:
+    # Found by the delivery property test: webhook 1 stays in flight while the
+    # bridge nacks every webhook in the other slot; each nack sends one more id,
+    # and once the remembered ids passed SENT_MEMORY windows the oldest, 1, was
+    # forgotten although still in flight. Its ack was then ignored and it held a
+    # place in the window until the bridge reconnected.
+    state = connected(window=2, backoff=100.0)
+    state.committed(rows(1)[0], 0.0)
+    (other,) = sends(state.committed(rows(2)[0], 0.0))
+    for seq in range(3, 2 * SENT_MEMORY + 4):
+        state.committed(rows(seq)[0], 0.0)  # the store has the next webhook ...
+        actions = state.nack("a", other[1], 0.0)  # ... and it takes the nacked one's slot
+        assert actions is not None
+        for fetch in fetches(actions):
+            actions = state.loaded(rows(seq), fetch, 0.0)
+        (other,) = sends(actions)
+        assert other[1] == wire(seq)
+    actions = state.ack("a", wire(1), 0.0)
+    assert actions is not None
+    assert actions[0] == StoreAck(1)
 
 
 def test_an_ack_for_a_webhook_waiting_to_be_retried_removes_it() -> None:

@@ -19,6 +19,8 @@ from tests.conftest import FIXTURES
         b'{"events": null}',
         b"\xef\xbb\xbf" + b'{"events": []}',  # a BOM is not JSON
         b"[" * 100_000,  # deep nesting must not crash the parser
+        b'{"events": [NaN]}',  # NaN and Infinity are not JSON (RFC 8259 section 6)
+        b'{"events": [], "x": -Infinity}',
     ],
 )
 def test_malformed_bodies_are_refused(body: bytes) -> None:
