@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tls import hostnames
 from tls.rules import renewal_due
 
 #: Mozilla's modern profile: a leaf lives at most 90 days.
@@ -53,11 +53,6 @@ BACKDATE = dt.timedelta(minutes=5)
 
 PrivateKey = ec.EllipticCurvePrivateKey
 
-# A DNS name as a certificate may hold it: LDH labels, an optional leading
-# wildcard label (RFC 6125 §6.4.3), ASCII only (IDNs as A-labels).
-_DNS_NAME = re.compile(
-    r"^(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$"
-)
 
 
 class PKIError(Exception):
@@ -191,7 +186,7 @@ def subject_alt_names(names: Sequence[str]) -> list[x509.GeneralName]:
             continue
         except ValueError:
             pass
-        if not _DNS_NAME.match(name.lower()) or len(name) > 253:
+        if not hostnames.is_dns_name(name, wildcard=True):
             raise PKIError(f"cannot put {name!r} in a certificate: not a DNS name or an IP address")
         alt_names.append(x509.DNSName(name.lower()))
     return alt_names
