@@ -54,7 +54,6 @@ BACKDATE = dt.timedelta(minutes=5)
 PrivateKey = ec.EllipticCurvePrivateKey
 
 
-
 class PKIError(Exception):
     """Bad input for a PKI (no name, a name that is not one, a lifetime out of range),
     or files that cannot be written; nothing was changed."""

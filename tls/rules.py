@@ -63,6 +63,7 @@ FULLCHAIN_ADVICE = (
     "(with certbot use fullchain.pem, not cert.pem; with other CAs append their "
     "'CA bundle' or intermediate file after your certificate)"
 )
+PRIVATE_ROOT_OK = "nothing to do for tests or a private deployment"
 PRIVATE_CA_NOTE = (
     "LINE accepts only publicly trusted certificates and will refuse this one; "
     "fine for tests and private deployments"
@@ -211,6 +212,8 @@ def _trust_findings(
     # mistake when the caller allows one, and LINE's refusal of it is a warning.
     untrusted = Level.WARNING if private_ca_ok else Level.ERROR
     note = f"; {PRIVATE_CA_NOTE}" if private_ca_ok else ""
+    # Where the caller's anchors came from tells what to do about a private root.
+    private = PRIVATE_ROOT_OK if private_ca_ok else "give it with --ca"
     if code == _ERR_SELF_SIGNED_LEAF:
         return [
             Finding(
@@ -228,12 +231,13 @@ def _trust_findings(
                 untrusted,
                 f"the chain ends at the root '{describe(top)}', which {anchors_name} does not "
                 f"trust{note}",
-                "use a certificate from a publicly trusted CA, or (for a private CA) give its "
-                "root with --ca",
+                f"use a certificate from a publicly trusted CA; for a private CA, {private}",
             )
         ]
     if code in _ERR_UNABLE_TO_GET_ISSUER:
-        return _missing_issuer_findings(shape, anchors_name, private_ca_ok, untrusted, note)
+        return _missing_issuer_findings(
+            shape, anchors_name, private_ca_ok, untrusted, note, private
+        )
     return [
         Finding(
             "chain-trusted",
@@ -283,7 +287,12 @@ def _trusted_findings(
 
 
 def _missing_issuer_findings(
-    shape: ChainShape, anchors_name: str, private_ca_ok: bool, untrusted: Level, note: str
+    shape: ChainShape,
+    anchors_name: str,
+    private_ca_ok: bool,
+    untrusted: Level,
+    note: str,
+    private: str,
 ) -> list[Finding]:
     top = shape.path[-1]
     issuer = top.issuer.rfc4514_string()
@@ -294,8 +303,8 @@ def _missing_issuer_findings(
                 untrusted,
                 f"the chain stops at '{describe(top)}', whose issuer '{issuer}' is neither sent "
                 f"nor in {anchors_name}{note}",
-                "if that issuer is your private root, give it with --ca; if it is a public "
-                "CA's intermediate, add it to the chain",
+                f"if that issuer is a public CA's intermediate, add it to the chain; if it is "
+                f"your private root, {private}",
             ),
             Finding(
                 "chain-complete",
@@ -317,7 +326,7 @@ def _missing_issuer_findings(
             untrusted,
             f"the chain does not build: '{issuer}', the issuer of the leaf, is neither "
             f"sent nor in {anchors_name}{note}",
-            "if that issuer is your own private root, give it with --ca",
+            f"if that issuer is your own private root, {private}",
         ),
         Finding(
             "chain-complete",
