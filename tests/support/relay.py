@@ -64,12 +64,19 @@ class RelayProcess:
         env: dict[str, str] | None = None,
         expected_errors: tuple[str, ...] = (),
         log_file: Path | None = None,
+        listen: str | None = None,
+        tls: bool = True,
     ) -> None:
         """``expected_errors``: events of error-level log lines the test provokes on purpose.
-        ``log_file``: where the relay's output goes (default: beside the state dir)."""
+        ``log_file``: where the relay's output goes (default: beside the state dir).
+        ``listen``: the public listener (default ``127.0.0.1:`` a free port), e.g. a
+        ``unix:`` socket for a proxy in front; ``tls=False`` when the config says
+        ``public_tls = false`` (the URLs are then http:// and ws://)."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
         self.port = free_port()
+        self.listen = listen or f"127.0.0.1:{self.port}"
+        self.scheme = "https" if tls else "http"
         self.admin_port = free_port()
         self.config_file: Path | None = None
         if config is not None:
@@ -81,8 +88,8 @@ class RelayProcess:
 
     @property
     def base_url(self) -> str:
-        """``https://127.0.0.1:PORT``"""
-        return f"https://127.0.0.1:{self.port}"
+        """``https://127.0.0.1:PORT`` (``http://`` without TLS)"""
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -91,8 +98,8 @@ class RelayProcess:
 
     @property
     def bridge_url(self) -> str:
-        """``wss://127.0.0.1:PORT/bridge``"""
-        return f"wss://127.0.0.1:{self.port}/bridge"
+        """``wss://127.0.0.1:PORT/bridge`` (``ws://`` without TLS)"""
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://127.0.0.1:{self.port}/bridge"
 
     @property
     def ca_file(self) -> Path:
@@ -111,7 +118,7 @@ class RelayProcess:
             "--state-dir",
             str(self.state_dir),
             "--listen",
-            f"127.0.0.1:{self.port}",
+            self.listen,
             "--admin-listen",
             f"127.0.0.1:{self.admin_port}",
         ]
