@@ -1,9 +1,9 @@
 """nginx in front of the relay (issue 13 item 4, docs/reverse-proxy.md).
 
 The nginx is Debian's, started by the test on free ports with
-deploy/nginx/linerelay.conf itself, its paths and ports substituted (every
-substitution must find its text: an edit of the example that the test does
-not follow fails here instead of drifting). Behind it, a real relay with
+deploy/nginx/linerelay.conf itself, its paths and ports substituted
+(tests/support/nginx.py: an edit of the example that it does not follow
+fails instead of drifting). Behind it, a real relay with
 ``public_tls = false`` on a Unix socket; in front, real clients over
 HTTP/1.1 and HTTP/2, python-websockets bridges, and ``linerelay
 conformance``. Clients bind to their own loopback addresses (127.0.0.3, ...)
@@ -13,19 +13,13 @@ so the address the relay believes can be told from any other.
 from __future__ import annotations
 
 import asyncio
-import grp
 import json
 import os
-import pwd
-import shutil
-import signal
-import socket
 import sqlite3
 import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -42,11 +36,9 @@ from tests.integration.helpers import (
     wait_for,
     webhook_body,
 )
-from tests.support.relay import LINERELAY, free_port
+from tests.support.nginx import NGINX, Nginx, start_nginx
+from tests.support.relay import LINERELAY
 from tls import pki as tls_pki
-
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "linerelay.conf"
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,134 +49,6 @@ pytestmark = [
 
 CLIENT = "127.0.0.3"  # the test's clients, as nginx sees them
 EXPIRY_METRIC = "linerelay_tls_certificate_expiry_timestamp_seconds"
-
-
-def ipv6_loopback() -> bool:
-    """Whether [::1] can be listened on here."""
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@dataclass
-class Nginx:
-    """One nginx process serving the rendered example."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    http_port: int
-    directory: Path
-
-    @property
-    def base_url(self) -> str:
-        """``https://127.0.0.1:PORT``"""
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def bridge_url(self) -> str:
-        """``wss://127.0.0.1:PORT/bridge``"""
-        return f"wss://127.0.0.1:{self.port}/bridge"
-
-    def webhook_url(self, tenant: Tenant) -> str:
-        """``tenant``'s webhook URL through nginx."""
-        return f"{self.base_url}/webhook/{tenant.id}"
-
-    def logs(self) -> str:
-        """Everything nginx logged: access and error logs, and its own output."""
-        return "\n".join(
-            path.read_text(errors="replace")
-            for path in sorted((self.directory / "logs").iterdir())
-            if path.is_file()
-        )
-
-    def stop(self) -> None:
-        """Graceful stop (SIGQUIT), then SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def render(directory: Path, pki: tls_pki.DevPKI, upstream: Path, port: int, http_port: int) -> str:
-    """deploy/nginx/linerelay.conf with this run's paths and ports."""
-    logs, webroot = directory / "logs", directory / "acme"
-    v6 = ipv6_loopback()
-    substitutions = [
-        ("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
-        ("listen [::]:443 ssl http2;", f"listen [::1]:{port} ssl http2;" if v6 else ""),
-        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
-        ("listen [::]:80;", f"listen [::1]:{http_port};" if v6 else ""),
-        ("/etc/letsencrypt/live/relay.example.com/fullchain.pem", str(pki.chain)),
-        ("/etc/letsencrypt/live/relay.example.com/privkey.pem", str(pki.key)),
-        ("server unix:/run/linerelay/public.sock;", f"server unix:{upstream};"),
-        ("/var/log/nginx/", f"{logs}/"),
-        ("/var/www/letsencrypt", str(webroot)),
-    ]
-    text = EXAMPLE.read_text()
-    for old, new in substitutions:
-        assert old in text, f"{EXAMPLE} no longer says {old!r}: update test_nginx.py's render()"
-        text = text.replace(old, new)
-    return text
-
-
-def start_nginx(directory: Path, pki: tls_pki.DevPKI, upstream: Path) -> Nginx:
-    """nginx with the rendered example in an http {} block like Debian's nginx.conf."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for sub in ("logs", "acme", "tmp"):
-        (directory / sub).mkdir(exist_ok=True)
-    port, http_port = free_port(), free_port()
-    (directory / "linerelay.conf").write_text(render(directory, pki, upstream, port, http_port))
-    # As root, nginx's workers would drop to nobody, who may not open the relay's
-    # socket (mode 0660): they run as this user, as www-data in the relay's group would.
-    user = ""
-    if os.geteuid() == 0:
-        user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};"
-    temp = " ".join(
-        f"{kind}_temp_path {directory / 'tmp' / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (directory / "nginx.conf").write_text(
-        f"""{user}
-daemon off;
-worker_processes 1;
-pid {directory / "nginx.pid"};
-error_log {directory / "logs" / "main-error.log"};
-events {{ worker_connections 1024; }}
-http {{
-    # What Debian's nginx.conf sets for every site, which the example overrides.
-    ssl_protocols TLSv1 TLSv1.1 TLSv1.2 TLSv1.3;
-    ssl_prefer_server_ciphers on;
-    gzip on;
-    default_type application/octet-stream;
-    access_log {directory / "logs" / "main-access.log"};
-    {temp}
-    include {directory / "linerelay.conf"};
-}}
-"""
-    )
-    args = [NGINX, "-p", str(directory), "-c", str(directory / "nginx.conf")]
-    args += ["-e", str(directory / "logs" / "startup.log")]
-    checked = subprocess.run([*args, "-t"], capture_output=True, text=True, check=False)
-    assert checked.returncode == 0, checked.stderr
-    proc = subprocess.Popen(args, stderr=(directory / "logs" / "stderr.log").open("wb"))
-    nginx = Nginx(proc, port, http_port, directory)
-
-    def listening() -> bool:
-        assert proc.poll() is None, nginx.logs()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    wait_for(listening, "nginx to listen")
-    return nginx
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +124,7 @@ async def test_every_ingress_row_through_nginx(
     relay: Harness, nginx: Nginx, client: httpx.AsyncClient, http_version: str
 ) -> None:
     tenant = relay.tenant("row")
-    url = nginx.webhook_url(tenant)
+    url = nginx.webhook_url(tenant.id)
 
     async def post(body: bytes, headers: dict[str, str]) -> httpx.Response:
         started = time.perf_counter()
@@ -346,7 +210,7 @@ async def test_a_bridge_through_nginx_gets_a_signed_webhook_byte_identical(
             signature = relay.sign(tenant.secret, body)
             async with httpx.AsyncClient(verify=client_context(pki), timeout=TIMEOUT) as c:
                 posted = await c.post(
-                    nginx.webhook_url(tenant),
+                    nginx.webhook_url(tenant.id),
                     content=body,
                     headers={"x-line-signature": signature},
                 )
@@ -394,7 +258,9 @@ async def test_a_client_sent_x_forwarded_for_through_nginx_is_not_believed(
     tenant = relay.tenant("xff")
     body = webhook_body("forged")
     headers = {**relay.headers(tenant, body), "X-Forwarded-For": "203.0.113.9"}
-    assert (await client.post(nginx.webhook_url(tenant), content=body, headers=headers)).is_success
+    assert (
+        await client.post(nginx.webhook_url(tenant.id), content=body, headers=headers)
+    ).is_success
     (line,) = webhook_lines(relay, tenant)
     assert line["client"] == CLIENT
 
@@ -444,7 +310,7 @@ def test_conformance_passes_against_the_nginx_fronted_relay(
         [
             LINERELAY,
             "conformance",
-            nginx.webhook_url(tenant),
+            nginx.webhook_url(tenant.id),
             "--tenant-secret",
             tenant.secret,
             "--ca",
