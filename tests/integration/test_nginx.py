@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import ssl
 import subprocess
@@ -27,6 +29,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from appliance.signature import sign
+from appliance.tenants import TenantRegistry
 from tests.integration.helpers import (
     TIMEOUT,
     Bridge,
@@ -37,7 +41,7 @@ from tests.integration.helpers import (
     webhook_body,
 )
 from tests.support.nginx import NGINX, Nginx, start_nginx
-from tests.support.relay import LINERELAY
+from tests.support.relay import LINERELAY, free_port
 from tls import pki as tls_pki
 
 pytestmark = [
@@ -371,3 +375,75 @@ async def test_with_the_relay_unreachable_line_is_asked_to_retry_and_no_token_is
     assert "connect() to unix:" in logs  # nginx does log the failures...
     assert "/webhook/shop-1" in logs
     assert token not in logs  # ...but never a bridge token
+
+
+# -- with the units' socket activation ----------------------------------------------
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed",
+)
+def test_the_relay_socket_activated_on_a_unix_socket_serves_behind_nginx(
+    pki: tls_pki.DevPKI, tmp_path: Path
+) -> None:
+    """docs/reverse-proxy.md's linerelay.socket drop-in: systemd opens the Unix socket
+    (systemd-socket-activate stands in), the relay takes it as "public"."""
+    sock, admin, state = tmp_path / "public.sock", free_port(), tmp_path / "state"
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'public_tls = false\nlisten = "unix:{sock}"\ntrusted_proxies = ["unix"]\n'
+        f'admin_listen = "127.0.0.1:{admin}"\n'
+    )
+    state.mkdir(mode=0o700)
+    registry = TenantRegistry(state / "tenants.db")
+    secret = "socket-activated-secret"
+    registry.add("activated", secret)
+    registry.close()
+    log = tmp_path / "relay.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                "systemd-socket-activate",
+                *("-l", str(sock), "-l", f"127.0.0.1:{admin}", "--fdname=public:admin"),
+                *(LINERELAY, "serve", "--config", str(config), "--state-dir", str(state)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    front = None
+    try:
+
+        def ready() -> bool:
+            # The first connection starts the relay, as a socket unit would.
+            try:
+                return httpx.get(f"http://127.0.0.1:{admin}/readyz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, "the socket-activated relay", timeout=60, interval=0.2)
+        front = start_nginx(tmp_path / "nginx", pki, sock)
+        body = webhook_body("activated")
+        transport = httpx.HTTPTransport(verify=client_context(pki), local_address=CLIENT)
+        with httpx.Client(transport=transport, timeout=TIMEOUT) as c:
+            answer = c.post(
+                front.webhook_url("activated"),
+                content=body,
+                headers={"x-line-signature": sign(secret.encode(), body)},
+            )
+        assert (answer.status_code, answer.content) == (200, b"{}")
+
+        def lines() -> list[dict[str, object]]:
+            return [json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"]
+
+        webhook = wait_for(
+            lambda: [line for line in lines() if line.get("event") == "webhook"], "the access line"
+        )
+        assert webhook[0]["client"] == CLIENT
+        serving = next(line for line in lines() if line.get("event") == "relay serving")
+        assert serving["socket_activated"] == ["admin", "public"]
+    finally:
+        if front is not None:
+            front.stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(TIMEOUT)
