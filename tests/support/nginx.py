@@ -28,6 +28,14 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "linerelay.
 TIMEOUT = 30.0
 
 
+class ExampleDriftError(AssertionError):
+    """deploy/nginx/linerelay.conf no longer holds a text :func:`render` substitutes."""
+
+
+class NginxError(RuntimeError):
+    """nginx refused the rendered config, exited, or did not listen."""
+
+
 def ipv6_loopback() -> bool:
     """Whether [::1] can be listened on here."""
     try:
@@ -104,7 +112,7 @@ def render(directory: Path, pki: tls_pki.DevPKI, upstream: Path, port: int, http
     text = EXAMPLE.read_text()
     for old, new in substitutions:
         if old not in text:
-            raise AssertionError(f"{EXAMPLE} no longer says {old!r}: update render()")
+            raise ExampleDriftError(f"{EXAMPLE} no longer says {old!r}: update render()")
         text = text.replace(old, new)
     return text
 
@@ -152,14 +160,14 @@ http {{
     args += ["-e", str(directory / "logs" / "startup.log")]
     checked = subprocess.run([*args, "-t"], capture_output=True, text=True, check=False)
     if checked.returncode != 0:
-        raise RuntimeError(f"nginx refuses the rendered config:\n{checked.stderr}")
+        raise NginxError(f"nginx refuses the rendered config:\n{checked.stderr}")
     with (directory / "logs" / "stderr.log").open("wb") as stderr:
         proc = subprocess.Popen([*prefix, *args], stderr=stderr)
     nginx = Nginx(proc, port, http_port, directory)
 
     def listening() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited with {proc.returncode}:\n{nginx.logs()}")
+            raise NginxError(f"nginx exited with {proc.returncode}:\n{nginx.logs()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
         except OSError:
@@ -170,6 +178,6 @@ http {{
     while not listening():
         if time.monotonic() > deadline:
             nginx.stop()
-            raise TimeoutError(f"nginx not listening after {TIMEOUT}s:\n{nginx.logs()}")
+            raise NginxError(f"nginx not listening after {TIMEOUT}s:\n{nginx.logs()}")
         time.sleep(0.05)
     return nginx
