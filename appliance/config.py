@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
+from tls import hostnames
 
 ENV_PREFIX = "LINERELAY_"
 #: ``listen = "unix:/run/linerelay/public.sock"``: a Unix socket, for a proxy on the machine.
@@ -61,6 +62,20 @@ class RelayConfig:
     tls_key_file: str = _doc("", "PEM private key of the leaf. Empty: the embedded dev PKI.")
     tls_policy: str = _doc(
         "modern", "'modern': TLS 1.3 only. 'intermediate': also TLS 1.2, ECDHE+AEAD only."
+    )
+    server_name: str = _doc(
+        "",
+        "The public host name LINE posts to (the webhook URL's host, no port). The "
+        "certificate must name it: checked with the other certificate rules at start and "
+        "on every reload (docs/conformance.md, 'Certificate rules'). Empty: the name is "
+        "not checked.",
+    )
+    tls_allow_refused_chain: bool = _doc(
+        False,
+        "Serve a certificate the certificate rules find LINE would refuse (expired, "
+        "intermediates missing, a name server_name is not in, ...) instead of refusing to "
+        "start (exit status 2) or, on reload, keeping the certificate that serves; each "
+        "finding is then logged at error level. For emergencies and tests only.",
     )
     public_tls: bool = _doc(
         True,
@@ -185,6 +200,13 @@ class RelayConfig:
                 "plain HTTP is served only on a loopback address or a unix: socket",
             )
         parse_address(self.admin_listen, "admin_listen")
+        _check(
+            not self.server_name
+            or hostnames.is_dns_name(self.server_name)
+            or hostnames.is_ip_address(self.server_name),
+            "server_name",
+            f"{self.server_name!r} is not a host name or an IP address",
+        )
         TrustedProxies(self.trusted_proxies)
         for name in (
             "max_body_bytes",
@@ -269,6 +291,7 @@ listen = "0.0.0.0:443"
 admin_listen = "127.0.0.1:9443"
 tls_cert_file = "/etc/letsencrypt/live/relay.example.com/fullchain.pem"
 tls_key_file = "/etc/letsencrypt/live/relay.example.com/privkey.pem"
+server_name = "relay.example.com"  # the certificate must name it (checked at start and reload)
 tls_policy = "modern"          # "intermediate" to also accept TLS 1.2 (ECDHE + AEAD only)
 state_dir = "/var/lib/linerelay"
 queue_cap = 50000

@@ -6,6 +6,7 @@ hot path does no label lookups.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -143,6 +144,24 @@ class Metrics:
         self.bridge_refused = {
             k: bridge_refused.labels(k) for k in ("auth_lockout", "reconnect_rate")
         }
+        self.certificate_expiry = Gauge(
+            "linerelay_tls_certificate_expiry_timestamp_seconds",
+            "When the leaf of the certificate the public listener serves expires, Unix "
+            "seconds (set at start and on every reload; absent without TLS).",
+            registry=None,
+        )
+        self._expiry_registered = False
+
+    def served_certificate(self, not_after: datetime.datetime) -> None:
+        """Export when the served certificate's leaf expires (start and every reload).
+
+        Registered at the first call: a relay serving plain HTTP behind a proxy
+        has no certificate, and a 0 would read as one that expired in 1970.
+        """
+        if not self._expiry_registered:
+            self.registry.register(self.certificate_expiry)
+            self._expiry_registered = True
+        self.certificate_expiry.set(not_after.timestamp())
 
     def track_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
         """Export ``depths()`` (unacked webhooks per tenant) at each scrape."""

@@ -9,7 +9,9 @@ Hypercorn serves them) and the admin app over plain HTTP (Hypercorn's own
 
 Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the certificate
 chain and key into the live TLS context (new handshakes get the new chain,
-open connections are kept) and re-reads the config file.
+open connections are kept) and re-reads the config file. The chain is judged
+by the certificate rules before it serves, at start and on every reload
+(appliance/certcheck.py).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pathlib import Path
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
+from appliance import certcheck, logs, protocol, systemd, tuning
 from appliance import config as config_module
-from appliance import logs, protocol, systemd, tuning
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
@@ -72,6 +74,15 @@ class Server:
             return pki.chain, pki.key
         return Path(config.tls_cert_file), Path(config.tls_key_file)
 
+    def _checked_tls_files(self, config: RelayConfig) -> tuple[Path, Path, certcheck.Verdict]:
+        """:meth:`_tls_files`, judged by the certificate rules (appliance/certcheck.py);
+        raises :class:`policy.CertificateError` for a chain LINE would refuse."""
+        cert, key = self._tls_files(config)
+        dev_root = EmbeddedPKI(self.state.pki).root if config.uses_dev_pki else None
+        verdict = certcheck.judge(cert, key, config.server_name, dev_root)
+        certcheck.enforce(verdict, config.tls_allow_refused_chain)
+        return cert, key, verdict
+
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         # Whatever the caller's umask: the state is private (appliance/state.py).
@@ -82,8 +93,9 @@ class Server:
         # First of all: one relay per state dir, and the tenant CLI can find it.
         pid_fd = hold_pid_file(self.state.path)
         self.ssl_context: ssl.SSLContext | None = None
+        served: certcheck.Verdict | None = None
         if config.public_tls:
-            cert, key = self._tls_files(config)
+            cert, key, served = self._checked_tls_files(config)
             self.ssl_context = policy.server_context(config.tls_policy, cert, key)
         inherited = systemd.listen_fds(os.environ)
         public_sock = _listen(config.listen, inherited.get("public"))
@@ -91,31 +103,13 @@ class Server:
 
         self.relay = relay = await self._open_relay(config)
         store, tenants = relay.store, relay.tenants
+        if served is not None:
+            relay.metrics.served_certificate(served.not_after)
 
         public_config, admin_config = _hypercorn_configs(config, admin_sock)
-        self.public_config = public_config
-        self.bridges = BridgeEndpoint(config, tenants, relay.hub, relay.metrics, relay.proxies)
-        await self.bridges.start()
-        public_app = Ingress(relay, self.bridges)
-        # The ingress in front of the Quart app, served directly: one
-        # coroutine frame less for every open connection.
-        self.listener = PublicListener(
-            [public_sock],
-            public_app,
-            public_config,
-            self.ssl_context,
-            _listener_limits(config),
-            relay.metrics,
-            relay.proxies,
-            self.bridges,
-        )
+        await self._open_public(config, public_sock, public_config)
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(logs.loop_exception_handler)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._shutdown.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-        # `linerelay tenant ...` signals a change so it applies to the next request.
-        loop.add_signal_handler(signal.SIGUSR1, self._on_tenants_changed)
+        self._install_handlers(loop)
 
         housekeeping = loop.create_task(self._housekeeping())
         watchdog = loop.create_task(self._watchdog(systemd.watchdog_interval(os.environ)))
@@ -158,6 +152,35 @@ class Server:
                 log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
             log.info("relay stopped")
+
+    async def _open_public(
+        self, config: RelayConfig, sock: socket.socket, hypercorn: HypercornConfig
+    ) -> None:
+        """The bridge endpoint and the public listener, serving :class:`Ingress`."""
+        relay = self.relay
+        self.public_config = hypercorn
+        self.bridges = BridgeEndpoint(
+            config, relay.tenants, relay.hub, relay.metrics, relay.proxies
+        )
+        await self.bridges.start()
+        self.listener = PublicListener(
+            [sock],
+            Ingress(relay, self.bridges),
+            hypercorn,
+            self.ssl_context,
+            _listener_limits(config),
+            relay.metrics,
+            relay.proxies,
+            self.bridges,
+        )
+
+    def _install_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.set_exception_handler(logs.loop_exception_handler)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._shutdown.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        # `linerelay tenant ...` signals a change so it applies to the next request.
+        loop.add_signal_handler(signal.SIGUSR1, self._on_tenants_changed)
 
     async def _open_relay(self, config: RelayConfig) -> Relay:
         """Metrics, the store (opened), tenants and the hub: what the hot paths share."""
@@ -216,7 +239,7 @@ class Server:
     def _reload_chain(self, context: ssl.SSLContext, config: RelayConfig) -> RelayConfig:
         """Load ``config``'s chain into the live context; on failure keep the old one."""
         try:
-            cert, key = self._tls_files(config)
+            cert, key, served = self._checked_tls_files(config)
             policy.load_chain(context, cert, key)
         except (policy.CertificateError, OSError, ValueError) as exc:
             self.relay.metrics.tls_reload["failed"].inc()
@@ -226,6 +249,7 @@ class Server:
             )
         else:
             self.relay.metrics.tls_reload["ok"].inc()
+            self.relay.metrics.served_certificate(served.not_after)
             log.info("reload: certificate loaded", extra={"chain": str(cert)})
         return config
 

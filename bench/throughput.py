@@ -91,28 +91,34 @@ def wrk(base: str, path: str, bodies: Path, duration: int, delay_ms: float = 0) 
 
 
 class Relay:
-    """A relay process on the server core, with tenants and acking bridges on demand."""
+    """A relay process on the server core, with tenants and acking bridges on demand.
 
-    def __init__(self, work: Path) -> None:
+    By default it serves TLS itself on a loopback port; with ``listen`` and
+    ``config`` it may instead sit behind a proxy, whose URLs and root then
+    replace :attr:`base`, :attr:`bridge_url` and :attr:`ca` (bench/nginx.py).
+    """
+
+    def __init__(self, work: Path, listen: str | None = None, config: str | None = None) -> None:
         self.state = work / "relay"
         self.port, admin = free_port(), free_port()
-        self.proc = pinned(
-            SERVER_CORE,
-            [
-                str(BIN / "linerelay"),
-                "serve",
-                "--state-dir",
-                str(self.state),
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--admin-listen",
-                f"127.0.0.1:{admin}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [
+            str(BIN / "linerelay"),
+            "serve",
+            "--state-dir",
+            str(self.state),
+            "--listen",
+            listen or f"127.0.0.1:{self.port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+        ]
+        if config is not None:
+            (work / "relay.toml").write_text(config)
+            args += ["--config", str(work / "relay.toml")]
+        self.proc = pinned(SERVER_CORE, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         self.base = f"https://127.0.0.1:{self.port}"
+        self.bridge_url = f"wss://127.0.0.1:{self.port}/bridge"
+        self.ca = self.state / "pki" / "root.pem"
 
     def tenant_with_bridge(self, tenant: str) -> subprocess.Popen[bytes]:
         token = json.loads(
@@ -140,9 +146,9 @@ class Relay:
                 "-m",
                 "bench.ackbridge",
                 "--url",
-                f"wss://127.0.0.1:{self.port}/bridge",
+                self.bridge_url,
                 "--ca",
-                str(self.state / "pki" / "root.pem"),
+                str(self.ca),
                 "--token",
                 token,
             ],

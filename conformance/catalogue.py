@@ -273,8 +273,9 @@ _SPECS = (
         Group.CERTIFICATE,
         Severity.HIGH,
         "RFC 5280 §4.1.2.5",
-        "Fails when the leaf is expired, not yet valid, or has fewer than 7 days left; info "
-        "when fewer than 30 days are left (automatic renewal should have happened).",
+        "Fails when the leaf is expired or not yet valid (LINE refuses it then); info when "
+        "renewal is overdue: fewer than 30 days left, or a third of the lifetime for "
+        "shorter-lived certificates (an ACME client should have renewed by then).",
     ),
     CheckSpec(
         "cert-hostname",
@@ -290,8 +291,10 @@ _SPECS = (
         Group.CERTIFICATE,
         Severity.MEDIUM,
         MOZILLA,
-        "Modern: ECDSA P-256 or P-384. Intermediate and line: ECDSA P-256/P-384 or RSA of at "
-        "least 2048 bits.",
+        "ECDSA P-256 or P-384, or (intermediate and line profiles) RSA of at least 2048 "
+        "bits. Fails for what clients refuse (RSA under 2048 bits, DSA, curves TLS 1.3 "
+        "cannot sign with, RSA under modern); info for P-521 and EdDSA, which some "
+        "clients refuse.",
     ),
     CheckSpec(
         "cert-signature",

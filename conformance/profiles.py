@@ -16,7 +16,7 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
     TlsConfigurationEnum,
 )
 
-from tls.doctor import PUBLIC_MAX_LIFETIME_DAYS
+from tls.rules import PUBLIC_MAX_LIFETIME_DAYS
 
 
 @dataclass(frozen=True)

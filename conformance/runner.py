@@ -16,7 +16,7 @@ from cryptography import x509
 from conformance import tlsscan, webhook
 from conformance.catalogue import CATALOGUE, CheckResult, Group, Status, result
 from conformance.profiles import PROFILES, Profile
-from tls import doctor
+from tls import sources
 
 CONNECT_TIMEOUT = 10.0
 
@@ -114,9 +114,9 @@ def connect(target: Target) -> str:
 
 def _anchors(options: Options) -> tuple[list[x509.Certificate], str]:
     if options.profile.public_trust:
-        anchors, name = doctor.load_anchors(None)
+        anchors, name = sources.load_anchors(None)
         return anchors, f"{name} (the line profile: LINE trusts public CAs only)"
-    return doctor.load_anchors(options.ca_file)
+    return sources.load_anchors(options.ca_file)
 
 
 def _not_selected(group: Group) -> list[CheckResult]:
@@ -134,7 +134,7 @@ def run(options: Options) -> Report:
         raise CouldNotRunError(f"cannot read the CA file {options.ca_file}")
     try:
         anchors, anchors_name = _anchors(options)
-    except doctor.DoctorError as exc:
+    except sources.SourceError as exc:
         raise CouldNotRunError(str(exc)) from exc
     started = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()

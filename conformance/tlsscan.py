@@ -8,7 +8,8 @@ a plain :class:`TlsFacts`. :func:`evaluate` is pure and turns facts into
 The certificate checks do not use sslyze's own path validation: it runs
 ``cryptography``'s RFC 5280 verifier, which rejects trustme-style leaves (a
 critical subjectAltName) that OpenSSL and LINE accept. The chain sslyze
-received is handed to the certificate doctor (:mod:`tls.doctor`) instead.
+received is judged by the certificate rules (:mod:`tls.rules`) instead, the
+ones ``linerelay tls check`` and the relay's start-up check apply.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocat
 
 from conformance.catalogue import CheckResult, Status, result
 from conformance.profiles import Profile
-from tls import doctor
+from tls import rules
 
 # Mozilla's spelling of each version, and the sslyze result field holding its suites.
 VERSIONS = (
@@ -65,8 +66,6 @@ TLS_COMMANDS = frozenset(
         ScanCommand.SESSION_RESUMPTION,
     }
 )
-EXPIRY_FAIL_DAYS = 7
-EXPIRY_INFO_DAYS = 30
 
 
 class ScanError(Exception):
@@ -444,32 +443,35 @@ PUBLIC_CA_ADVICE = (
     "LINE accepts only certificates from publicly trusted CAs: get one (e.g. Let's Encrypt)"
 )
 
+#: One mapping from the certificate rules' levels to the report's statuses: an
+#: error (a client such as LINE's refuses the chain) fails the check; a warning
+#: (works, should be fixed) is reported as info, as the report has no warning.
+STATUS_OF_LEVEL = {
+    rules.Level.OK: Status.PASS,
+    rules.Level.INFO: Status.INFO,
+    rules.Level.WARNING: Status.INFO,
+    rules.Level.ERROR: Status.FAIL,
+}
+
 
 def _finding_result(
     check_id: str,
-    findings: Sequence[doctor.Finding],
+    findings: Sequence[rules.Finding],
     code: str,
     *,
-    warning: Status,
     advice: str | None = None,
 ) -> CheckResult | None:
-    """The worst of the doctor's ``code`` findings as a check; ``advice`` replaces theirs."""
+    """The worst of the rules' ``code`` findings as a check; ``advice`` replaces theirs."""
     matching = [finding for finding in findings if finding.code == code]
     if not matching:
         return None
-    level = doctor.worst(matching)
+    level = rules.worst(matching)
     text = "; ".join(
         finding.message + (f" (fix: {advice or finding.advice})" if finding.advice else "")
         for finding in matching
         if finding.level is level
     )
-    status = {
-        doctor.Level.OK: Status.PASS,
-        doctor.Level.INFO: Status.INFO,
-        doctor.Level.WARNING: warning,
-        doctor.Level.ERROR: Status.FAIL,
-    }[level]
-    return result(check_id, status, text)
+    return result(check_id, STATUS_OF_LEVEL[level], text)
 
 
 def evaluate_certificate(
@@ -480,7 +482,8 @@ def evaluate_certificate(
     host: str,
     now: datetime.datetime,
 ) -> list[CheckResult]:
-    """The cert-* checks, from the chain as received, via the certificate doctor."""
+    """The cert-* checks, from the chain as received, by the certificate rules
+    (:mod:`tls.rules`) plus the profile's own limits (lifetime, key type)."""
     if not chain:
         reason = "no certificate chain was received"
         return [
@@ -497,33 +500,32 @@ def evaluate_certificate(
                 "cert-signature",
             )
         ]
-    findings = doctor.diagnose(chain, anchors, anchors_name=anchors_name, host=host, now=now)
+    findings = rules.judge(chain, anchors, anchors_name=anchors_name, host=host, now=now)
     unknown = "unknown: the chain did not build (see cert-trusted)"
     out = [
         _finding_result(
             "cert-trusted",
             findings,
             "chain-trusted",
-            warning=Status.FAIL,
             advice=PUBLIC_CA_ADVICE if profile.public_trust else None,
         ),
-        _finding_result("cert-chain-complete", findings, "chain-complete", warning=Status.INFO)
+        _finding_result("cert-chain-complete", findings, "chain-complete")
         or result("cert-chain-complete", Status.SKIP, unknown),
-        _finding_result("cert-chain-order", findings, "chain-order", warning=Status.FAIL),
-        _finding_result("cert-root-sent", findings, "root-sent", warning=Status.INFO)
+        _finding_result("cert-chain-order", findings, "chain-order"),
+        _finding_result("cert-root-sent", findings, "root-sent")
         or result("cert-root-sent", Status.SKIP, unknown),
     ]
-    leaf = doctor.chain_shape(chain).path[0]
+    leaf = rules.chain_shape(chain).path[0]
     out.append(_validity_period(leaf, profile))
-    out.append(_expiry(leaf, now))
-    out.append(_finding_result("cert-hostname", findings, "hostname", warning=Status.FAIL))
-    out.append(_key(leaf, profile))
-    out.append(_finding_result("cert-signature", findings, "signature", warning=Status.FAIL))
+    out.append(_finding_result("cert-expiry", findings, "expiry"))
+    out.append(_finding_result("cert-hostname", findings, "hostname"))
+    out.append(_key(leaf, profile, findings))
+    out.append(_finding_result("cert-signature", findings, "signature"))
     return [item for item in out if item is not None]
 
 
 def _validity_period(leaf: x509.Certificate, profile: Profile) -> CheckResult:
-    days = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days
+    days = rules.lifetime(leaf).days
     limit = profile.max_lifetime_days
     if days > limit:
         return result(
@@ -535,41 +537,22 @@ def _validity_period(leaf: x509.Certificate, profile: Profile) -> CheckResult:
     return result("cert-validity-period", Status.PASS, f"valid for {days} days (at most {limit})")
 
 
-def _expiry(leaf: x509.Certificate, now: datetime.datetime) -> CheckResult:
-    not_after = leaf.not_valid_after_utc
-    if now < leaf.not_valid_before_utc:
-        return result(
-            "cert-expiry",
-            Status.FAIL,
-            f"not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
-        )
-    left = not_after - now
-    when = f"{not_after:%Y-%m-%d %H:%M} UTC"
-    if left.total_seconds() <= 0:
-        return result("cert-expiry", Status.FAIL, f"expired on {when}")
-    if left < datetime.timedelta(days=EXPIRY_FAIL_DAYS):
-        return result("cert-expiry", Status.FAIL, f"expires in {left.days} days ({when})")
-    if left < datetime.timedelta(days=EXPIRY_INFO_DAYS):
-        return result(
-            "cert-expiry", Status.INFO, f"expires in {left.days} days ({when}); renewal is due"
-        )
-    return result("cert-expiry", Status.PASS, f"valid until {when} ({left.days} days)")
-
-
-def _key(leaf: x509.Certificate, profile: Profile) -> CheckResult:
+def _key(
+    leaf: x509.Certificate, profile: Profile, findings: Sequence[rules.Finding]
+) -> CheckResult | None:
+    """The rules' verdict on the key, and the profile's key type on top: Mozilla's
+    modern profile takes ECDSA only."""
     key = leaf.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name in ("secp256r1", "secp384r1"):
-            return result("cert-key", Status.PASS, f"ECDSA {key.curve.name}")
-        return result("cert-key", Status.FAIL, f"ECDSA {key.curve.name}; use P-256 or P-384")
+    if profile.ecdsa_only and not isinstance(key, ec.EllipticCurvePublicKey):
+        return result(
+            "cert-key",
+            Status.FAIL,
+            f"{_key_name(key)}; the {profile.name} profile wants ECDSA P-256 or P-384",
+        )
+    return _finding_result("cert-key", findings, "key-type")
+
+
+def _key_name(key: object) -> str:
     if isinstance(key, rsa.RSAPublicKey):
-        if profile.ecdsa_only:
-            return result(
-                "cert-key",
-                Status.FAIL,
-                f"RSA {key.key_size}; the {profile.name} profile wants ECDSA P-256",
-            )
-        if key.key_size < 2048:
-            return result("cert-key", Status.FAIL, f"RSA {key.key_size}; at least 2048 needed")
-        return result("cert-key", Status.PASS, f"RSA {key.key_size}")
-    return result("cert-key", Status.FAIL, f"{type(key).__name__}: not ECDSA or RSA")
+        return f"RSA {key.key_size}"
+    return type(key).__name__

@@ -233,6 +233,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(LOG_LEVELS)
     if name in ("listen", "admin_listen"):
         return ADDRESSES
+    if name == "server_name":
+        return st.sampled_from(["", "relay.example.com", "localhost", "192.0.2.7", "::1"])
     if kind == "tuple[str, ...]":
         return st.lists(PROXIES, max_size=3).map(tuple)
     if kind == "Path":

@@ -14,7 +14,7 @@ import pytest
 from appliance.cli import main
 from appliance.provision import PROVISIONED_TENANTS
 from appliance.tenants import TenantDirectory, TenantRegistry
-from tls import devpki
+from tls import pki as tls_pki
 
 TOKEN_A = "lrb_" + "a1" * 20
 TOKEN_B = "lrb_" + "b2" * 20
@@ -24,13 +24,13 @@ SECRETS = (TOKEN_A, TOKEN_B, SECRET_A, SECRET_B)
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> devpki.DevPKI:
-    return devpki.create(tmp_path_factory.mktemp("pki"), ["relay.example.com"])
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tls_pki.DevPKI:
+    return tls_pki.create(tmp_path_factory.mktemp("pki"), ["relay.example.com"])
 
 
 @pytest.fixture(scope="module")
-def other_pki(tmp_path_factory: pytest.TempPathFactory) -> devpki.DevPKI:
-    return devpki.create(tmp_path_factory.mktemp("pki2"), ["other.example.com"])
+def other_pki(tmp_path_factory: pytest.TempPathFactory) -> tls_pki.DevPKI:
+    return tls_pki.create(tmp_path_factory.mktemp("pki2"), ["other.example.com"])
 
 
 class Box:
@@ -88,10 +88,10 @@ def tenant(name: str, secret: str, token: str) -> dict[str, str]:
 
 
 def test_everything_given_is_written_privately_and_served_from(
-    box: Box, pki: devpki.DevPKI, capsys: pytest.CaptureFixture[str]
+    box: Box, pki: tls_pki.DevPKI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     box.give("relay-toml", 'log_level = "warning"\nqueue_cap = 50\n')
-    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-chain", pki.chain.read_bytes())
     box.give("tls-key", pki.key.read_bytes())
     box.tenants(tenant("shop-1", SECRET_A, TOKEN_A), tenant("shop-2", SECRET_B, TOKEN_B))
     status, out, _ = box.run(capsys)
@@ -100,7 +100,7 @@ def test_everything_given_is_written_privately_and_served_from(
     assert config["listen"] == "0.0.0.0:443"
     assert config["log_level"] == "warning"
     assert config["queue_cap"] == 50
-    assert Path(config["tls_cert_file"]).read_bytes() == pki.fullchain.read_bytes()
+    assert Path(config["tls_cert_file"]).read_bytes() == pki.chain.read_bytes()
     assert Path(config["tls_key_file"]).read_bytes() == pki.key.read_bytes()
     for path in (box.config / "relay.toml", Path(config["tls_key_file"])):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -147,10 +147,10 @@ def test_a_missing_credentials_directory_is_no_credentials(
 
 
 def test_a_later_boot_overwrites_nothing(
-    box: Box, pki: devpki.DevPKI, other_pki: devpki.DevPKI, capsys: pytest.CaptureFixture[str]
+    box: Box, pki: tls_pki.DevPKI, other_pki: tls_pki.DevPKI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     box.give("relay-toml", "queue_cap = 50\n")
-    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-chain", pki.chain.read_bytes())
     box.give("tls-key", pki.key.read_bytes())
     box.tenants(tenant("shop-1", SECRET_A, TOKEN_A))
     assert box.run(capsys)[0] == 0
@@ -163,7 +163,7 @@ def test_a_later_boot_overwrites_nothing(
     assert "shop-1 present" in out
     # Different ones: what exists is kept and the difference reported.
     box.give("relay-toml", "queue_cap = 99\n")
-    box.give("tls-chain", other_pki.fullchain.read_bytes())
+    box.give("tls-chain", other_pki.chain.read_bytes())
     box.give("tls-key", other_pki.key.read_bytes())
     box.tenants(tenant("shop-1", SECRET_B, TOKEN_B))
     status, out, _ = box.run(capsys)
@@ -279,9 +279,9 @@ def test_bad_config_or_certificate_exits_2_and_changes_nothing(
 
 
 def test_a_key_that_is_not_the_leafs_is_refused(
-    box: Box, pki: devpki.DevPKI, other_pki: devpki.DevPKI, capsys: pytest.CaptureFixture[str]
+    box: Box, pki: tls_pki.DevPKI, other_pki: tls_pki.DevPKI, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-chain", pki.chain.read_bytes())
     box.give("tls-key", other_pki.key.read_bytes())
     status, _, err = box.run(capsys)
     assert status == 2
@@ -290,10 +290,10 @@ def test_a_key_that_is_not_the_leafs_is_refused(
 
 
 def test_tls_paths_in_the_config_and_given_certificates_conflict(
-    box: Box, pki: devpki.DevPKI, capsys: pytest.CaptureFixture[str]
+    box: Box, pki: tls_pki.DevPKI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     box.give("relay-toml", 'tls_cert_file = "/a"\ntls_key_file = "/b"\n')
-    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-chain", pki.chain.read_bytes())
     box.give("tls-key", pki.key.read_bytes())
     status, _, err = box.run(capsys)
     assert status == 2
@@ -326,15 +326,15 @@ def test_the_units_entry_point_is_the_same_command(box: Box) -> None:
 
 
 def test_credentials_after_a_boot_without_any_replace_only_the_untouched_default(
-    box: Box, pki: devpki.DevPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    box: Box, pki: tls_pki.DevPKI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert box.run(capsys)[0] == 0  # no credentials: the default config, the dev PKI
-    box.give("tls-chain", pki.fullchain.read_bytes())
+    box.give("tls-chain", pki.chain.read_bytes())
     box.give("tls-key", pki.key.read_bytes())
     status, out, _ = box.run(capsys)
     assert status == 0
     config = tomllib.loads((box.config / "relay.toml").read_text())
-    assert Path(config["tls_cert_file"]).read_bytes() == pki.fullchain.read_bytes()
+    assert Path(config["tls_cert_file"]).read_bytes() == pki.chain.read_bytes()
     assert "BEGIN CERTIFICATE" not in out  # the dev PKI no longer serves
     # An operator's edit is state: later credentials leave it as it is.
     (tmp_path / "other").mkdir()
@@ -342,7 +342,7 @@ def test_credentials_after_a_boot_without_any_replace_only_the_untouched_default
     assert other.run(capsys)[0] == 0
     edited = (other.config / "relay.toml").read_text() + "queue_cap = 7\n"
     (other.config / "relay.toml").write_text(edited)
-    other.give("tls-chain", pki.fullchain.read_bytes())
+    other.give("tls-chain", pki.chain.read_bytes())
     other.give("tls-key", pki.key.read_bytes())
     status, out, _ = other.run(capsys)
     assert status == 0

@@ -1,7 +1,7 @@
 """Fixtures for the conformance suite's own tests: a dev PKI, broken targets, real runs.
 
 Every target is a real Hypercorn process (target.py beside this file) with
-certificates from :mod:`tls.devpki`; every run is the real
+certificates from :mod:`tls.pki`; every run is the real
 ``linerelay conformance`` command writing all three report formats. Each
 target is scanned once per session: sslyze scans are the slow part.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support.relay import RelayProcess
-from tls import devpki
+from tls import pki as tls_pki
 
 HERE = Path(__file__).parent
 TARGET = HERE / "target.py"
@@ -62,9 +62,9 @@ class Run:
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> devpki.DevPKI:
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tls_pki.DevPKI:
     """root -> intermediate -> leaf for localhost and 127.0.0.1."""
-    return devpki.create(tmp_path_factory.mktemp("pki"), ["localhost", "127.0.0.1"])
+    return tls_pki.create(tmp_path_factory.mktemp("pki"), ["localhost", "127.0.0.1"])
 
 
 @dataclass

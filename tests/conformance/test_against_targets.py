@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.support.relay import free_port
-from tls import devpki
+from tls import pki as tls_pki
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +34,18 @@ TARGET_SCRIPT = Path(__file__).parent / "target.py"
 
 
 @pytest.fixture(scope="module")
-def stock_run(start_target, run_conformance, pki: devpki.DevPKI, tmp_path_factory):
+def stock_run(start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path_factory):
     """Hypercorn's stock SSLContext (TLS 1.2 allowed), full chain, correct behaviour."""
-    target = start_target(
-        "--certfile", str(pki.fullchain), "--keyfile", str(pki.key), "--tls", "stock"
-    )
+    target = start_target("--certfile", str(pki.chain), "--keyfile", str(pki.key), "--tls", "stock")
     return run_conformance(
         tmp_path_factory.mktemp("stock"), target.url(), "--ca", str(pki.root), "--requests", "3"
     )
 
 
 @pytest.fixture(scope="module")
-def leaf_only_run(start_target, run_conformance, pki: devpki.DevPKI, tmp_path_factory):
+def leaf_only_run(start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path_factory):
     """TLS 1.3 only, but the server sends its leaf without the intermediate."""
-    target = start_target("--certfile", str(pki.cert), "--keyfile", str(pki.key), "--tls", "modern")
+    target = start_target("--certfile", str(pki.leaf), "--keyfile", str(pki.key), "--tls", "modern")
     return run_conformance(
         tmp_path_factory.mktemp("leaf"),
         target.url(),
@@ -85,11 +83,9 @@ def test_tls12_on_hypercorns_stock_context_fails_the_modern_protocol_check(stock
 
 
 def test_the_intermediate_profile_accepts_tls12_with_ecdhe_aead(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
-    target = start_target(
-        "--certfile", str(pki.fullchain), "--keyfile", str(pki.key), "--tls", "stock"
-    )
+    target = start_target("--certfile", str(pki.chain), "--keyfile", str(pki.key), "--tls", "stock")
     run = run_conformance(
         tmp_path, target.url(), "--ca", str(pki.root), "--profile", "intermediate", "--only", "tls"
     )
@@ -108,10 +104,12 @@ def test_a_leaf_only_chain_fails_the_chain_completeness_check(leaf_only_run):
 
 
 def test_a_misordered_chain_with_the_root_fails_the_order_check(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
     misordered = tmp_path / "misordered.pem"
-    misordered.write_bytes(pki.cert.read_bytes() + pki.root.read_bytes() + pki.chain.read_bytes())
+    misordered.write_bytes(
+        pki.leaf.read_bytes() + pki.root.read_bytes() + pki.intermediate.read_bytes()
+    )
     target = start_target("--certfile", str(misordered), "--keyfile", str(pki.key))
     run = run_conformance(
         tmp_path / "run", target.url(), "--ca", str(pki.root), "--only", "certificate"
@@ -123,11 +121,11 @@ def test_a_misordered_chain_with_the_root_fails_the_order_check(
 
 
 def test_a_server_accepting_any_signature_fails_every_signature_check(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
     target = start_target(
         "--certfile",
-        str(pki.fullchain),
+        str(pki.chain),
         "--keyfile",
         str(pki.key),
         "--behaviour",
@@ -146,10 +144,10 @@ def test_a_server_accepting_any_signature_fails_every_signature_check(
 
 
 def test_a_server_answering_after_1_2_seconds_fails_the_budget_checks(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
     target = start_target(
-        "--certfile", str(pki.fullchain), "--keyfile", str(pki.key), "--behaviour", "slow"
+        "--certfile", str(pki.chain), "--keyfile", str(pki.key), "--behaviour", "slow"
     )
     run = run_conformance(tmp_path, target.url(), "--only", "webhook", "--requests", "2")
     assert run.returncode == 1
@@ -159,9 +157,9 @@ def test_a_server_answering_after_1_2_seconds_fails_the_budget_checks(
 
 
 def test_a_server_without_http2_fails_only_the_http2_check(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
-    target = start_target("--certfile", str(pki.fullchain), "--keyfile", str(pki.key), "--no-h2")
+    target = start_target("--certfile", str(pki.chain), "--keyfile", str(pki.key), "--no-h2")
     run = run_conformance(tmp_path, target.url(), "--only", "webhook", "--requests", "1")
     assert run.failed() == {"webhook-verify-http2"}
     assert run.status("webhook-verify-http1") == "pass"
@@ -184,14 +182,12 @@ def _triple_des_unavailable() -> str | None:
 
 
 def test_3des_enabled_fails_the_sweet32_check(
-    start_target, run_conformance, pki: devpki.DevPKI, tmp_path
+    start_target, run_conformance, pki: tls_pki.DevPKI, tmp_path
 ):
     reason = _triple_des_unavailable()
     if reason:
         pytest.skip(reason)
-    target = start_target(
-        "--certfile", str(pki.fullchain), "--keyfile", str(pki.key), "--tls", "3des"
-    )
+    target = start_target("--certfile", str(pki.chain), "--keyfile", str(pki.key), "--tls", "3des")
     run = run_conformance(tmp_path, target.url(), "--ca", str(pki.root), "--only", "tls")
     assert run.status("tls-cipher-3des") == "fail"
     assert "3DES" in run.detail("tls-cipher-3des")

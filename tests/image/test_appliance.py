@@ -1,7 +1,7 @@
 """The appliance as LINE, a bridge and an operator meet it: provisioned, served, power cut.
 
 One guest for the module, provisioned through PROTOCOL.md §5's credentials
-with a trustme chain, one tenant and an operator's ssh key. The power cut
+with a dev PKI chain (tls/pki.py), one tenant and an operator's ssh key. The power cut
 comes last: it reboots that guest.
 """
 
@@ -29,7 +29,7 @@ from tests.image.conftest import (
     tenants_credential,
 )
 from tests.integration.helpers import wait_for, webhook_body
-from tls import devpki
+from tls import pki as tls_pki
 
 TENANT = "shop-42"
 SECRET = secrets.token_hex(16)
@@ -39,20 +39,20 @@ BOOT_TARGET_SECONDS = 30.0
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> devpki.DevPKI:
-    """A trustme root -> intermediate -> leaf for localhost and 127.0.0.1."""
-    return devpki.create(tmp_path_factory.mktemp("pki"), ["localhost", "127.0.0.1"])
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tls_pki.DevPKI:
+    """A dev root -> intermediate -> leaf for localhost and 127.0.0.1 (tls/pki.py)."""
+    return tls_pki.create(tmp_path_factory.mktemp("pki"), ["localhost", "127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
 def guest(
-    image: Path, pki: devpki.DevPKI, ssh_key: Path, tmp_path_factory: pytest.TempPathFactory
+    image: Path, pki: tls_pki.DevPKI, ssh_key: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Guest]:
     workdir = tmp_path_factory.mktemp("guest")
     disk = copy_disk(image / "disk.raw", workdir / "disk.raw")
     credentials = {
         "linerelay.relay-toml": b'log_level = "info"\n',
-        "linerelay.tls-chain": pki.fullchain.read_bytes(),
+        "linerelay.tls-chain": pki.chain.read_bytes(),
         "linerelay.tls-key": pki.key.read_bytes(),
         "linerelay.tenants": tenants_credential((TENANT, SECRET, TOKEN)),
         "ssh.authorized_keys.root": ssh_key.with_suffix(".pub").read_bytes(),
@@ -77,7 +77,9 @@ def test_boots_to_a_tls_handshake_on_443(guest: Guest, ssh_key: Path) -> None:
     assert guest.boot_seconds < BOOT_TARGET_SECONDS * 3, "far over the boot-time target"
 
 
-def test_conformance_passes_from_the_host(guest: Guest, pki: devpki.DevPKI, tmp_path: Path) -> None:
+def test_conformance_passes_from_the_host(
+    guest: Guest, pki: tls_pki.DevPKI, tmp_path: Path
+) -> None:
     report = tmp_path / "report.json"
     result = subprocess.run(
         [
@@ -102,7 +104,7 @@ def test_conformance_passes_from_the_host(guest: Guest, pki: devpki.DevPKI, tmp_
 
 
 def test_a_signed_webhook_reaches_a_bridge_on_the_host_byte_identical(
-    guest: Guest, pki: devpki.DevPKI
+    guest: Guest, pki: tls_pki.DevPKI
 ) -> None:
     body = webhook_body("from the host")
     response = signed_post(guest, pki.root, TENANT, SECRET, body)
@@ -157,7 +159,7 @@ def test_metrics_on_the_admin_listener_inside_only(guest: Guest, ssh_key: Path) 
 
 
 def test_an_operator_adds_a_tenant_on_the_running_appliance(
-    guest: Guest, pki: devpki.DevPKI, ssh_key: Path
+    guest: Guest, pki: tls_pki.DevPKI, ssh_key: Path
 ) -> None:
     secret = secrets.token_hex(16)
     added = json.loads(
@@ -203,9 +205,9 @@ def served_leaf(guest: Guest, *roots: Path) -> bytes:
     return der
 
 
-def install_pair(guest: Guest, ssh_key: Path, pair: devpki.DevPKI) -> None:
+def install_pair(guest: Guest, ssh_key: Path, pair: tls_pki.DevPKI) -> None:
     """Put a chain and key in place as docs/appliance.md says: linerelay-install-cert."""
-    for source, name in ((pair.key, "privkey.pem"), (pair.fullchain, "fullchain.pem")):
+    for source, name in ((pair.key, "privkey.pem"), (pair.chain, "fullchain.pem")):
         encoded = base64.b64encode(source.read_bytes()).decode()
         guest.ssh(ssh_key, f"echo {encoded} | base64 -d > /tmp/{name}")
     guest.ssh(
@@ -224,11 +226,11 @@ def serves(guest: Guest, leaf: bytes, *roots: Path) -> bool:
 
 
 def test_a_renewed_certificate_is_served_without_a_restart(
-    guest: Guest, pki: devpki.DevPKI, ssh_key: Path, tmp_path: Path
+    guest: Guest, pki: tls_pki.DevPKI, ssh_key: Path, tmp_path: Path
 ) -> None:
-    renewed = devpki.create(tmp_path / "renewed", ["localhost", "127.0.0.1"])
+    renewed = tls_pki.create(tmp_path / "renewed", ["localhost", "127.0.0.1"])
     pid = guest.ssh(ssh_key, "systemctl show -p MainPID --value linerelay.service").strip()
-    leaf = x509.load_pem_x509_certificate(renewed.cert.read_bytes()).public_bytes(Encoding.DER)
+    leaf = x509.load_pem_x509_certificate(renewed.leaf.read_bytes()).public_bytes(Encoding.DER)
     install_pair(guest, ssh_key, renewed)
     wait_for(
         lambda: serves(guest, leaf, pki.root, renewed.root),
@@ -239,8 +241,8 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     # linerelay-certs.path reloaded it (SIGHUP): the same process serves.
     assert guest.ssh(ssh_key, "systemctl show -p MainPID --value linerelay.service").strip() == pid
     # A key that is not the leaf's is refused before anything is replaced.
-    mismatched = devpki.create(tmp_path / "mismatched", ["localhost"])
-    for source, name in ((pki.fullchain, "chain.pem"), (mismatched.key, "wrong.pem")):
+    mismatched = tls_pki.create(tmp_path / "mismatched", ["localhost"])
+    for source, name in ((pki.chain, "chain.pem"), (mismatched.key, "wrong.pem")):
         encoded = base64.b64encode(source.read_bytes()).decode()
         guest.ssh(ssh_key, f"echo {encoded} | base64 -d > /tmp/{name}")
     refused = guest.ssh(
@@ -252,7 +254,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
     assert "status=1" in refused
     assert serves(guest, leaf, pki.root, renewed.root)
     install_pair(guest, ssh_key, pki)  # back to the pair the other tests trust
-    original = x509.load_pem_x509_certificate(pki.cert.read_bytes()).public_bytes(Encoding.DER)
+    original = x509.load_pem_x509_certificate(pki.leaf.read_bytes()).public_bytes(Encoding.DER)
     wait_for(
         lambda: serves(guest, original, pki.root, renewed.root),
         "the original leaf again",
@@ -262,7 +264,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(
 
 
 def test_power_cut_loses_no_acknowledged_webhook(
-    guest: Guest, pki: devpki.DevPKI, ssh_key: Path
+    guest: Guest, pki: tls_pki.DevPKI, ssh_key: Path
 ) -> None:
     bodies = [webhook_body(f"power cut {i}") for i in range(20)]
     for body in bodies:

@@ -189,8 +189,10 @@ def running_relay(
     name: str,
     config: str | None = None,
     expected_errors: tuple[str, ...] = (),
+    listen: str | None = None,
+    tls: bool = True,
 ) -> Iterator[Harness]:
-    """A started relay for a test module.
+    """A started relay for a test module (``listen``, ``tls``: see :class:`RelayProcess`).
 
     On teardown the relay is stopped and its whole log scanned for every
     secret, token and signature the module used. ``expected_errors`` are the
@@ -198,7 +200,9 @@ def running_relay(
     the run checks there are no others).
     """
     state = factory.mktemp(name) / "state"
-    relay = RelayProcess(state, config=config, expected_errors=expected_errors).start()
+    relay = RelayProcess(
+        state, config=config, expected_errors=expected_errors, listen=listen, tls=tls
+    ).start()
     harness = Harness(relay)
     try:
         yield harness

@@ -66,15 +66,22 @@ class RelayProcess:
         expected_errors: tuple[str, ...] = (),
         log_file: Path | None = None,
         wrapper: Sequence[str] = (),
+        listen: str | None = None,
+        tls: bool = True,
     ) -> None:
         """``expected_errors``: events of error-level log lines the test provokes on purpose.
-        ``log_file``: where the relay's output goes (default: beside the state dir)."""
+        ``log_file``: where the relay's output goes (default: beside the state dir).
+        ``listen``: the public listener (default ``127.0.0.1:`` a free port), e.g. a
+        ``unix:`` socket for a proxy in front; ``tls=False`` when the config says
+        ``public_tls = false`` (the URLs are then http:// and ws://)."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
         #: A command the relay runs under, such as ``taskset -c 0 prlimit --nofile=1024:1024``;
         #: each must exec the next, so the process's pid stays the relay's.
         self.wrapper = list(wrapper)
         self.port = free_port()
+        self.listen = listen or f"127.0.0.1:{self.port}"
+        self.scheme = "https" if tls else "http"
         self.admin_port = free_port()
         self.config_file: Path | None = None
         if config is not None:
@@ -86,8 +93,8 @@ class RelayProcess:
 
     @property
     def base_url(self) -> str:
-        """``https://127.0.0.1:PORT``"""
-        return f"https://127.0.0.1:{self.port}"
+        """``https://127.0.0.1:PORT`` (``http://`` without TLS)"""
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -96,8 +103,8 @@ class RelayProcess:
 
     @property
     def bridge_url(self) -> str:
-        """``wss://127.0.0.1:PORT/bridge``"""
-        return f"wss://127.0.0.1:{self.port}/bridge"
+        """``wss://127.0.0.1:PORT/bridge`` (``ws://`` without TLS)"""
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://127.0.0.1:{self.port}/bridge"
 
     @property
     def ca_file(self) -> Path:
@@ -117,7 +124,7 @@ class RelayProcess:
             "--state-dir",
             str(self.state_dir),
             "--listen",
-            f"127.0.0.1:{self.port}",
+            self.listen,
             "--admin-listen",
             f"127.0.0.1:{self.admin_port}",
         ]

@@ -1,15 +1,26 @@
-"""The certificate doctor: why would a client (LINE's, a browser) reject this chain?
+"""The certificate rules: would a client (LINE's, a browser) refuse this chain, and why?
 
-:func:`diagnose` is pure: given the certificates as a server sends them (or
-as a file lists them), the trust anchors, and optionally the private key and
-the public host name, it returns :class:`Finding` objects, each saying what
-is right or wrong and, when wrong, what to do. The I/O helpers around it read
-PEM files, the system trust store, or the chain a live server sends.
+One set of rules, used by ``linerelay tls check``, by the conformance suite's
+certificate checks and by the relay itself on every start and reload (on
+the chain it is about to serve). :func:`judge` is pure: given the
+certificates as a server sends them (or as a file lists them), the trust
+anchors, and optionally the private key and the public host name, it returns
+:class:`Finding` objects, each saying what is right or wrong and, when
+wrong, what to do. Each rule has one severity, whoever asks:
+
+- **error**: a client such as LINE's refuses the chain (expired or not yet
+  valid, an intermediate missing, the name not covered, the key not the
+  leaf's, a key or signature no TLS 1.3 client takes, a chain out of order);
+- **warning**: it works today but should be fixed (renewal overdue, a root
+  sent for nothing, a P-521 or EdDSA key many clients refuse);
+- **info**: worth knowing (a lifetime only a private CA issues).
+
+The thresholds, and why: docs/conformance.md, "Certificate rules".
 
 The chain is built and verified with OpenSSL (pyOpenSSL's
 ``X509StoreContext``), not with ``cryptography``'s RFC 5280 verifier: the
 latter rejects leaves whose subjectAltName is marked critical while the
-subject is non-empty, which trustme does and OpenSSL, browsers and LINE
+subject is non-empty, which trustme makes and OpenSSL, browsers and LINE
 accept. Time is checked separately (OpenSSL's ``NO_CHECK_TIME``) so that an
 expired certificate is reported as expired, not as an unbuildable chain.
 """
@@ -19,21 +30,16 @@ from __future__ import annotations
 import datetime
 import enum
 import ipaddress
-import socket
-import ssl
-import struct
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.utils import CryptographyDeprecationWarning
-from OpenSSL import SSL, crypto
+from cryptography.x509.oid import AuthorityInformationAccessOID
+from OpenSSL import crypto
 
 # X509_V_FLAG_NO_CHECK_TIME; pyOpenSSL does not name it.
 _NO_CHECK_TIME = 0x200000
@@ -42,19 +48,30 @@ _ERR_UNABLE_TO_GET_ISSUER = (2, 20)
 _ERR_SELF_SIGNED_LEAF = 18
 _ERR_SELF_SIGNED_IN_CHAIN = 19
 
-# CA/Browser Forum baseline requirements: publicly trusted leaves live at most 398 days.
+#: CA/Browser Forum baseline requirements: publicly trusted leaves live at most 398 days.
 PUBLIC_MAX_LIFETIME_DAYS = 398
-DEFAULT_WARN_DAYS = 30
+#: Renewal is due this long before expiry at the latest (certbot's default)...
+RENEWAL_WINDOW = datetime.timedelta(days=30)
+#: ...or when this share of the lifetime is left, if that is sooner (Let's Encrypt's
+#: advice for short-lived certificates: renew at two thirds of the lifetime).
+RENEWAL_SHARE = 1 / 3
+#: The ECDSA curves every TLS client takes (Mozilla's profiles, public CAs' issuance).
+GOOD_CURVES = ("secp256r1", "secp384r1")
 
 FULLCHAIN_ADVICE = (
     "serve the full chain: your certificate first, then the intermediate(s) that issued it "
     "(with certbot use fullchain.pem, not cert.pem; with other CAs append their "
     "'CA bundle' or intermediate file after your certificate)"
 )
+PRIVATE_ROOT_OK = "nothing to do for tests or a private deployment"
+PRIVATE_CA_NOTE = (
+    "LINE accepts only publicly trusted certificates and will refuse this one; "
+    "fine for tests and private deployments"
+)
 
 
 class Level(enum.StrEnum):
-    """How bad a finding is."""
+    """How bad a finding is (see the module's docstring)."""
 
     OK = "ok"
     INFO = "info"
@@ -64,7 +81,7 @@ class Level(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing the doctor found: a code, a level, what it saw, and what to do."""
+    """One thing the rules found: a code, a level, what they saw, and what to do."""
 
     code: str
     level: Level
@@ -75,9 +92,8 @@ class Finding:
         """JSON-ready form."""
         return {key: str(value) for key, value in asdict(self).items()}
 
-
-class DoctorError(Exception):
-    """Input the doctor cannot work with (unreadable file, no certificate, no connection)."""
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" + (f" (fix: {self.advice})" if self.advice else "")
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,20 @@ def chain_shape(certs: Sequence[x509.Certificate]) -> ChainShape:
     return ChainShape(path=path, extras=remaining, in_order=in_order)
 
 
+def ca_issuers(cert: x509.Certificate) -> list[str]:
+    """The URLs where the certificate's CA publishes the issuing certificate (AIA caIssuers)."""
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        description.access_location.value
+        for description in access
+        if description.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+        and isinstance(description.access_location, x509.UniformResourceIdentifier)
+    ]
+
+
 def _verify(
     path: Sequence[x509.Certificate],
     extras: Sequence[x509.Certificate],
@@ -169,50 +199,27 @@ def _trust_findings(
     shape: ChainShape,
     anchors: Sequence[x509.Certificate],
     anchors_name: str,
+    private_ca_ok: bool,
 ) -> list[Finding]:
     verified, error = _verify(shape.path, shape.extras, anchors)
     top = shape.path[-1]
     if verified is not None:
-        root = verified[-1]
-        findings = [
-            Finding(
-                "chain-trusted",
-                Level.OK,
-                f"the chain builds to the trusted root '{describe(root)}' ({anchors_name})",
-            ),
-            Finding(
-                "chain-complete",
-                Level.OK,
-                f"every intermediate is present ({len(verified) - 2} sent)"
-                if len(verified) > 2
-                else "no intermediate is needed: the leaf is issued by the root",
-            ),
-        ]
-        root_der = root.public_bytes(serialization.Encoding.DER)
-        sent_der = {cert.public_bytes(serialization.Encoding.DER) for cert in shape.path}
-        if root_der in sent_der:
-            findings.append(
-                Finding(
-                    "root-sent",
-                    Level.WARNING,
-                    f"the root '{describe(root)}' is sent too; clients already have it and "
-                    "ignore the copy, so it only costs bytes in every handshake",
-                    "drop the last certificate (the root) from the file the server uses; "
-                    "certbot's fullchain.pem already leaves it out",
-                )
-            )
-        else:
-            findings.append(Finding("root-sent", Level.OK, "the root is not sent (as it should)"))
-        return findings
+        return _trusted_findings(shape, verified, anchors_name)
     assert error is not None
     code = error.errors[0] if error.errors else -1
     reason = str(error.errors[2]) if len(error.errors) > 2 else str(error)
+    # Whose root it is, only the anchors can say: a private CA's chain is no
+    # mistake when the caller allows one, and LINE's refusal of it is a warning.
+    untrusted = Level.WARNING if private_ca_ok else Level.ERROR
+    note = f"; {PRIVATE_CA_NOTE}" if private_ca_ok else ""
+    # Where the caller's anchors came from tells what to do about a private root.
+    private = PRIVATE_ROOT_OK if private_ca_ok else "give it with --ca"
     if code == _ERR_SELF_SIGNED_LEAF:
         return [
             Finding(
                 "chain-trusted",
-                Level.ERROR,
-                f"the certificate '{describe(top)}' is self-signed; no client trusts it",
+                untrusted,
+                f"the certificate '{describe(top)}' is self-signed; no client trusts it{note}",
                 "get a certificate from a public CA (e.g. Let's Encrypt); LINE only accepts "
                 "publicly trusted certificates",
             )
@@ -221,48 +228,16 @@ def _trust_findings(
         return [
             Finding(
                 "chain-trusted",
-                Level.ERROR,
+                untrusted,
                 f"the chain ends at the root '{describe(top)}', which {anchors_name} does not "
-                "trust",
-                "use a certificate from a publicly trusted CA, or (for a private CA) give its "
-                "root with --ca",
+                f"trust{note}",
+                f"use a certificate from a publicly trusted CA; for a private CA, {private}",
             )
         ]
     if code in _ERR_UNABLE_TO_GET_ISSUER:
-        issuer = top.issuer.rfc4514_string()
-        if top is shape.path[0]:
-            return [
-                Finding(
-                    "chain-trusted",
-                    Level.ERROR,
-                    f"the chain does not build: '{issuer}', the issuer of the leaf, is neither "
-                    f"sent nor in {anchors_name}",
-                    "if that issuer is your own private root, give it with --ca",
-                ),
-                Finding(
-                    "chain-complete",
-                    Level.ERROR,
-                    "only the leaf is sent: the intermediate certificate that issued it "
-                    f"('{issuer}') is missing",
-                    FULLCHAIN_ADVICE,
-                ),
-            ]
-        return [
-            Finding(
-                "chain-trusted",
-                Level.ERROR,
-                f"the chain stops at '{describe(top)}', whose issuer '{issuer}' is neither sent "
-                f"nor in {anchors_name}",
-                "if that issuer is your private root, give it with --ca; if it is a public "
-                "CA's intermediate, add it to the chain",
-            ),
-            Finding(
-                "chain-complete",
-                Level.WARNING,
-                f"an intermediate may be missing above '{describe(top)}'",
-                FULLCHAIN_ADVICE,
-            ),
-        ]
+        return _missing_issuer_findings(
+            shape, anchors_name, private_ca_ok, untrusted, note, private
+        )
     return [
         Finding(
             "chain-trusted",
@@ -272,6 +247,97 @@ def _trust_findings(
             else f"OpenSSL cannot verify the chain: {reason}",
             "check the certificates with your CA; reissue if they are damaged",
         )
+    ]
+
+
+def _trusted_findings(
+    shape: ChainShape, verified: list[x509.Certificate], anchors_name: str
+) -> list[Finding]:
+    root = verified[-1]
+    findings = [
+        Finding(
+            "chain-trusted",
+            Level.OK,
+            f"the chain builds to the trusted root '{describe(root)}' ({anchors_name})",
+        ),
+        Finding(
+            "chain-complete",
+            Level.OK,
+            f"every intermediate is present ({len(verified) - 2} sent)"
+            if len(verified) > 2
+            else "no intermediate is needed: the leaf is issued by the root",
+        ),
+    ]
+    root_der = root.public_bytes(serialization.Encoding.DER)
+    sent_der = {cert.public_bytes(serialization.Encoding.DER) for cert in shape.path}
+    if root_der in sent_der:
+        findings.append(
+            Finding(
+                "root-sent",
+                Level.WARNING,
+                f"the root '{describe(root)}' is sent too; clients already have it and "
+                "ignore the copy, so it only costs bytes in every handshake",
+                "drop the last certificate (the root) from the file the server uses; "
+                "certbot's fullchain.pem already leaves it out",
+            )
+        )
+    else:
+        findings.append(Finding("root-sent", Level.OK, "the root is not sent (as it should)"))
+    return findings
+
+
+def _missing_issuer_findings(
+    shape: ChainShape,
+    anchors_name: str,
+    private_ca_ok: bool,
+    untrusted: Level,
+    note: str,
+    private: str,
+) -> list[Finding]:
+    top = shape.path[-1]
+    issuer = top.issuer.rfc4514_string()
+    if top is not shape.path[0]:
+        return [
+            Finding(
+                "chain-trusted",
+                untrusted,
+                f"the chain stops at '{describe(top)}', whose issuer '{issuer}' is neither sent "
+                f"nor in {anchors_name}{note}",
+                f"if that issuer is a public CA's intermediate, add it to the chain; if it is "
+                f"your private root, {private}",
+            ),
+            Finding(
+                "chain-complete",
+                Level.WARNING,
+                f"an intermediate may be missing above '{describe(top)}'",
+                FULLCHAIN_ADVICE,
+            ),
+        ]
+    # Only the leaf is sent. Public CAs never sign leaves with a root (CA/Browser
+    # Forum BR §6.1.7), and a CA that publishes the issuer's address (AIA
+    # caIssuers) says it is an intermediate: either way it is missing. A leaf
+    # without that address may be a private root's (trustme makes those).
+    published = ca_issuers(top)
+    missing = Level.ERROR if published or not private_ca_ok else Level.WARNING
+    where = f" (its CA publishes it at {published[0]})" if published else ""
+    return [
+        Finding(
+            "chain-trusted",
+            untrusted,
+            f"the chain does not build: '{issuer}', the issuer of the leaf, is neither "
+            f"sent nor in {anchors_name}{note}",
+            f"if that issuer is your own private root, {private}",
+        ),
+        Finding(
+            "chain-complete",
+            missing,
+            f"only the leaf is sent: the intermediate certificate that issued it "
+            f"('{issuer}') is missing{where}"
+            if missing is Level.ERROR
+            else f"only the leaf is sent: unless its issuer '{issuer}' is a root, the "
+            "intermediate that issued it is missing",
+            FULLCHAIN_ADVICE,
+        ),
     ]
 
 
@@ -314,9 +380,30 @@ def _order_findings(shape: ChainShape, sent: Sequence[x509.Certificate]) -> list
     return findings
 
 
-def _lifetime_findings(
-    chain: Sequence[x509.Certificate], now: datetime.datetime, warn_days: int
-) -> list[Finding]:
+def lifetime(cert: x509.Certificate) -> datetime.timedelta:
+    """How long the certificate is valid in all (not_after - not_before)."""
+    return cert.not_valid_after_utc - cert.not_valid_before_utc
+
+
+def renewal_threshold(cert: x509.Certificate) -> datetime.timedelta:
+    """Time left before expiry at which renewal is due: 30 days, or a third of the
+    lifetime if that is less. Past it an ACME client should already have renewed."""
+    return min(RENEWAL_WINDOW, lifetime(cert) * RENEWAL_SHARE)
+
+
+def renewal_due(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    """Whether less than :func:`renewal_threshold` is left (or the certificate expired)."""
+    return cert.not_valid_after_utc - now < renewal_threshold(cert)
+
+
+def _days(delta: datetime.timedelta) -> str:
+    days = delta.days
+    if days >= 1:
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{max(1, round(delta.total_seconds() / 3600))} hour(s)"
+
+
+def _lifetime_findings(chain: Sequence[x509.Certificate], now: datetime.datetime) -> list[Finding]:
     leaf = chain[0]
     findings: list[Finding] = []
     not_after = leaf.not_valid_after_utc
@@ -340,19 +427,19 @@ def _lifetime_findings(
                 "renew it now (certbot renew) and reload the relay (SIGHUP)",
             )
         )
-    elif left < datetime.timedelta(days=warn_days):
+    elif renewal_due(leaf, now):
         findings.append(
             Finding(
                 "expiry",
                 Level.WARNING,
-                f"the certificate expires in {left.days} days, on {not_after:%Y-%m-%d} "
-                f"(warning at {warn_days} days)",
+                f"the certificate expires in {_days(left)}, on {not_after:%Y-%m-%d %H:%M} UTC; "
+                f"renewal was due {_days(renewal_threshold(leaf))} before",
                 "renew it now (certbot renew) and check that automatic renewal works",
             )
         )
     else:
         findings.append(
-            Finding("expiry", Level.OK, f"valid until {not_after:%Y-%m-%d} ({left.days} days)")
+            Finding("expiry", Level.OK, f"valid until {not_after:%Y-%m-%d} ({_days(left)})")
         )
     for cert in chain[1:]:
         if cert.not_valid_after_utc <= now:
@@ -365,19 +452,19 @@ def _lifetime_findings(
                     "download the current intermediate from your CA and rebuild the chain",
                 )
             )
-    lifetime = (not_after - not_before).days
-    if lifetime > PUBLIC_MAX_LIFETIME_DAYS:
+    days = lifetime(leaf).days
+    if days > PUBLIC_MAX_LIFETIME_DAYS:
         findings.append(
             Finding(
                 "lifetime",
                 Level.INFO,
-                f"the certificate is valid for {lifetime} days; public CAs issue at most "
+                f"the certificate is valid for {days} days; public CAs issue at most "
                 f"{PUBLIC_MAX_LIFETIME_DAYS}, so this is a private or test certificate",
                 "fine for tests; LINE needs a certificate from a public CA",
             )
         )
     else:
-        findings.append(Finding("lifetime", Level.OK, f"valid for {lifetime} days in all"))
+        findings.append(Finding("lifetime", Level.OK, f"valid for {days} days in all"))
     return findings
 
 
@@ -443,19 +530,32 @@ def _key_findings(leaf: x509.Certificate) -> list[Finding]:
                 Finding(
                     "key-type",
                     Level.ERROR,
-                    f"RSA key of {key.key_size} bits; 2048 is the minimum",
+                    f"RSA key of {key.key_size} bits; 2048 is the minimum (OpenSSL's default "
+                    "security level refuses less, and no public CA issues it)",
                     "reissue with an ECDSA P-256 key (or RSA 2048+)",
                 )
             ]
         return [Finding("key-type", Level.OK, f"RSA {key.key_size} bits")]
     if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name in ("secp256r1", "secp384r1"):
-            return [Finding("key-type", Level.OK, f"ECDSA {key.curve.name}")]
+        curve = key.curve.name
+        if curve in GOOD_CURVES:
+            return [Finding("key-type", Level.OK, f"ECDSA {curve}")]
+        if curve == "secp521r1":
+            return [
+                Finding(
+                    "key-type",
+                    Level.WARNING,
+                    "ECDSA P-521: OpenSSL and Java take it, but Chrome does not and Mozilla's "
+                    "profiles name only P-256 and P-384",
+                    "reissue with an ECDSA P-256 key",
+                )
+            ]
         return [
             Finding(
                 "key-type",
-                Level.WARNING,
-                f"ECDSA on {key.curve.name}; many clients only take P-256 or P-384",
+                Level.ERROR,
+                f"ECDSA on {curve}; TLS 1.3 signs with ECDSA on P-256, P-384 and P-521 only "
+                "(RFC 8446 §4.2.3), so clients cannot use this certificate",
                 "reissue with an ECDSA P-256 key",
             )
         ]
@@ -473,7 +573,7 @@ def _key_findings(leaf: x509.Certificate) -> list[Finding]:
             Finding(
                 "key-type",
                 Level.ERROR,
-                "DSA key; TLS clients reject it",
+                "DSA key; TLS 1.3 has no DSA signatures and clients reject it",
                 "reissue with ECDSA P-256",
             )
         ]
@@ -524,7 +624,11 @@ def _match_findings(leaf: x509.Certificate, key: PrivateKeyTypes) -> list[Findin
     ]
 
 
-def diagnose(
+class NoCertificateError(ValueError):
+    """:func:`judge` was given no certificate."""
+
+
+def judge(
     certs: Sequence[x509.Certificate],
     anchors: Sequence[x509.Certificate],
     *,
@@ -532,19 +636,27 @@ def diagnose(
     host: str | None = None,
     key: PrivateKeyTypes | None = None,
     now: datetime.datetime | None = None,
-    warn_days: int = DEFAULT_WARN_DAYS,
+    private_ca_ok: bool = False,
 ) -> list[Finding]:
-    """Every finding about ``certs`` (as sent or as listed in a file, in that order)."""
+    """Every finding about ``certs`` (as sent, or as a file lists them, in that order).
+
+    ``host``: the public name the leaf must cover (None: not checked).
+    ``key``: the private key that must be the leaf's (None: not checked).
+    ``private_ca_ok``: a chain may end at a root ``anchors`` do not hold (the
+    relay judging what it serves: tests and private deployments use such
+    chains); that is then a warning, and only a provably missing intermediate
+    an error. Otherwise (``tls check``, conformance) an untrusted chain is an error.
+    """
     if not certs:
-        raise DoctorError("no certificate to check")
+        raise NoCertificateError("no certificate to check")
     when = now or datetime.datetime.now(datetime.UTC)
     shape = chain_shape(certs)
     leaf = shape.path[0]
-    findings = _trust_findings(shape, anchors, anchors_name)
+    findings = _trust_findings(shape, anchors, anchors_name, private_ca_ok)
     findings += _order_findings(shape, certs)
     if key is not None:
         findings += _match_findings(leaf, key)
-    findings += _lifetime_findings(shape.path, when, warn_days)
+    findings += _lifetime_findings(shape.path, when)
     if host:
         findings += _host_findings(leaf, host)
     findings += _key_findings(leaf)
@@ -558,90 +670,6 @@ def worst(findings: Sequence[Finding]) -> Level:
     return max((finding.level for finding in findings), key=order.index, default=Level.OK)
 
 
-# I/O around the pure core.
-
-
-def load_certificates(path: Path) -> list[x509.Certificate]:
-    """Every PEM certificate in ``path``, in file order."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DoctorError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        with warnings.catch_warnings():
-            # Some roots in system bundles have non-positive serials; they still work.
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise DoctorError(f"{path} holds no PEM certificate ({exc})") from exc
-    return certs
-
-
-def load_private_key(path: Path) -> PrivateKeyTypes:
-    """The unencrypted PEM private key in ``path``."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DoctorError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise DoctorError(f"{path} is not an unencrypted PEM private key ({exc})") from exc
-
-
-def system_trust_file() -> Path:
-    """The system's CA bundle (OpenSSL's default), else certifi's."""
-    paths = ssl.get_default_verify_paths()
-    for candidate in (paths.cafile, paths.openssl_cafile):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    import certifi  # noqa: PLC0415  (httpx's dependency; only needed without a system bundle)
-
-    return Path(certifi.where())
-
-
-def load_anchors(ca_file: Path | None) -> tuple[list[x509.Certificate], str]:
-    """The trust anchors and how to name them: ``ca_file`` if given, else the system store."""
-    if ca_file is not None:
-        return load_certificates(ca_file), f"the CA file {ca_file}"
-    return load_certificates(system_trust_file()), "the system trust store"
-
-
-def fetch_chain(
-    host: str, port: int, server_name: str | None = None, timeout: float = 10.0
-) -> list[x509.Certificate]:
-    """The certificates a live TLS server sends, in the order it sends them.
-
-    Nothing is verified here (that is :func:`diagnose`'s job), so a broken
-    chain is still fetched.
-    """
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_verify(SSL.VERIFY_NONE)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise DoctorError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
-    with sock:
-        # pyOpenSSL cannot use Python's socket timeouts (it would see WantRead): go back to
-        # blocking mode and let the kernel time out reads and writes instead.
-        sock.settimeout(None)
-        limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1_000_000))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        connection = SSL.Connection(context, sock)
-        name = server_name or host
-        try:
-            ipaddress.ip_address(name.strip("[]"))
-        except ValueError:
-            connection.set_tlsext_host_name(name.encode("idna"))
-        connection.set_connect_state()
-        try:
-            connection.do_handshake()
-        except (SSL.Error, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise DoctorError(f"TLS handshake with {host}:{port} failed: {reason}") from exc
-        chain = connection.get_peer_cert_chain(as_cryptography=True)
-        connection.shutdown()
-    if not chain:
-        raise DoctorError(f"{host}:{port} sent no certificate")
-    return list(chain)
+def of_level(findings: Sequence[Finding], level: Level) -> list[Finding]:
+    """The findings of exactly ``level``."""
+    return [finding for finding in findings if finding.level is level]
