@@ -39,7 +39,7 @@ from appliance.config import RelayConfig
 from appliance.errors import InvalidToken, RelayError, TooManyRequests, response_for
 from appliance.hub import BridgeConnection, Hub
 from appliance.limits import KeyedBuckets, address_key, retry_after
-from appliance.listener import Connection
+from appliance.listener import Connection, reset
 from appliance.logs import Throttle
 from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
@@ -295,7 +295,7 @@ class _WebsocketsTransport:
         await self._ws.close(code)
 
     def abort(self) -> None:
-        self._ws.transport.abort()
+        reset(self._ws.transport)
 
 
 class _ASGITransport:

@@ -68,6 +68,10 @@ MAX_REQUEST_LINE = 8192
 EOF_GRACE = 1.0
 #: Seconds accepting pauses after running out of file descriptors.
 FD_PAUSE = 0.1
+#: Handshakes in progress that hold a second descriptor, to send a TLS alert
+#: through if they fail (see ``_alert_copy``); part of the descriptors
+#: max_connections leaves aside, so a handshake flood cannot spend them all.
+ALERT_COPIES = 32
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -117,7 +121,22 @@ class Connection:
     def abort(self) -> None:
         """Drop the connection now, unsent data and all."""
         if self.transport is not None and not self.transport.is_closing():
-            cast(asyncio.Transport, self.transport).abort()
+            reset(cast(asyncio.Transport, self.transport))
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Abort ``transport`` with a TCP reset.
+
+    A plain abort closes the socket, but the kernel still queues a FIN behind
+    whatever the peer did not read (megabytes for a bridge that stopped
+    reading) and keeps that memory until the peer reads or TCP gives up,
+    minutes later; the peer never learns. A reset frees both at once.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    cast(asyncio.Transport, transport).abort()
 
 
 def connection_of(scope: dict[str, Any] | Any) -> Connection | None:
@@ -318,6 +337,7 @@ class PublicListener:
         self._tasks: set[asyncio.Task[None]] = set()
         self._spare: int | None = None
         self._fd_events = 0
+        self._alert_copies = 0
         self._fd_logged = 0.0
         self._failures = Throttle(log, logging.WARNING, "connections dropped on a server error")
 
@@ -415,6 +435,23 @@ class PublicListener:
             )
             self._fd_logged, self._fd_events = now, 0
 
+    def _alert_copy(self, conn: socket.socket) -> socket.socket | None:
+        """A copy of ``conn``'s descriptor, to send a TLS alert through if the handshake fails.
+
+        asyncio closes a socket whose handshake failed without sending the alert
+        OpenSSL wrote. Each copy is a descriptor the connection cap does not
+        count, so at most ALERT_COPIES are held: past them, and when short of
+        descriptors, the alert is what goes, not the connection.
+        """
+        if self._alert_copies >= ALERT_COPIES:
+            return None
+        try:
+            copy = conn.dup()
+        except OSError:
+            return None
+        self._alert_copies += 1
+        return copy
+
     def _release(self, key: str) -> None:
         self.counter.release(key)
         self.metrics.connections_open.dec()
@@ -428,9 +465,7 @@ class PublicListener:
             # accepted socket does not when its listener was made with proto 0;
             # without it an answer's second write waits for a delayed ACK (~40 ms).
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # asyncio closes a socket whose handshake failed without sending the
-        # alert OpenSSL wrote: a copy of the descriptor keeps it open for ours.
-        spare = conn.dup() if self.ssl_context is not None else None
+        spare = self._alert_copy(conn) if self.ssl_context is not None else None
         handed_over = False
         try:
             opening = _Opening(connection)
@@ -453,6 +488,7 @@ class PublicListener:
             finally:
                 if spare is not None:
                     spare.close()
+                    self._alert_copies -= 1
             connection.transport = transport
             ssl_object = transport.get_extra_info("ssl_object")
             h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"

@@ -3,7 +3,8 @@
 Attackers bind to 127.0.0.2 and up, so per-address limits can tell them from
 the legitimate traffic on 127.0.0.1. The attacks that need many connections or
 raw HTTP/2 (zero window, rapid reset, descriptor floods, bridges that never
-read) are in test_abuse.py, on the abuse harness's attack primitives.
+read or reconnect in a loop, log amplification) are in test_attacks.py, on the
+abuse harness's attack primitives.
 """
 
 from __future__ import annotations
