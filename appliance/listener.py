@@ -340,6 +340,9 @@ class PublicListener:
         self._alert_copies = 0
         self._fd_logged = 0.0
         self._failures = Throttle(log, logging.WARNING, "connections dropped on a server error")
+        # An attacker reconnects after each close: one line per connection would be
+        # its log flood (750 lines in 40 s of rapid reset), not the operator's news.
+        self._h2_closes = Throttle(log, logging.INFO, "HTTP/2 connections closed for abuse")
 
     def configure(self, limits: ListenerLimits, proxies: TrustedProxies) -> None:
         """Apply new limits and proxies to new connections (config reload)."""
@@ -571,7 +574,7 @@ class PublicListener:
     def _tripped(self, connection: Connection) -> Callable[[str], None]:
         def trip(why: str) -> None:
             self.metrics.h2_guard_trips[why].inc()
-            log.info("HTTP/2 connection closed", extra={"peer": connection.peer, "why": why})
+            self._h2_closes(time.monotonic(), peer=connection.peer, why=why)
             connection.abort()
 
         return trip
