@@ -42,6 +42,7 @@ from typing import Any
 from appliance import config as config_module
 from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, TenantError
+from appliance.state import StateDir
 from appliance.tenants import MIN_TOKEN_CHARS, TenantRegistry, validate_id
 from tls import policy
 
@@ -53,8 +54,6 @@ CREDENTIALS = (RELAY_TOML, TLS_CHAIN, TLS_KEY, TENANTS)
 
 #: What the image's relay listens on unless the config says otherwise.
 IMAGE_DEFAULTS = {"listen": "0.0.0.0:443", "admin_listen": "127.0.0.1:9443"}
-#: Tenants ever added from a credential, so one the operator removed stays removed.
-PROVISIONED_TENANTS = "provisioned-tenants.json"
 TENANT_KEYS = frozenset({"tenant", "channel_secret", "bridge_token"})
 
 DESCRIPTION = (
@@ -130,7 +129,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: exit 0 when provisioned (or nothing to do), 2 on bad input."""
     state = state_dir(args)
-    config_dir = args.config_dir or state / "config"
+    config_dir = args.config_dir or StateDir(state).config
     try:
         provision(args.credentials, state, config_dir, say=print)
     except ProvisionError as exc:
@@ -179,7 +178,7 @@ def provision(
         say(f"provision: {exc}")
         return
     if config.uses_dev_pki:
-        _announce_dev_pki(state / "pki", say)
+        _announce_dev_pki(StateDir(state).pki, say)
 
 
 def read(credentials: Path, config_dir: Path) -> Plan:
@@ -327,15 +326,15 @@ def _apply_tenants(
     """Add the tenants not present and never provisioned before; all or none."""
     if not specs:
         return
-    record_path = state / PROVISIONED_TENANTS
+    layout = StateDir(state)
+    record_path = layout.provisioned_tenants
     try:
         recorded = set(json.loads(record_path.read_text(encoding="utf-8")))
     except FileNotFoundError:
         recorded = set()
     except (OSError, ValueError, TypeError) as exc:
         raise ProvisionError(f"{record_path}: unreadable ({exc}); remove it to start over") from exc
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
-    registry = TenantRegistry(state / "tenants.db")
+    registry = TenantRegistry(layout.tenants)
     added: list[str] = []
     try:
         for spec in specs:

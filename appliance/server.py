@@ -91,7 +91,7 @@ class Server:
         tuning.apply()
         self.state.create()
         # First of all: one relay per state dir, and the tenant CLI can find it.
-        pid_fd = hold_pid_file(self.state.path)
+        pid_fd = hold_pid_file(self.state)
         self.ssl_context: ssl.SSLContext | None = None
         served: certcheck.Verdict | None = None
         if config.public_tls:

@@ -19,6 +19,8 @@ STORE = "store.db"
 TENANTS = "tenants.db"
 PKI = "pki"
 PID_FILE = "relay.pid"
+CONFIG = "config"
+PROVISIONED_TENANTS = "provisioned-tenants.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,16 @@ class StateDir:
     def pid_file(self) -> Path:
         """The running relay's pid, locked while it runs."""
         return self.path / PID_FILE
+
+    @property
+    def config(self) -> Path:
+        """Where ``linerelay provision`` puts relay.toml and tls/ unless told otherwise."""
+        return self.path / CONFIG
+
+    @property
+    def provisioned_tenants(self) -> Path:
+        """Tenants ever added from a credential, so one the operator removed stays removed."""
+        return self.path / PROVISIONED_TENANTS
 
     def create(self) -> StateDir:
         """Create the directory if needed, and make it private (0700) if we own it."""

@@ -109,7 +109,7 @@ def _add(args: argparse.Namespace) -> int:
             token = registry.add(args.tenant, secret)
         finally:
             registry.close()
-        notify_relay(state.path)
+        notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     url = _webhook_url(args, args.tenant)
@@ -167,7 +167,7 @@ def _remove(args: argparse.Namespace) -> int:
             registry.remove(args.tenant)
         finally:
             registry.close()
-        notify_relay(state.path)
+        notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     discarded = purge_file(state.store, args.tenant)
@@ -186,7 +186,7 @@ def _rotate(args: argparse.Namespace) -> int:
             token = registry.rotate(args.tenant)
         finally:
             registry.close()
-        notify_relay(state.path)
+        notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     if args.json:

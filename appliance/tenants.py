@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import TenantError
-from appliance.state import PID_FILE, create_private
+from appliance.state import StateDir, create_private
 
 TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 TOKEN_PREFIX = "lrb_"  # noqa: S105 (a public prefix, not a secret)
@@ -246,14 +246,14 @@ class TenantDirectory:
         return tenant
 
 
-def notify_relay(state_dir: Path) -> bool:
-    """Tell a relay serving ``state_dir`` that tenants changed; True if one was told.
+def notify_relay(state: StateDir) -> bool:
+    """Tell a relay serving ``state`` that tenants changed; True if one was told.
 
     The relay also notices by itself within ``tenant_poll_interval``; the
     signal makes a removal or rotation apply to the very next request.
     """
     try:
-        fd = os.open(state_dir / PID_FILE, os.O_RDONLY)
+        fd = os.open(state.pid_file, os.O_RDONLY)
     except OSError:
         return False  # no relay has run here
     try:
@@ -272,18 +272,18 @@ def notify_relay(state_dir: Path) -> bool:
         os.close(fd)
 
 
-def hold_pid_file(state_dir: Path) -> int:
-    """Lock ``STATE/relay.pid`` for this process and write its pid; returns the fd to keep.
+def hold_pid_file(state: StateDir) -> int:
+    """Lock ``state``'s pid file for this process and write its pid; returns the fd to keep.
 
     Raises :class:`TenantError` if another relay holds it (two relays must not
     share a state dir).
     """
-    fd = os.open(state_dir / PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(state.pid_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
-        raise TenantError(f"another relay is running on {state_dir}") from exc
+        raise TenantError(f"another relay is running on {state.path}") from exc
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -231,7 +231,7 @@ class Chaos:
         hold = self.rng.uniform(2.0, 5.0)
         shell = await asyncio.create_subprocess_exec(
             "sqlite3",
-            str(self.state / "store.db"),
+            str(self.relay.state.store),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

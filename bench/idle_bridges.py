@@ -23,8 +23,11 @@ from pathlib import Path
 
 import websockets
 
+from appliance.state import StateDir
 from appliance.tenants import TenantRegistry
-from bench.common import BIN, CLIENT_CORE, SERVER_CORE, free_port, pinned, rss_kb, stop, wait_http
+from bench.common import BIN, CLIENT_CORE, SERVER_CORE, free_port, pinned, rss_kb, wait_http
+from tests.support.processes import stop
+from tls.pki import EmbeddedPKI
 
 
 async def hold(url: str, ca: str, tokens: list[str], seconds: float) -> int:
@@ -67,8 +70,8 @@ def main() -> None:
     parser.add_argument("--bridges", type=int, default=2000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-idle-"))
-    state = work / "state"
-    registry = TenantRegistry(state / "tenants.db")
+    state = StateDir(work / "state")
+    registry = TenantRegistry(state.tenants)
     tokens = [registry.add(f"t{i}", f"secret{i}") for i in range(args.bridges + 20)]
     registry.close()
     (work / "tokens.json").write_text(json.dumps(tokens[20:]))
@@ -80,7 +83,7 @@ def main() -> None:
             str(BIN / "linerelay"),
             "serve",
             "--state-dir",
-            str(state),
+            str(state.path),
             "--listen",
             f"127.0.0.1:{port}",
             "--admin-listen",
@@ -89,7 +92,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url, ca = f"wss://127.0.0.1:{port}/bridge", str(state / "pki" / "root.pem")
+    url, ca = f"wss://127.0.0.1:{port}/bridge", str(EmbeddedPKI(state.pki).root)
     try:
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         # Warm up: a few bridges come and go, so lazily built state is not counted.

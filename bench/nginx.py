@@ -22,9 +22,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import CLIENT_CORE, SERVER_CORE, stop, write_bodies
+from bench.common import CLIENT_CORE, SERVER_CORE, write_bodies
 from bench.throughput import Relay
 from tests.support.nginx import Nginx, start_nginx
+from tests.support.processes import stop
 from tls import pki
 
 

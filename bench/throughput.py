@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.state import StateDir
 from bench.common import (
     BIN,
     CLIENT_CORE,
@@ -36,10 +37,10 @@ from bench.common import (
     env_without_openssl_conf,
     free_port,
     pinned,
-    stop,
     wait_http,
     write_bodies,
 )
+from tests.support.processes import stop
 from tls.pki import EmbeddedPKI
 
 CONNECTIONS = 64
@@ -99,13 +100,13 @@ class Relay:
     """
 
     def __init__(self, work: Path, listen: str | None = None, config: str | None = None) -> None:
-        self.state = work / "relay"
+        self.state = StateDir(work / "relay")
         self.port, admin = free_port(), free_port()
         args = [
             str(BIN / "linerelay"),
             "serve",
             "--state-dir",
-            str(self.state),
+            str(self.state.path),
             "--listen",
             listen or f"127.0.0.1:{self.port}",
             "--admin-listen",
@@ -118,7 +119,7 @@ class Relay:
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         self.base = f"https://127.0.0.1:{self.port}"
         self.bridge_url = f"wss://127.0.0.1:{self.port}/bridge"
-        self.ca = self.state / "pki" / "root.pem"
+        self.ca = EmbeddedPKI(self.state.pki).root
 
     def tenant_with_bridge(self, tenant: str) -> subprocess.Popen[bytes]:
         token = json.loads(
@@ -132,7 +133,7 @@ class Relay:
                     SECRET,
                     "--json",
                     "--state-dir",
-                    str(self.state),
+                    str(self.state.path),
                 ],
                 capture_output=True,
                 text=True,

@@ -1,28 +1,36 @@
 """The bridge's one JSON config file: keys, validation, and watching it for edits.
 
 The format is the original ``line_bridge.py`` file extended (PROTOCOL.md §4).
-Every key is a field of :class:`BridgeConfig` with its documentation in the
-field's metadata; docs/bridge.md lists them all (a test keeps the two in
-step). Validation is pure: :func:`parse` takes the decoded JSON and returns a
-config or raises :class:`BridgeConfigError` naming the key and the reason.
-:class:`ConfigFile` re-reads the file when it changes and keeps the last good
-config when an edit is broken.
+Every key is a field of :class:`BridgeConfig` with its documentation and rules
+(appliance/settings.py, shared with the relay's config); docs/bridge-config.md
+is generated from them (a test keeps the two in step). Validation is pure:
+:func:`parse` takes the decoded JSON and returns a config or raises
+:class:`BridgeConfigError` naming the key and the reason. :class:`ConfigFile`
+re-reads the file when it changes and keeps the last good config when an edit
+is broken.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from appliance.settings import (
+    NOT_NEGATIVE,
+    POSITIVE,
+    REQUIRED,
+    Rule,
+    Settings,
+    at_least,
+    between,
+    one_of,
+    setting,
+)
 
-#: Keys without which the bridge cannot run; ``relay_token`` may instead ride in ``relay_url``.
-REQUIRED = ("channel_secret", "channel_access_token", "relay_url", "openclaw_url")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Keys whose value is a credential: never logged, never shown in a diff.
 SECRET_KEYS = frozenset({"relay_token", "channel_secret", "channel_access_token", "gateway_token"})
@@ -37,114 +45,121 @@ class BridgeConfigError(ValueError):
     """The config file is unreadable or invalid; the message names the key and why."""
 
 
-def _doc(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+HTTP_URL = Rule(_http_url, "must be an http:// or https:// URL")
+LOADING_SECONDS = Rule(
+    lambda value: value == 0 or (5 <= value <= 60 and value % 5 == 0),
+    "must be 0 or a multiple of 5 from 5 to 60",
+)
 
 
 @dataclass(frozen=True)
-class BridgeConfig:
-    """Every setting of ``linerelay bridge``; see docs/bridge.md."""
+class BridgeConfig(Settings):
+    """Every setting of ``linerelay bridge``; see docs/bridge-config.md."""
 
-    relay_token: str = _doc(
-        "", "The tenant's bridge token. Required unless relay_url carries it (/bridge/{token})."
+    relay_token: str = setting(
+        "",
+        "The tenant's bridge token. Required unless relay_url carries it (/bridge/{token}); "
+        "if both do, it must be the same token.",
     )
-    channel_secret: str = _doc("", "Required. The LINE channel secret, to verify signatures again.")
-    channel_access_token: str = _doc("", "Required. Bearer token for LINE's Messaging API.")
-    relay_url: str = _doc(
-        "", "Required. wss://HOST/bridge (token sent as a header) or wss://HOST/bridge/{token}."
+    channel_secret: str = setting(
+        "", "The LINE channel secret, to verify signatures again.", REQUIRED
     )
-    openclaw_url: str = _doc("", "Required. An OpenAI-compatible .../v1/chat/completions URL.")
-    gateway_token: str = _doc("", "Bearer token for openclaw_url; empty sends none.")
-    line_api_base: str = _doc("https://api.line.me", "Base URL of LINE's Messaging API.")
-    ca_file: str = _doc("", "PEM CA bundle for the relay's certificate; empty: the system store.")
-    model: str = _doc("openclaw", "The `model` sent to the chat API.")
-    system_prompt: str = _doc("", "A system message put before the user's text; empty: none.")
-    state_dir: str = _doc(
+    channel_access_token: str = setting("", "Bearer token for LINE's Messaging API.", REQUIRED)
+    relay_url: str = setting(
+        "",
+        "wss://HOST/bridge (token sent as Authorization: Bearer) or wss://HOST/bridge/{token}.",
+        REQUIRED,
+    )
+    openclaw_url: str = setting(
+        "", "An OpenAI-compatible .../v1/chat/completions URL.", REQUIRED, HTTP_URL
+    )
+    gateway_token: str = setting("", "Bearer token for openclaw_url; empty sends none.")
+    line_api_base: str = setting(
+        "https://api.line.me", "Base URL of LINE's Messaging API.", HTTP_URL
+    )
+    ca_file: str = setting(
+        "", "PEM CA bundle for the relay's certificate; empty: the system store."
+    )
+    model: str = setting("openclaw", "The `model` sent to the chat API.")
+    system_prompt: str = setting("", "A system message put before the user's text; empty: none.")
+    state_dir: str = setting(
         "",
         "Where the queue and status live; relative to the config file. Empty: "
-        "$LINERELAY_STATE_DIR, else ./var (--state-dir overrides). Restart to change.",
+        "$LINERELAY_STATE_DIR, else ./var (--state-dir overrides).",
     )
-    concurrency: int = _doc(4, "Events answered at the same time (1-64).")
-    reply_fallback_push: bool = _doc(
+    concurrency: int = setting(4, "Events answered at the same time (1-64).", between(1, 64))
+    reply_fallback_push: bool = setting(
         True, "When the reply token is expired or refused, answer with the push API instead."
     )
-    apology_text: str = _doc(
+    apology_text: str = setting(
         DEFAULT_APOLOGY, "Sent when the chat API fails or times out; empty: send nothing."
     )
-    chat_timeout: float = _doc(60.0, "Seconds to wait for the chat API's answer.")
-    line_timeout: float = _doc(10.0, "Seconds for one request to LINE's Messaging API.")
-    line_max_attempts: int = _doc(
-        5, "Tries of one LINE request when it gets 429, 5xx or no answer."
+    chat_timeout: float = setting(
+        60.0, "Seconds to wait for the chat API's whole answer.", POSITIVE
     )
-    loading_seconds: int = _doc(
-        20, "Seconds of LINE's loading animation (5-60, a multiple of 5); 0 turns it off."
+    line_timeout: float = setting(
+        10.0, "Seconds for one request to LINE's Messaging API.", POSITIVE
     )
-    dedupe_ttl: float = _doc(
-        7 * 86_400.0, "Seconds a webhookEventId is remembered to drop redeliveries."
+    line_max_attempts: int = setting(
+        5, "Tries of one LINE request when it gets 429, 5xx or no answer.", at_least(1)
     )
-    backoff_min: float = _doc(5.0, "First reconnect delay, seconds; doubles up to backoff_max.")
-    backoff_max: float = _doc(60.0, "Reconnect delay cap, seconds; a rejected token waits this.")
-    ping_interval: float = _doc(20.0, "Seconds between WebSocket pings to the relay.")
-    ping_timeout: float = _doc(10.0, "Seconds without a pong before the connection is dropped.")
-    shutdown_grace: float = _doc(
-        20.0, "On SIGTERM, seconds in-flight answers may take before the bridge exits."
+    loading_seconds: int = setting(
+        20,
+        "Seconds of LINE's loading animation (5-60, a multiple of 5); 0 turns it off.",
+        LOADING_SECONDS,
     )
-    log_level: str = _doc("info", "debug, info, warning or error.")
+    dedupe_ttl: float = setting(
+        7 * 86_400.0, "Seconds a webhookEventId is remembered to drop redeliveries.", POSITIVE
+    )
+    backoff_min: float = setting(
+        5.0, "First reconnect delay, seconds; doubles up to backoff_max.", POSITIVE
+    )
+    backoff_max: float = setting(
+        60.0, "Reconnect delay cap, seconds; a rejected token waits this long."
+    )
+    ping_interval: float = setting(20.0, "Seconds between WebSocket pings to the relay.", POSITIVE)
+    ping_timeout: float = setting(
+        10.0, "Seconds without a pong before the connection is dropped as dead.", POSITIVE
+    )
+    shutdown_grace: float = setting(
+        20.0,
+        "On SIGTERM, seconds in-flight answers may take before the bridge exits.",
+        NOT_NEGATIVE,
+    )
+    log_level: str = setting("info", "debug, info, warning or error.", one_of(LOG_LEVELS))
+
+    error = BridgeConfigError
+    secret_keys = SECRET_KEYS
 
     def __post_init__(self) -> None:
-        for key in REQUIRED:
-            _check(bool(getattr(self, key)), key, "is required")
+        super().__post_init__()
         relay = urlsplit(self.relay_url)
-        _check(relay.scheme in ("ws", "wss"), "relay_url", "must start with wss:// (or ws://)")
-        _check(bool(relay.hostname), "relay_url", "has no host")
+        self.require(
+            relay.scheme in ("ws", "wss"), "relay_url", "must start with wss:// (or ws://)"
+        )
+        self.require(bool(relay.hostname), "relay_url", "has no host")
         url_token = token_in_url(self.relay_url)
-        _check(
+        self.require(
             bool(url_token or self.relay_token),
             "relay_token",
             "is required (or carry the token in relay_url as /bridge/{token})",
         )
-        _check(
+        self.require(
             not (url_token and self.relay_token and url_token != self.relay_token),
             "relay_token",
             "differs from the token in relay_url; give one of them",
         )
-        for key in ("openclaw_url", "line_api_base"):
-            parts = urlsplit(getattr(self, key))
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-            _check(ok, key, "must be an http:// or https:// URL")
-        _check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {LOG_LEVELS}")
-        _check(1 <= self.concurrency <= 64, "concurrency", "must be 1-64")
-        _check(
-            self.loading_seconds == 0
-            or (5 <= self.loading_seconds <= 60 and self.loading_seconds % 5 == 0),
-            "loading_seconds",
-            "must be 0 or a multiple of 5 from 5 to 60",
-        )
-        _check(self.line_max_attempts >= 1, "line_max_attempts", "must be at least 1")
-        for key in (
-            "chat_timeout",
-            "line_timeout",
-            "dedupe_ttl",
-            "backoff_min",
-            "ping_interval",
-            "ping_timeout",
-        ):
-            _check(getattr(self, key) > 0, key, "must be positive")
-        _check(self.shutdown_grace >= 0, "shutdown_grace", "must not be negative")
-        _check(self.backoff_max >= self.backoff_min, "backoff_max", "must be >= backoff_min")
+        self.require(self.backoff_max >= self.backoff_min, "backoff_max", "must be >= backoff_min")
 
     @property
     def bridge_token(self) -> str:
         """The token the relay knows this bridge by, from relay_url or relay_token."""
         return token_in_url(self.relay_url) or self.relay_token
-
-    def changed_keys(self, other: BridgeConfig) -> list[str]:
-        """Names of the keys whose values differ between ``self`` and ``other``."""
-        return [
-            f.name
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
-        ]
 
 
 def token_in_url(relay_url: str) -> str:
@@ -156,24 +171,42 @@ def token_in_url(relay_url: str) -> str:
     return ""
 
 
-def documented_keys() -> dict[str, str]:
-    """Each config key and its documentation, in declaration order."""
-    return {f.name: f.metadata["doc"] for f in dataclasses.fields(BridgeConfig)}
-
-
 def parse(values: object) -> BridgeConfig:
     """Validate decoded JSON ``values`` into a config; raises :class:`BridgeConfigError`."""
     if not isinstance(values, dict):
         raise BridgeConfigError("the config must be one JSON object")
-    fields = {f.name: f for f in dataclasses.fields(BridgeConfig)}
-    for key in values:
-        if key not in fields:
-            raise BridgeConfigError(f"unknown config key {key!r}")
-    missing = [key for key in REQUIRED if key not in values]
-    if missing:
-        raise BridgeConfigError(f"missing required key(s): {', '.join(missing)}")
-    typed = {key: _coerce(key, fields[key].type, value) for key, value in values.items()}
-    return BridgeConfig(**typed)
+    return BridgeConfig.build(values)
+
+
+_DOCS_INTRO = """\
+# Bridge configuration
+
+<!-- Generated by `linerelay config --docs --bridge` from bridge/config.py; edit there. -->
+
+`linerelay bridge --config FILE` reads one JSON object: the original
+`line_bridge.py` file, extended (PROTOCOL.md §4; docs/bridge.md has the rest).
+Unknown keys are refused with an error naming the key; values are type-checked
+(a number where a number belongs, `true`/`false` for switches), and an error
+about a credential never repeats its value. Durations are seconds (integers or
+decimals). The bridge cannot start on a refused file (exit status 2).
+
+The file is checked every second; a valid edit applies at once, a broken one is
+refused and the last good config kept (docs/bridge.md, "Reloading"). Keys marked
+*reconnect* apply by reconnecting to the relay at once; *restart* ones at the
+next start.
+
+"""
+
+
+def render_docs() -> str:
+    """docs/bridge-config.md, from the fields of :class:`BridgeConfig`."""
+    return _DOCS_INTRO + BridgeConfig.docs_table(_reload)
+
+
+def _reload(key: str) -> str:
+    if key == "state_dir":
+        return "restart"
+    return "reconnect" if key in CONNECTION_KEYS else "yes"
 
 
 def load(path: Path) -> BridgeConfig:
@@ -206,31 +239,6 @@ def resolve_state_dir(
     if config.state_dir:
         return (config_path.resolve().parent / config.state_dir).resolve()
     return Path(default).resolve()
-
-
-def _coerce(key: str, kind: Any, value: Any) -> Any:
-    """Check a JSON value against the field's type; ints are accepted where floats are."""
-    ok = False
-    match kind:
-        case "str":
-            ok = isinstance(value, str)
-        case "bool":
-            ok = isinstance(value, bool)
-        case "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        case "float":
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if ok:
-                value = float(value)
-    if not ok:
-        shown = "(hidden)" if key in SECRET_KEYS else json.dumps(value)[:60]
-        raise BridgeConfigError(f"{key}: {shown} is not a {kind}")
-    return value
-
-
-def _check(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise BridgeConfigError(f"{key}: {why}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import main
-from appliance.provision import PROVISIONED_TENANTS
+from appliance.state import StateDir
 from appliance.tenants import TenantDirectory, TenantRegistry
 from tls import pki as tls_pki
 
@@ -40,6 +40,7 @@ class Box:
         self.root = root
         self.credentials = root / "credentials"
         self.state = root / "var" / "state"
+        self.layout = StateDir(self.state)
         self.config = root / "var" / "config"
         self.credentials.mkdir()
 
@@ -104,7 +105,7 @@ def test_everything_given_is_written_privately_and_served_from(
     assert Path(config["tls_key_file"]).read_bytes() == pki.key.read_bytes()
     for path in (box.config / "relay.toml", Path(config["tls_key_file"])):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    directory = TenantDirectory(box.state / "tenants.db")
+    directory = TenantDirectory(box.layout.tenants)
     try:
         found = directory.authenticate(TOKEN_A)
         assert found is not None
@@ -113,10 +114,10 @@ def test_everything_given_is_written_privately_and_served_from(
         assert directory.authenticate(TOKEN_B) is not None
     finally:
         directory.close()
-    assert TOKEN_A.encode() not in (box.state / "tenants.db").read_bytes()
+    assert TOKEN_A.encode() not in (box.layout.tenants).read_bytes()
     assert "tenant shop-1 added" in out
     # A certificate was given: no dev PKI.
-    assert not (box.state / "pki").exists()
+    assert not box.layout.pki.exists()
     assert "BEGIN CERTIFICATE" not in out
 
 
@@ -125,7 +126,7 @@ def test_without_credentials_the_dev_pki_root_is_printed(
 ) -> None:
     status, out, _ = box.run(capsys)
     assert status == 0
-    root = (box.state / "pki" / "root.pem").read_text()
+    root = tls_pki.EmbeddedPKI(box.layout.pki).root.read_text()
     assert root.strip() in out
     config = tomllib.loads((box.config / "relay.toml").read_text())
     assert config == {"listen": "0.0.0.0:443", "admin_listen": "127.0.0.1:9443"}
@@ -133,7 +134,7 @@ def test_without_credentials_the_dev_pki_root_is_printed(
     status, again, _ = box.run(capsys)
     assert status == 0
     assert root.strip() in again
-    assert (box.state / "pki" / "root.pem").read_text() == root
+    assert tls_pki.EmbeddedPKI(box.layout.pki).root.read_text() == root
 
 
 def test_a_missing_credentials_directory_is_no_credentials(
@@ -178,19 +179,19 @@ def test_new_tenants_are_added_and_removed_ones_stay_removed(
 ) -> None:
     box.tenants(tenant("shop-1", SECRET_A, TOKEN_A))
     assert box.run(capsys)[0] == 0
-    registry = TenantRegistry(box.state / "tenants.db")
+    registry = TenantRegistry(box.layout.tenants)
     registry.remove("shop-1")  # the operator's `linerelay tenant remove`
     registry.close()
     box.tenants(tenant("shop-1", SECRET_A, TOKEN_A), tenant("shop-2", SECRET_B, TOKEN_B))
     status, out, _ = box.run(capsys)
     assert status == 0
     assert "shop-1 was removed since it was provisioned; not added" in out
-    registry = TenantRegistry(box.state / "tenants.db")
+    registry = TenantRegistry(box.layout.tenants)
     try:
         assert [t.id for t in registry.list()] == ["shop-2"]
     finally:
         registry.close()
-    assert json.loads((box.state / PROVISIONED_TENANTS).read_text()) == ["shop-1", "shop-2"]
+    assert json.loads(box.layout.provisioned_tenants.read_text()) == ["shop-1", "shop-2"]
 
 
 def test_a_token_already_in_use_adds_no_tenant_at_all(
@@ -205,12 +206,12 @@ def test_a_token_already_in_use_adds_no_tenant_at_all(
     assert status == 2
     assert "token is in use" in err
     assert "no tenant was added" in err
-    registry = TenantRegistry(box.state / "tenants.db")
+    registry = TenantRegistry(box.layout.tenants)
     try:
         assert [t.id for t in registry.list()] == ["shop-1"]
     finally:
         registry.close()
-    assert json.loads((box.state / PROVISIONED_TENANTS).read_text()) == ["shop-1"]
+    assert json.loads(box.layout.provisioned_tenants.read_text()) == ["shop-1"]
     assert set(box.snapshot()) == set(before)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from appliance.errors import QueueFull
 from appliance.signature import sign
+from appliance.state import StateDir
 from appliance.store import (
     Delivery,
     Limits,
@@ -332,19 +333,19 @@ async def test_a_store_from_before_opaque_ids_keeps_its_rows_and_ids(tmp_path: P
 
 
 async def test_the_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
     previous = os.umask(0o022)
     try:
-        store = SQLiteStore(tmp_path / "state" / "store.db")
+        store = SQLiteStore(state.store)
         await store.open()
         await store.append("a", b"1", "s", 1)
         await store.close()
     finally:
         os.umask(previous)
-    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
-    for name in ("store.db", "store.db-wal"):
-        path = tmp_path / "state" / name
+    assert state.path.stat().st_mode & 0o777 == 0o700
+    for path in (state.store, state.store.with_name(state.store.name + "-wal")):
         if path.exists():
-            assert path.stat().st_mode & 0o777 == 0o600, name
+            assert path.stat().st_mode & 0o777 == 0o600, path.name
 
 
 async def test_wait_until_does_not_cancel_a_slow_future() -> None:

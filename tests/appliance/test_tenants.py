@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import TenantError
+from appliance.state import StateDir
 from appliance.tenants import (
-    PID_FILE,
     TenantDirectory,
     TenantRegistry,
     hash_token,
@@ -151,23 +151,25 @@ def test_secrets_stay_out_of_repr(paths: Path) -> None:
 def test_a_stale_pid_file_is_never_signalled(tmp_path: Path) -> None:
     # Our own pid, unlocked: what a relay killed with -9 leaves behind. If it were
     # signalled, SIGUSR1's default action would end this test run.
-    (tmp_path / PID_FILE).write_text(f"{os.getpid()}\n")
-    assert notify_relay(tmp_path) is False
+    state = StateDir(tmp_path)
+    state.pid_file.write_text(f"{os.getpid()}\n")
+    assert notify_relay(state) is False
 
 
 def test_no_pid_file_means_no_relay_to_tell(tmp_path: Path) -> None:
-    assert notify_relay(tmp_path) is False
+    assert notify_relay(StateDir(tmp_path)) is False
 
 
 def test_a_second_relay_on_one_state_dir_is_refused(tmp_path: Path) -> None:
-    fd = hold_pid_file(tmp_path)
+    state = StateDir(tmp_path)
+    fd = hold_pid_file(state)
     try:
-        assert (tmp_path / PID_FILE).read_text().strip() == str(os.getpid())
+        assert state.pid_file.read_text().strip() == str(os.getpid())
         with pytest.raises(TenantError, match="another relay is running"):
-            hold_pid_file(tmp_path)
+            hold_pid_file(state)
     finally:
         os.close(fd)
-    os.close(hold_pid_file(tmp_path))  # free again once the first let go
+    os.close(hold_pid_file(state))  # free again once the first let go
 
 
 def test_a_given_token_is_stored_hashed_and_authenticates(paths: Path) -> None:

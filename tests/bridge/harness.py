@@ -1,47 +1,46 @@
-"""A real ``linerelay bridge`` process for integration tests, and webhook helpers."""
+"""A real ``linerelay bridge`` process for integration tests, its tenants and its config."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import secrets
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from appliance.signature import sign
-from appliance.tenants import TenantRegistry
-from tests.support.relay import RelayProcess
+from tests.support import processes
+from tests.support.bodies import new_user, webhook_body
+from tests.support.relay import LINERELAY, RelayProcess
+from tests.support.tenants import add_tenant
+from tests.support.waiting import wait_for
 
-LINERELAY = str(Path(sys.executable).parent / "linerelay")
+#: The bridge's tests (other branches' too) know the one body builder by this name.
+text_body = webhook_body
+
+# wait_for, new_user and text_body are tests/support's, re-exported for the bridge's tests.
+__all__ = [
+    "FIXTURES",
+    "BridgeProcess",
+    "FreezableProxy",
+    "Tenant",
+    "assert_no_secrets",
+    "bridge_config",
+    "new_user",
+    "post_webhook",
+    "run_bridge_cli",
+    "text_body",
+    "wait_for",
+]
+
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "line-webhooks"
-
-
-def wait_for(
-    condition: Callable[[], Any],
-    timeout: float = 30.0,
-    what: str | Callable[[], str] = "condition",
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
-        time.sleep(0.05)
 
 
 class BridgeProcess:
@@ -99,7 +98,7 @@ class BridgeProcess:
             idle = status.get("queue_depth") == 0 and status.get("in_flight") == 0
             return status if fresh and idle else None
 
-        result: dict[str, Any] = wait_for(settled, timeout, "a settled status")
+        result: dict[str, Any] = wait_for(settled, "a settled status", timeout)
         return result
 
     def counter(self, name: str) -> int:
@@ -114,7 +113,7 @@ class BridgeProcess:
             )
 
         wait_for(
-            ready, timeout, lambda: f"bridge connected ({hellos} hellos); status {self.status()}"
+            ready, lambda: f"bridge connected ({hellos} hellos); status {self.status()}", timeout
         )
 
     def wait_counter(self, name: str, at_least: int, timeout: float = 30.0) -> None:
@@ -122,7 +121,7 @@ class BridgeProcess:
             self.check_alive()
             return self.counter(name) >= at_least
 
-        wait_for(reached, timeout, lambda: f"counter {name} >= {at_least}; status {self.status()}")
+        wait_for(reached, lambda: f"counter {name} >= {at_least}; status {self.status()}", timeout)
 
     def check_alive(self) -> None:
         assert self.proc is not None
@@ -130,16 +129,8 @@ class BridgeProcess:
             raise AssertionError(f"bridge exited with {self.proc.returncode}:\n{self.output()}")
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; returns the exit status."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        """SIGTERM, then wait (SIGKILL after ``timeout``); returns the exit status."""
+        return 0 if self.proc is None else processes.stop(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind."""
@@ -162,50 +153,19 @@ class BridgeProcess:
 
 
 class Tenant:
-    """A tenant of ``relay``, added through the relay's own registry (as the CLI does)."""
+    """A tenant of ``relay`` (tests/support/tenants.py) that posts as LINE would."""
 
     def __init__(self, relay: RelayProcess, name: str | None = None) -> None:
         self.relay = relay
-        self.name = name or f"t-{uuid.uuid4().hex[:12]}"
-        self.secret = secrets.token_hex(16)
+        added = add_tenant(relay.state_dir, name)
+        self.name, self.secret, self.token = added.id, added.secret, added.token
         self.signatures: list[str] = []
-        registry = TenantRegistry(relay.state_dir / "tenants.db")
-        try:
-            self.token = registry.add(self.name, self.secret)
-        finally:
-            registry.close()
 
     def post(self, body: bytes) -> str:
         """POST ``body`` signed as LINE would; returns the signature sent (also kept)."""
         signature = post_webhook(self.relay, self.name, self.secret, body)
         self.signatures.append(signature)
         return signature
-
-
-def new_user() -> str:
-    return "U" + uuid.uuid4().hex
-
-
-def text_body(
-    text: str,
-    *,
-    event_id: str | None = None,
-    reply_token: str | None = None,
-    user: str | None = None,
-    redelivery: bool = False,
-) -> bytes:
-    """A current-format webhook body with one text message event."""
-    event = {
-        "type": "message",
-        "mode": "active",
-        "timestamp": int(time.time() * 1000),
-        "webhookEventId": event_id or uuid.uuid4().hex.upper()[:26],
-        "deliveryContext": {"isRedelivery": redelivery},
-        "replyToken": reply_token or uuid.uuid4().hex,
-        "source": {"type": "user", "userId": user or new_user()},
-        "message": {"id": "1", "type": "text", "text": text, "quoteToken": "q"},
-    }
-    return json.dumps({"destination": "U" + "0" * 32, "events": [event]}).encode()
 
 
 def post_webhook(relay: RelayProcess, tenant: str, secret: str, body: bytes) -> str:

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from tests.bridge.fakes import FakeChat, FakeLine
-from tests.bridge.harness import BridgeProcess, Tenant, bridge_config, text_body, wait_for
+from tests.bridge.harness import BridgeProcess, Tenant, bridge_config
+from tests.support.bodies import webhook_body
 from tests.support.relay import RelayProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +40,7 @@ def test_relay_killed_and_restarted_bridge_returns_within_the_cap_and_answers(
         )
         relay.restart()
         bridge.wait_connected(hellos=2)
-        tenant.post(text_body("back?", reply_token="rt-back"))
+        tenant.post(webhook_body("back?", reply_token="rt-back"))
         wait_for(lambda: replied(fake_line, "rt-back"), what="the reply after the restart")
         waits = [
             e["wait_seconds"]
@@ -63,13 +65,13 @@ def test_bridge_killed_after_ack_answers_after_restart(
     try:
         bridge.start().wait_connected()
         healthy_chat.delay = 30.0  # the model is still thinking when the bridge dies
-        tenant.post(text_body("survive this", reply_token="rt-kill"))
+        tenant.post(webhook_body("survive this", reply_token="rt-kill"))
         wait_for(healthy_chat.requests, what="the question to reach the model")
         bridge.wait_counter("acked", 1)
         bridge.kill()
         healthy_chat.delay = 0.0
         # Sent while no bridge is connected: the relay keeps it until one acks.
-        tenant.post(text_body("while you were out", reply_token="rt-offline"))
+        tenant.post(webhook_body("while you were out", reply_token="rt-offline"))
         bridge.start()
         [reply] = wait_for(
             lambda: replied(fake_line, "rt-kill"), timeout=60, what="the reply after restart"

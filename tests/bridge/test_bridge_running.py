@@ -26,12 +26,11 @@ from tests.bridge.harness import (
     Tenant,
     assert_no_secrets,
     bridge_config,
-    new_user,
     run_bridge_cli,
-    text_body,
-    wait_for,
 )
+from tests.support.bodies import new_user, webhook_body
 from tests.support.relay import RelayProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,7 @@ def test_text_message_is_answered_by_reply_after_the_loading_animation(
     bridge: BridgeProcess, tenant: Tenant, fake_line: FakeLine, healthy_chat: FakeChat
 ) -> None:
     user = new_user()
-    tenant.post(text_body("what is the time?", reply_token="rt-first", user=user))
+    tenant.post(webhook_body("what is the time?", reply_token="rt-first", user=user))
     [reply] = wait_for(lambda: replies_to(fake_line, "rt-first"), what="the reply")
     assert reply.body["messages"] == [{"type": "text", "text": "model says: what is the time?"}]
     assert reply.headers["authorization"] == f"Bearer {bridge.config['channel_access_token']}"
@@ -132,13 +131,13 @@ def test_same_webhook_event_id_twice_is_answered_once(
     user = new_user()
     event_id = "01" + secrets.token_hex(12).upper()
     duplicates = bridge.counter("duplicate_events")
-    tenant.post(text_body("hi", event_id=event_id, reply_token="rt-dup-a", user=user))
+    tenant.post(webhook_body("hi", event_id=event_id, reply_token="rt-dup-a", user=user))
     # LINE's redelivery: the same webhookEventId in new bytes (isRedelivery), so the relay relays it.
     tenant.post(
-        text_body("hi", event_id=event_id, reply_token="rt-dup-b", user=user, redelivery=True)
+        webhook_body("hi", event_id=event_id, reply_token="rt-dup-b", user=user, redelivery=True)
     )
     bridge.wait_counter("duplicate_events", duplicates + 1)
-    tenant.post(text_body("after", reply_token="rt-dup-c", user=user))
+    tenant.post(webhook_body("after", reply_token="rt-dup-c", user=user))
     wait_for(lambda: replies_to(fake_line, "rt-dup-c"), what="the later message's reply")
     assert len(replies_to(fake_line, "rt-dup-a")) == 1
     assert replies_to(fake_line, "rt-dup-b") == []
@@ -155,7 +154,7 @@ def test_fixture_bodies_are_survived_and_answering_goes_on(
         raw = path.read_bytes()  # byte for byte: never re-serialised
         total += len(json.loads(raw)["events"])
         tenant.post(raw)
-    tenant.post(text_body("still there?", reply_token="rt-sentinel"))
+    tenant.post(webhook_body("still there?", reply_token="rt-sentinel"))
     wait_for(lambda: replies_to(fake_line, "rt-sentinel"), timeout=60, what="the sentinel's reply")
     bridge.wait_counter("webhooks", before.get("webhooks", 0) + len(bodies) + 1)
     after = bridge.settled_status()["counters"]
@@ -179,7 +178,7 @@ def test_expired_reply_token_is_answered_by_push(
 ) -> None:
     fake_line.expired_reply_tokens.add("rt-stale")
     user = new_user()
-    tenant.post(text_body("late", reply_token="rt-stale", user=user))
+    tenant.post(webhook_body("late", reply_token="rt-stale", user=user))
     [push] = wait_for(lambda: pushes_to(fake_line, user), what="the push")
     assert push.body["messages"] == [{"type": "text", "text": "model says: late"}]
     assert push.headers["x-line-retry-key"]
@@ -191,7 +190,7 @@ def test_failing_chat_api_gets_the_apology(
     bridge: BridgeProcess, tenant: Tenant, fake_line: FakeLine, healthy_chat: FakeChat
 ) -> None:
     healthy_chat.status = 500
-    tenant.post(text_body("anyone?", reply_token="rt-sorry"))
+    tenant.post(webhook_body("anyone?", reply_token="rt-sorry"))
     [reply] = wait_for(lambda: replies_to(fake_line, "rt-sorry"), what="the apology")
     assert reply.body["messages"] == [{"type": "text", "text": "Sorry, try later."}]
     wait_for(lambda: "chat API" in bridge.status()["last_error"], what="the last error")
@@ -201,7 +200,7 @@ def test_slow_chat_api_gets_the_apology(
     bridge: BridgeProcess, tenant: Tenant, fake_line: FakeLine, healthy_chat: FakeChat
 ) -> None:
     healthy_chat.delay = 4.0  # chat_timeout is 2 s
-    tenant.post(text_body("slow?", reply_token="rt-slow"))
+    tenant.post(webhook_body("slow?", reply_token="rt-slow"))
     [reply] = wait_for(lambda: replies_to(fake_line, "rt-slow"), what="the apology")
     assert reply.body["messages"] == [{"type": "text", "text": "Sorry, try later."}]
 
@@ -220,12 +219,12 @@ def test_config_edited_in_place_is_taken_without_restart(
         e for e in bridge.log_events() if e.get("event", "").startswith("config edit refused")
     ]
     assert "'colour'" in refused[-1]["why"]
-    tenant.post(text_body("two", reply_token="rt-edit-1"))
+    tenant.post(webhook_body("two", reply_token="rt-edit-1"))
     [first] = wait_for(lambda: replies_to(fake_line, "rt-edit-1"), what="a reply")
     assert first.headers["authorization"] == f"Bearer {old_token}"
     new_token = "acc-rotated-" + secrets.token_hex(8)
     edit_config(bridge, colour=None, channel_access_token=new_token)
-    tenant.post(text_body("three", reply_token="rt-edit-2"))
+    tenant.post(webhook_body("three", reply_token="rt-edit-2"))
     [second] = wait_for(lambda: replies_to(fake_line, "rt-edit-2"), what="a reply")
     assert second.headers["authorization"] == f"Bearer {new_token}"
     bridge.check_alive()
@@ -240,7 +239,7 @@ def test_signature_mismatch_is_acked_counted_and_not_acted_on(
     try:
         failures, acked = bridge.counter("signature_failures"), bridge.counter("acked")
         asked = len(healthy_chat.requests())
-        tenant.post(text_body("forged?", reply_token="rt-forged"))
+        tenant.post(webhook_body("forged?", reply_token="rt-forged"))
         bridge.wait_counter("signature_failures", failures + 1)
         bridge.wait_counter("acked", acked + 1)
         events = [e for e in bridge.log_events() if e.get("security") and "signature" in e["event"]]
@@ -249,7 +248,7 @@ def test_signature_mismatch_is_acked_counted_and_not_acted_on(
         edit_config(bridge, channel_secret=tenant.secret)
     assert len(healthy_chat.requests()) == asked
     assert replies_to(fake_line, "rt-forged") == []
-    tenant.post(text_body("genuine", reply_token="rt-genuine"))
+    tenant.post(webhook_body("genuine", reply_token="rt-genuine"))
     wait_for(lambda: replies_to(fake_line, "rt-genuine"), what="the genuine message's reply")
 
 
@@ -279,7 +278,7 @@ def test_rejected_token_is_logged_retried_at_the_cap_then_fixed_by_an_edit(
     assert waits[-1] == 1.0  # backoff_max: a rejected token is not hammered
     edit_config(bridge, relay_token=tenant.token)
     bridge.wait_connected(hellos=hellos + 1)
-    tenant.post(text_body("fixed", reply_token="rt-fixed"))
+    tenant.post(webhook_body("fixed", reply_token="rt-fixed"))
     wait_for(lambda: replies_to(fake_line, "rt-fixed"), what="the reply")
     assert_no_secrets(bridge, bad)
 
@@ -294,7 +293,7 @@ def test_token_in_the_url_connects_and_is_never_logged(
     hellos = bridge.counter("hellos")
     edit_config(bridge, relay_token=None, relay_url=f"{shared_relay.bridge_url}/{tenant.token}")
     bridge.wait_connected(hellos=hellos + 1)
-    tenant.post(text_body("via url", reply_token="rt-url"))
+    tenant.post(webhook_body("via url", reply_token="rt-url"))
     wait_for(lambda: replies_to(fake_line, "rt-url"), what="the reply")
     assert_no_secrets(bridge, tenant.token)
     edit_config(bridge, relay_token=tenant.token, relay_url=shared_relay.bridge_url)
@@ -323,7 +322,7 @@ def test_half_open_connection_is_dropped_by_ping_timeout_and_replaced(
         bridge.wait_connected(hellos=hellos + 1)
         proxy.freeze()  # the connection stays open but nothing crosses it any more
         bridge.wait_connected(hellos=hellos + 2)
-        tenant.post(text_body("through the new connection", reply_token="rt-half-open"))
+        tenant.post(webhook_body("through the new connection", reply_token="rt-half-open"))
         wait_for(lambda: replies_to(fake_line, "rt-half-open"), what="the reply")
     finally:
         hellos = bridge.counter("hellos")
@@ -368,7 +367,7 @@ def test_sigterm_lets_the_answer_in_flight_finish_and_exits_cleanly(
 ) -> None:
     healthy_chat.delay = 1.5  # shutdown_grace is 5 s
     asked = len(healthy_chat.requests())
-    tenant.post(text_body("last words", reply_token="rt-term"))
+    tenant.post(webhook_body("last words", reply_token="rt-term"))
     wait_for(lambda: len(healthy_chat.requests()) > asked, what="the question to reach the model")
     assert bridge.stop() == 0
     assert len(replies_to(fake_line, "rt-term")) == 1

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.support.relay import RelayProcess
+from tests.support.processes import stop
+from tests.support.relay import LINERELAY, RelayProcess
 from tls import pki as tls_pki
 
 HERE = Path(__file__).parent
 TARGET = HERE / "target.py"
-LINERELAY = str(Path(sys.executable).parent / "linerelay")
 SECRET = "conformance-test-secret"
 TENANT = "acme"
 
@@ -107,13 +107,7 @@ def start_target() -> Iterator[Callable[..., Target]]:
 
     yield start
     for target in started:
-        target.proc.terminate()
-    for target in started:
-        try:
-            target.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            target.proc.kill()
-            target.proc.wait()
+        stop(target.proc)
 
 
 def _conformance(tmp: Path, url: str, *args: str, secret: str = SECRET) -> Run:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.relay import free_port
+from tests.support.relay import LINERELAY, free_port
 from tls import pki as tls_pki
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ def test_the_suite_queues_nothing_on_the_relay(relay_run, relay_target):
 def test_a_missing_secret_file_exits_2(tmp_path: Path):
     done = subprocess.run(
         [
-            str(Path(sys.executable).parent / "linerelay"),
+            LINERELAY,
             "conformance",
             "https://127.0.0.1:1/webhook/acme",
             "--tenant-secret-file",
@@ -428,7 +428,7 @@ def test_the_terminal_summary_is_coloured_on_a_tty(relay_url):
     try:
         proc = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "linerelay"),
+                LINERELAY,
                 "conformance",
                 relay_url,
                 "--tenant-secret",

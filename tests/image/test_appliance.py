@@ -13,7 +13,6 @@ import secrets
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,9 @@ from tests.image.conftest import (
     take,
     tenants_credential,
 )
-from tests.integration.helpers import wait_for, webhook_body
+from tests.support.bodies import webhook_body
+from tests.support.relay import LINERELAY
+from tests.support.waiting import wait_for
 from tls import pki as tls_pki
 
 TENANT = "shop-42"
@@ -83,7 +84,7 @@ def test_conformance_passes_from_the_host(
     report = tmp_path / "report.json"
     result = subprocess.run(
         [
-            str(Path(sys.executable).parent / "linerelay"),
+            LINERELAY,
             "conformance",
             guest.url(f"/webhook/{TENANT}"),
             "--tenant-secret",

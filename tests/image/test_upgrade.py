@@ -25,7 +25,7 @@ from tests.image.conftest import (
     take,
     tenants_credential,
 )
-from tests.integration.helpers import webhook_body
+from tests.support.bodies import webhook_body
 
 TENANT = "shop-7"
 SECRET = secrets.token_hex(16)

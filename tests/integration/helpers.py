@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import ssl
 import subprocess
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +25,27 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from appliance.signature import sign
-from appliance.tenants import TenantRegistry
+from tests.support.bodies import tag_of, webhook_body
 from tests.support.relay import RelayProcess, linerelay
+from tests.support.tenants import add_tenant
+from tests.support.waiting import TIMEOUT, async_wait_for, wait_for
 
-#: Generous: the machine has two cores shared with other test runs.
-TIMEOUT = 30.0
+# TIMEOUT, the waits and the bodies are tests/support's, re-exported: test modules
+# (other branches' new ones too) import them from here.
+__all__ = [
+    "TIMEOUT",
+    "Bridge",
+    "Harness",
+    "Tenant",
+    "async_client",
+    "async_wait_for",
+    "post",
+    "running_relay",
+    "tag_of",
+    "tls_context",
+    "wait_for",
+    "webhook_body",
+]
 
 
 def tls_context(*cafiles: Path) -> ssl.SSLContext:
@@ -41,58 +54,6 @@ def tls_context(*cafiles: Path) -> ssl.SSLContext:
     for cafile in cafiles[1:]:
         context.load_verify_locations(cafile=str(cafile))
     return context
-
-
-def wait_for(
-    condition: Callable[[], Any], what: str, timeout: float = TIMEOUT, interval: float = 0.05
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-async def async_wait_for(
-    condition: Callable[[], Awaitable[Any]],
-    what: str,
-    timeout: float = TIMEOUT,
-    interval: float = 0.05,
-) -> Any:
-    """:func:`wait_for` for coroutine conditions."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-def webhook_body(tag: str) -> bytes:
-    """A LINE-shaped body with one text message event whose text is ``tag``."""
-    event = {
-        "type": "message",
-        "mode": "active",
-        "timestamp": 1763800000123,
-        "webhookEventId": "01HZ" + uuid.uuid4().hex[:22].upper(),
-        "deliveryContext": {"isRedelivery": False},
-        "source": {"type": "user", "userId": "U" + "0" * 32},
-        "replyToken": uuid.uuid4().hex,
-        "message": {"id": "1", "type": "text", "quoteToken": "q", "text": tag},
-    }
-    return json.dumps({"destination": "U" + "f" * 32, "events": [event]}, indent=1).encode()
-
-
-def tag_of(frame: dict[str, Any]) -> str:
-    """The ``tag`` of a :func:`webhook_body` delivered in a webhook frame."""
-    text: str = json.loads(frame["body"])["events"][0]["message"]["text"]
-    return text
 
 
 @dataclass(frozen=True)
@@ -120,22 +81,11 @@ class Harness:
         return tls_context(*(self.trust or (self.relay.ca_file,)))
 
     def tenant(self, prefix: str = "t") -> Tenant:
-        """A fresh tenant (unique id, random secret) in the relay's real tenants file.
-
-        Written with :class:`TenantRegistry`, the code behind ``linerelay tenant
-        add``, in this process: each CLI run costs one to two seconds of
-        start-up on this machine, too much for a tenant per test.
-        test_tenant_cli.py drives the CLI itself.
-        """
-        tenant_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        secret = secrets.token_hex(16)
-        registry = TenantRegistry(self.relay.state_dir / "tenants.db")
-        try:
-            token = registry.add(tenant_id, secret)
-        finally:
-            registry.close()
-        self.sensitive.update((secret, token))
-        return Tenant(tenant_id, secret, token, self.relay.webhook_url(tenant_id))
+        """A fresh tenant (unique id, random secret) in the relay's real tenants file
+        (tests/support/tenants.py)."""
+        added = add_tenant(self.relay.state_dir, prefix=prefix)
+        self.sensitive.update((added.secret, added.token))
+        return Tenant(added.id, added.secret, added.token, self.relay.webhook_url(added.id))
 
     def remember(self, value: str) -> str:
         """Record a sensitive value the test made itself (a token, a wrong signature)."""

@@ -200,7 +200,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 def served_not_after(harness: Harness) -> dt.datetime:
     leaf = x509.load_pem_x509_certificate(
-        (harness.relay.state_dir / "pki" / "leaf.pem").read_bytes()
+        pki.EmbeddedPKI(harness.relay.state.pki).leaf.read_bytes()
     )
     return leaf.not_valid_after_utc
 

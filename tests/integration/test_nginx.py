@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import ssl
 import subprocess
@@ -30,7 +29,6 @@ import websockets
 from websockets.asyncio.client import connect
 
 from appliance.signature import sign
-from appliance.tenants import TenantRegistry
 from tests.integration.helpers import (
     TIMEOUT,
     Bridge,
@@ -41,7 +39,9 @@ from tests.integration.helpers import (
     webhook_body,
 )
 from tests.support.nginx import NGINX, Nginx, start_nginx
+from tests.support.processes import stop
 from tests.support.relay import LINERELAY, free_port
+from tests.support.tenants import add_tenant
 from tls import pki as tls_pki
 
 pytestmark = [
@@ -174,7 +174,7 @@ async def test_every_ingress_row_through_nginx(
     assert get.status_code == 405
 
     # The store cannot commit before the deadline (another process holds its lock).
-    store = sqlite3.connect(relay.relay.state_dir / "store.db", isolation_level=None)
+    store = sqlite3.connect(relay.relay.state.store, isolation_level=None)
     try:
         store.execute("BEGIN IMMEDIATE")
         late = webhook_body("late")
@@ -395,11 +395,7 @@ def test_the_relay_socket_activated_on_a_unix_socket_serves_behind_nginx(
         f'public_tls = false\nlisten = "unix:{sock}"\ntrusted_proxies = ["unix"]\n'
         f'admin_listen = "127.0.0.1:{admin}"\n'
     )
-    state.mkdir(mode=0o700)
-    registry = TenantRegistry(state / "tenants.db")
-    secret = "socket-activated-secret"
-    registry.add("activated", secret)
-    registry.close()
+    secret = add_tenant(state, "activated", "socket-activated-secret").secret
     log = tmp_path / "relay.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -445,5 +441,4 @@ def test_the_relay_socket_activated_on_a_unix_socket_serves_behind_nginx(
     finally:
         if front is not None:
             front.stop()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(TIMEOUT)
+        stop(proc, TIMEOUT)

@@ -22,8 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.helpers import wait_for
+from appliance.state import StateDir
 from tests.support.relay import LINERELAY, free_port
+from tests.support.waiting import wait_for
+from tls.pki import EmbeddedPKI
 
 pytestmark = [
     pytest.mark.integration,
@@ -123,7 +125,8 @@ def test_the_relay_serves_the_sockets_it_inherits_and_tells_systemd(
 
     wait_for(ready, "the relay on the inherited admin socket", timeout=60, interval=0.2)
     assert wait_for(lambda: manager.saw("READY=1"), "READY=1")
-    context = ssl.create_default_context(cafile=str(tmp_path / "state" / "pki" / "root.pem"))
+    root = EmbeddedPKI(StateDir(tmp_path / "state").pki).root
+    context = ssl.create_default_context(cafile=str(root))
     with (
         socket.create_connection(("127.0.0.1", ports["public"]), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,

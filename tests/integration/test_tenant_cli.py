@@ -43,7 +43,7 @@ def slow_poll(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 def tenants_file(harness: Harness) -> list[tuple[object, ...]]:
     """Every row of the relay's real tenants file, to show a command changed nothing."""
-    db = sqlite3.connect(harness.relay.state_dir / "tenants.db")
+    db = sqlite3.connect(harness.relay.state.tenants)
     try:
         return db.execute("SELECT * FROM tenants ORDER BY id").fetchall()
     finally:

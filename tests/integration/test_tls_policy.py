@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 
 from tests.integration.helpers import Harness, running_relay
+from tls.pki import EmbeddedPKI
 
 pytestmark = [
     pytest.mark.integration,
@@ -113,10 +114,9 @@ def test_full_chain_is_served_leaf_then_intermediate_and_verifies_against_the_ro
     served = [
         x509.load_pem_x509_certificate(pem.encode()) for pem in _PEM.findall(handshake.output)
     ]
-    pki = modern.relay.state_dir / "pki"
+    dev = EmbeddedPKI(modern.relay.state.pki)
     expected = [
-        x509.load_pem_x509_certificate((pki / name).read_bytes())
-        for name in ("leaf.pem", "intermediate.pem")
+        x509.load_pem_x509_certificate(pem.read_bytes()) for pem in (dev.leaf, dev.intermediate)
     ]
     assert served == expected
     root = x509.load_pem_x509_certificate(modern.relay.ca_file.read_bytes())

@@ -485,7 +485,7 @@ async def test_webhook_not_committed_by_the_deadline_gets_503_and_its_retry_is_n
     headers = harness.headers(tenant, body)
     # Another process (a backup, say) holds the store's write lock past the
     # relay's 800 ms acknowledgement deadline.
-    store = sqlite3.connect(harness.relay.state_dir / "store.db", isolation_level=None)
+    store = sqlite3.connect(harness.relay.state.store, isolation_level=None)
     try:
         store.execute("BEGIN IMMEDIATE")
         first = await client.post(tenant.url, content=body, headers=headers)

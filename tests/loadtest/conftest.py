@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from loadtest.cli import register
-from tests.support.relay import RelayProcess
+from tests.support.processes import stop
+from tests.support.relay import LINERELAY, RelayProcess
 
 TARGETS = Path(__file__).with_name("targets.py")
 
@@ -45,8 +46,7 @@ def _start(mode: str) -> Iterator[str]:
         assert port.isdigit(), f"target {mode} did not start"
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        stop(process)
 
 
 @pytest.fixture
@@ -83,9 +83,8 @@ def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProc
 @pytest.fixture
 def gateway() -> Iterator[str]:
     """A ``linerelay loadtest gateway`` process (20 ms latency); its base URL."""
-    linerelay = str(Path(sys.executable).with_name("linerelay"))
     process = subprocess.Popen(
-        [linerelay, "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "20"],
+        [LINERELAY, "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "20"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -93,5 +92,4 @@ def gateway() -> Iterator[str]:
         assert process.stdout is not None
         yield json.loads(process.stdout.readline())["gateway"]
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)

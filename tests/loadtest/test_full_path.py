@@ -5,26 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.support.relay import RelayProcess
+from tests.support.processes import stop
+from tests.support.relay import LINERELAY, RelayProcess
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-LINERELAY = str(Path(sys.executable).with_name("linerelay"))
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def gateway_stats(base: str) -> dict[str, int]:
@@ -61,7 +52,12 @@ def test_a_real_bridge_answers_generated_traffic_through_the_gateway(
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: shared_relay.metric("linerelay_bridges_connected") > connected_before)
+        wait_for(
+            lambda: shared_relay.metric("linerelay_bridges_connected") > connected_before,
+            "the bridge to connect",
+            timeout=60,
+            interval=0.2,
+        )
         report = tmp_path / "report"
         status = run_loadtest(
             ["--target", shared_relay.base_url, "--ca", str(shared_relay.ca_file),
@@ -72,13 +68,17 @@ def test_a_real_bridge_answers_generated_traffic_through_the_gateway(
         verdict = json.loads((report / "verdict.json").read_text())
         assert status == 0, verdict
         assert verdict["delivered"] is None
-        wait_for(lambda: gateway_stats(gateway).get("/v2/bot/message/reply 200", 0) > 0)
+        wait_for(
+            lambda: gateway_stats(gateway).get("/v2/bot/message/reply 200", 0) > 0,
+            "a reply through the gateway",
+            timeout=60,
+            interval=0.2,
+        )
         stats = gateway_stats(gateway)
         assert stats.get("/v1/chat/completions 200", 0) > 0
         assert not any(key.endswith((" 400", " 401", " 404")) for key in stats)
     finally:
-        bridge.terminate()
-        bridge.wait(timeout=20)
+        stop(bridge)
 
 
 def test_simulated_bridges_reply_through_the_gateway_and_locust_counts_each_call(

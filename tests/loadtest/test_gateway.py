@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from loadtest.gateway import COMPLETIONS, LOADING, PUSH, REPLY, Gateway
+from tests.support.processes import stop
+from tests.support.relay import LINERELAY
 
 BEARER = "Bearer token"
 
@@ -80,9 +80,8 @@ def test_error_rate_outside_zero_to_one_is_refused() -> None:
 
 @pytest.mark.integration
 def test_gateway_command_serves_with_latency_and_counts_what_it_got() -> None:
-    linerelay = Path(sys.executable).with_name("linerelay")
     process = subprocess.Popen(
-        [str(linerelay), "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "200"],
+        [LINERELAY, "loadtest", "gateway", "--listen", "127.0.0.1:0", "--latency-ms", "200"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -105,5 +104,4 @@ def test_gateway_command_serves_with_latency_and_counts_what_it_got() -> None:
             stats = json.loads(answer.read())
         assert stats == {"answers": {f"{LOADING} 202": 1, f"{REPLY} 401": 1}}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import processes
 from tests.support.relay import free_port
 from tls import pki as tls_pki
 
@@ -79,13 +80,7 @@ class Nginx:
 
     def stop(self) -> None:
         """Graceful stop (SIGQUIT), then SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop(self.proc, TIMEOUT, signal.SIGQUIT)
 
 
 def render(directory: Path, pki: tls_pki.DevPKI, upstream: Path, port: int, http_port: int) -> str:

@@ -1,24 +1,27 @@
 """A real ``linerelay serve`` process for integration tests.
 
 Starts the relay in a temporary state dir on free loopback ports, waits for
-``/readyz``, and offers the handles a test needs: URLs, the dev root CA,
-tenant management through the real CLI, stop, kill -9 and restart on the
-same ports.
+``/readyz``, and offers the handles a test needs: URLs, the state dir's
+files, the dev root CA, tenants, stop, kill -9 and restart on the same ports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from appliance.state import StateDir
+from tests.support import processes
+from tests.support.tenants import add_tenant
+from tests.support.waiting import wait_for
+from tls.pki import EmbeddedPKI
 
 VENV_BIN = Path(sys.executable).parent
 LINERELAY = str(VENV_BIN / "linerelay")
@@ -107,9 +110,14 @@ class RelayProcess:
         return f"{'wss' if self.scheme == 'https' else 'ws'}://127.0.0.1:{self.port}/bridge"
 
     @property
+    def state(self) -> StateDir:
+        """The files of the relay's state dir."""
+        return StateDir(self.state_dir)
+
+    @property
     def ca_file(self) -> Path:
         """The dev PKI's root certificate."""
-        return self.state_dir / "pki" / "root.pem"
+        return EmbeddedPKI(self.state.pki).root
 
     def webhook_url(self, tenant: str) -> str:
         """Where LINE would post ``tenant``'s webhooks."""
@@ -133,25 +141,21 @@ class RelayProcess:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         STARTED.append(self)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.admin_url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"relay not ready after {timeout}s:\n{self.output()}")
+        wait_for(self._ready, lambda: f"the relay to be ready:\n{self.output()}", timeout)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
+        try:
+            return httpx.get(f"{self.admin_url}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def add_tenant(self, tenant: str, secret: str) -> str:
-        """Add a tenant through the CLI; returns its bridge token."""
-        result = linerelay(
-            "tenant", "add", tenant, "--channel-secret", secret, "--json", state_dir=self.state_dir
-        )
-        token: str = json.loads(result.stdout)["token"]
-        return token
+        """Add a tenant (tests/support/tenants.py); returns its bridge token."""
+        return add_tenant(self.state_dir, tenant, secret).token
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the relay."""
@@ -159,15 +163,8 @@ class RelayProcess:
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM, then wait; returns the exit status."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        """SIGTERM, then wait (SIGKILL after ``timeout``); returns the exit status."""
+        return 0 if self.proc is None else processes.stop(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind."""

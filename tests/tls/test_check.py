@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import stop
+from tests.support.relay import LINERELAY
 from tls import pki, rules, sources
 from tls.cli import TargetError, parse_host_port
 
-LINERELAY = str(Path(sys.executable).parent / "linerelay")
 TARGET = Path(__file__).parents[1] / "conformance" / "target.py"
 
 
@@ -80,8 +81,7 @@ def serve(certfile: Path, keyfile: Path) -> Iterator[int]:
         assert line.startswith("PORT "), line
         yield int(line.split()[1])
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

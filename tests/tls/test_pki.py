@@ -6,17 +6,15 @@ import datetime as dt
 import ipaddress
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509 import verification
 
+from tests.support.relay import LINERELAY
 from tls import pki, rules
 from tls.pki import MAX_LEAF_DAYS, DevPKI, EmbeddedPKI
-
-LINERELAY = str(Path(sys.executable).parent / "linerelay")
 
 
 def load_chain(path: Path) -> list[x509.Certificate]:
