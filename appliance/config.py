@@ -19,7 +19,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
-from appliance.settings import POSITIVE, Settings, one_of, setting
+from appliance.settings import POSITIVE, Settings, between, one_of, setting
 from tls import hostnames
 
 ENV_PREFIX = "LINERELAY_"
@@ -124,8 +124,9 @@ class RelayConfig(Settings):
     bridge_window_v2: int = setting(
         256,
         "Webhooks in flight unacked on one protocol 2 bridge connection (batches fill it "
-        "faster, so it is larger).",
-        POSITIVE,
+        "faster, so it is larger). At most 512, so that an ack naming the whole window "
+        "fits in one bridge frame (16 KiB).",
+        between(1, 512),
     )
     bridge_window_bytes: int = setting(
         4 * 1024 * 1024,

@@ -190,7 +190,12 @@ class Server:
         await store.open()
         tenants = TenantDirectory(self.state.tenants)
         hub = Hub(
-            store, metrics, config.bridge_window, config.nack_backoff, config.bridge_window_bytes
+            store,
+            metrics,
+            config.bridge_window,
+            config.nack_backoff,
+            config.bridge_window_bytes,
+            window_v2=config.bridge_window_v2,
         )
         return Relay(config, tenants, store, hub, metrics)
 

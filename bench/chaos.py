@@ -45,9 +45,11 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from appliance.protocol import Nack, decode, encode
 from bench.attacks import Target
 from bench.common import CLIENT_CORE, SERVER_CORE
 from bench.traffic import Legit, latency_stats, scan_log
+from bridge.wire import OFFER, acks, delivered, negotiated
 from tests.support.relay import RelayProcess
 
 FAULTS = ("kill", "lock", "disk")
@@ -88,18 +90,20 @@ class ChurningTenant(Legit):
                     max_size=None,
                     compression=None,
                     open_timeout=10,
+                    subprotocols=list(OFFER),
                 ) as ws:
                     self.bridge_connects += 1
                     self._ws = ws
-                    await self._take(ws, rng)
+                    await self._take(ws, rng, negotiated(ws.subprotocol))
                     if self.churn and rng.random() < 0.5:
                         ws.transport.abort()  # vanish without a close handshake
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
                 pass
             await asyncio.sleep(rng.uniform(0.0, 0.5) if self.churn else 0.2)
 
-    async def _take(self, ws: Any, rng: random.Random) -> None:
-        """Frames until churn says go: most acked, some nacked, some left unacked."""
+    async def _take(self, ws: Any, rng: random.Random, version: int) -> None:
+        """Webhooks until churn says go: most acked (one ack per batch in protocol 2),
+        some nacked, some left unacked."""
         take = rng.randrange(1, 20)
         until = time.monotonic() + rng.uniform(0.2, 2.0)
         taken = 0
@@ -109,19 +113,20 @@ class ChurningTenant(Legit):
                     raw = await ws.recv()
             except TimeoutError:
                 continue
-            frame = json.loads(raw)
-            if frame.get("type") != "webhook":
-                continue
-            taken += 1
-            roll = rng.random() if self.churn else 0.0
-            if roll < 0.75:
-                self._on_frame(frame)
-                await ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
-            elif roll < 0.85:
-                self.nacks += 1
-                await ws.send(json.dumps({"type": "nack", "id": frame["id"], "reason": "chaos"}))
-            else:
-                self.left_unacked += 1
+            acked: list[str] = []
+            for hook in delivered(decode(raw)):
+                taken += 1
+                roll = rng.random() if self.churn else 0.0
+                if roll < 0.75:
+                    self._on_frame(hook)
+                    acked.append(hook.id)
+                elif roll < 0.85:
+                    self.nacks += 1
+                    await ws.send(encode(Nack(hook.id, "chaos"), version))
+                else:
+                    self.left_unacked += 1
+            for ack in acks(acked, version):
+                await ws.send(ack)
 
 
 @dataclass

@@ -13,7 +13,10 @@ body as a retry without storing it, so a fixed body would flatter it).
    bridge from each frame's ``received_at``). Each paced run uses its own
    tenant so no body is a retry of an earlier run's.
 
-    .venv/bin/python -m bench.throughput [--duration 10]
+The acking bridge speaks protocol 2 (one ack per batch); ``--bridge-protocol 1``
+makes it speak protocol 1 (one ack per webhook), to compare the two.
+
+    .venv/bin/python -m bench.throughput [--duration 10] [--bridge-protocol 1|2]
 """
 
 from __future__ import annotations
@@ -99,7 +102,15 @@ class Relay:
     replace :attr:`base`, :attr:`bridge_url` and :attr:`ca` (bench/nginx.py).
     """
 
-    def __init__(self, work: Path, listen: str | None = None, config: str | None = None) -> None:
+    def __init__(
+        self,
+        work: Path,
+        listen: str | None = None,
+        config: str | None = None,
+        bridge_protocol: int = 2,
+    ) -> None:
+        """``bridge_protocol``: what the acking bridges ask for (``--protocol`` of bench.ackbridge)."""
+        self.bridge_protocol = bridge_protocol
         self.state = StateDir(work / "relay")
         self.port, admin = free_port(), free_port()
         args = [
@@ -152,6 +163,8 @@ class Relay:
                 str(self.ca),
                 "--token",
                 token,
+                "--protocol",
+                str(self.bridge_protocol),
             ],
             stdout=subprocess.PIPE,
         )
@@ -194,6 +207,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--bodies", type=int, default=60_000)
+    parser.add_argument(
+        "--bridge-protocol",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="the protocol the acking bridge asks for (1 to measure protocol 1)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-bench-"))
     pki = EmbeddedPKI(work / "pki")
@@ -202,12 +222,12 @@ def main() -> None:
     write_bodies(bodies, args.bodies)
     print(
         f"{args.bodies} signed 600-byte bodies; servers on core {SERVER_CORE}, "
-        f"wrk and bridge on core {CLIENT_CORE}",
+        f"wrk and bridge (protocol {args.bridge_protocol}) on core {CLIENT_CORE}",
         flush=True,
     )
     results: dict[str, Any] = {}
 
-    relay = Relay(work)
+    relay = Relay(work, bridge_protocol=args.bridge_protocol)
     try:
         relay.run("warmup", bodies, 3)
         results["relay"] = relay.run("max", bodies, args.duration)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import ssl
@@ -30,9 +29,11 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from appliance.protocol import Webhook, decode
 from appliance.signature import sign
 from bench.attacks import Target, open_tcp, read_response, request_bytes
 from bench.common import body_600
+from bridge.wire import OFFER, acks, delivered, negotiated
 
 #: A request not answered in this long counts as failed (status 0).
 REQUEST_TIMEOUT = 10.0
@@ -271,9 +272,9 @@ class Legit:
 
     # -- the bridge ------------------------------------------------------------
 
-    def _on_frame(self, frame: dict[str, Any]) -> None:
-        body = frame["body"].encode()
-        if self.signatures.get(body) != frame["signature"]:
+    def _on_frame(self, frame: Webhook) -> None:
+        body = frame.body.encode()
+        if self.signatures.get(body) != frame.signature:
             self.mismatched += 1
         self.delivered.add(body)
         self.delivery_count[body] += 1
@@ -288,12 +289,14 @@ class Legit:
 async def acking_bridge(
     target: Target,
     token: str,
-    on_frame: Callable[[dict[str, Any]], None],
+    on_frame: Callable[[Webhook], None],
     on_connect: Callable[[], None] | None = None,
     source: str = "127.0.0.1",
 ) -> None:
-    """A bridge that hands every webhook frame to ``on_frame`` and acks it, until cancelled;
-    it reconnects whenever the connection goes (a restarted relay)."""
+    """A bridge that hands every webhook to ``on_frame`` and acks it, until cancelled;
+    it reconnects whenever the connection goes (a restarted relay). It speaks what
+    ``linerelay bridge`` speaks: protocol 2 (one ack per batch) or, if the relay
+    selects no subprotocol, protocol 1."""
     while True:
         try:
             async with ws_connect(
@@ -304,14 +307,17 @@ async def acking_bridge(
                 compression=None,
                 open_timeout=10,
                 local_addr=(source, 0),
+                subprotocols=list(OFFER),
             ) as ws:
+                version = negotiated(ws.subprotocol)
                 if on_connect is not None:
                     on_connect()
                 async for raw in ws:
-                    frame = json.loads(raw)
-                    if frame.get("type") == "webhook":
-                        on_frame(frame)
-                        await ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+                    hooks = delivered(decode(raw))
+                    for hook in hooks:
+                        on_frame(hook)
+                    for ack in acks([hook.id for hook in hooks], version):
+                        await ws.send(ack)
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
             pass
         await asyncio.sleep(0.5)

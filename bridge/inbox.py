@@ -2,7 +2,10 @@
 
 A webhook is acknowledged to the relay only after :meth:`Inbox.take` has
 committed it here, so a bridge killed after its ack still answers after a
-restart. ``take`` makes the dedupe decision inside the same transaction:
+restart. ``take`` queues the bodies of a whole frame (a protocol 2 batch) in
+one transaction, so one fsync covers them all and one ack can name them all;
+it makes the dedupe decisions inside that transaction, body by body in order
+(a body repeated later in the same batch is already known):
 
 - a body already taken (same bytes, however the relay numbered it) adds nothing;
 - an event whose key (``webhookEventId``, see :func:`bridge.events.dedupe_key`)
@@ -23,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +79,16 @@ class Incoming:
 
 
 @dataclass(frozen=True, slots=True)
+class Body:
+    """One webhook body to queue: its digest (its bytes' identity) and its events."""
+
+    digest: str
+    events: Sequence[Incoming]
+
+
+@dataclass(frozen=True, slots=True)
 class Taken:
-    """What :meth:`Inbox.take` did with a webhook."""
+    """What :meth:`Inbox.take` did with a webhook body."""
 
     queued: int
     duplicates: int
@@ -124,39 +135,44 @@ class Inbox:
             cur = self._db.execute("UPDATE jobs SET state='pending' WHERE state='running'")
         return cur.rowcount
 
-    def take(
-        self, digest: str, events: Iterable[Incoming], ttl: float, now: float | None = None
-    ) -> Taken:
-        """Queue the events of the body ``digest`` unless already seen; commits before returning."""
+    def take(self, bodies: Sequence[Body], ttl: float, now: float | None = None) -> list[Taken]:
+        """Queue the events of ``bodies`` unless already seen, in one transaction that
+        commits before returning; one :class:`Taken` per body, in order.
+
+        Raises :class:`InboxError` when the transaction fails: then none of them is queued.
+        """
         now = time.time() if now is None else now
-        queued = duplicates = 0
         with self._tx():
-            row = self._db.execute(
-                "SELECT 1 FROM bodies WHERE digest=? AND expires_at>?", (digest, now)
+            return [self._take(body, ttl, now) for body in bodies]
+
+    def _take(self, body: Body, ttl: float, now: float) -> Taken:
+        queued = duplicates = 0
+        row = self._db.execute(
+            "SELECT 1 FROM bodies WHERE digest=? AND expires_at>?", (body.digest, now)
+        ).fetchone()
+        if row is not None:
+            return Taken(0, 0, known_body=True)
+        self._db.execute(
+            "INSERT OR REPLACE INTO bodies (digest, expires_at) VALUES (?, ?)",
+            (body.digest, now + ttl),
+        )
+        for item in body.events:
+            owner = self._db.execute(
+                "SELECT digest FROM seen WHERE key=? AND expires_at>?", (item.key, now)
             ).fetchone()
-            if row is not None:
-                return Taken(0, 0, known_body=True)
+            if owner is not None and owner[0] != body.digest:
+                duplicates += 1
+                continue
             self._db.execute(
-                "INSERT OR REPLACE INTO bodies (digest, expires_at) VALUES (?, ?)",
-                (digest, now + ttl),
+                "INSERT OR REPLACE INTO seen (key, digest, expires_at) VALUES (?, ?, ?)",
+                (item.key, body.digest, now + ttl),
             )
-            for item in events:
-                owner = self._db.execute(
-                    "SELECT digest FROM seen WHERE key=? AND expires_at>?", (item.key, now)
-                ).fetchone()
-                if owner is not None and owner[0] != digest:
-                    duplicates += 1
-                    continue
-                self._db.execute(
-                    "INSERT OR REPLACE INTO seen (key, digest, expires_at) VALUES (?, ?, ?)",
-                    (item.key, digest, now + ttl),
-                )
-                self._db.execute(
-                    "INSERT INTO jobs (digest, idx, event, chat, retry_key, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (digest, item.index, item.event, item.chat, str(uuid.uuid4()), now),
-                )
-                queued += 1
+            self._db.execute(
+                "INSERT INTO jobs (digest, idx, event, chat, retry_key, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (body.digest, item.index, item.event, item.chat, str(uuid.uuid4()), now),
+            )
+            queued += 1
         return Taken(queued, duplicates, known_body=False)
 
     def claim(self, busy_chats: Collection[str]) -> Job | None:

@@ -8,8 +8,14 @@ DNS, TLS, closed, timed out) waits a delay from :class:`bridge.backoff.Backoff`
 and tries again; a successful ``hello`` resets the schedule. A 401 is a
 rejected token: logged as such and retried at the cap, never hammered.
 
-Each webhook frame goes to the ``intake`` callback, which returns once the
-webhook is durably queued (ack) or could not be (nack with the reason).
+The link offers protocol 2 (the ``linerelay.v2`` subprotocol) and speaks
+whichever protocol the relay selects: a relay that selects none is an older
+one and gets protocol 1 exactly as before (bridge/wire.py). The webhooks of a
+frame (one ``webhook``, or a protocol 2 ``webhooks`` batch) go to the
+``intake`` callback together; it returns once they are durably queued, in one
+commit, or could not be. The link then acks in one frame everything that
+commit made durable (protocol 1: one ack per webhook) and nacks, one by one,
+what it could not take.
 """
 
 from __future__ import annotations
@@ -19,44 +25,31 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from appliance.protocol import (
-    PROTOCOL_VERSION,
-    Ack,
-    FrameError,
-    Hello,
-    Nack,
-    Webhook,
-    decode,
-    encode,
-)
+from appliance.protocol import FrameError, Hello, Webhook, Webhooks, decode
 from bridge.backoff import Backoff
 from bridge.config import BridgeConfig, token_in_url
 from bridge.status import BridgeStatus
+from bridge.wire import OFFER, IntakeResult, delivered, negotiated, replies
 
 log = logging.getLogger(__name__)
 
-#: Largest frame accepted from the relay: a 1 MiB body, JSON-escaped, with room to spare.
-MAX_FRAME_BYTES = 8 * 1024 * 1024
+#: Largest frame accepted from the relay. A protocol 2 batch holds up to the relay's
+#: ``bridge_window_bytes`` of bodies (4 MiB by default, or one body of up to 1 MiB going
+#: alone), and JSON escaping can double them; a frame over this would be refused, the
+#: connection closed and the same batch sent again, so the room is generous.
+MAX_FRAME_BYTES = 32 * 1024 * 1024
 #: Seconds allowed for TCP, TLS and the upgrade together.
 OPEN_TIMEOUT = 20.0
 USER_AGENT = "linerelay-bridge/1"
 
 
-@dataclass(frozen=True, slots=True)
-class IntakeResult:
-    """Whether a webhook is safely queued (ack) or not (nack with ``reason``)."""
-
-    ok: bool
-    reason: str = ""
-
-
-Intake = Callable[[Webhook], Awaitable[IntakeResult]]
+#: Queues a frame's webhooks in one commit; returns one result per webhook, in order.
+Intake = Callable[[Sequence[Webhook]], Awaitable[list[IntakeResult]]]
 
 
 def connect_headers(config: BridgeConfig) -> dict[str, str]:
@@ -154,10 +147,16 @@ class Link:
                 close_timeout=min(5.0, config.ping_timeout),
                 max_size=MAX_FRAME_BYTES,
                 user_agent_header=USER_AGENT,
+                subprotocols=list(OFFER),
             ) as ws:
-                log.info("connected to the relay", extra={"url": config.relay_url})
+                protocol = negotiated(ws.subprotocol)
+                self._status.protocol = protocol
+                log.info(
+                    "connected to the relay",
+                    extra={"url": config.relay_url, "protocol": protocol},
+                )
                 async for message in ws:
-                    await self._on_message(ws, message)
+                    await self._on_message(ws, message, protocol)
             reason = "the relay closed the connection"
         except InvalidStatus as exc:
             code = exc.response.status_code
@@ -190,7 +189,7 @@ class Link:
         self._status.connected_since = None
         self._status.error(reason)
 
-    async def _on_message(self, ws: ClientConnection, message: str | bytes) -> None:
+    async def _on_message(self, ws: ClientConnection, message: str | bytes, protocol: int) -> None:
         try:
             frame = decode(message)
         except FrameError as exc:
@@ -199,10 +198,10 @@ class Link:
             return
         match frame:
             case Hello():
-                if frame.protocol != PROTOCOL_VERSION:
+                if frame.protocol != protocol:
                     log.warning(
-                        "the relay speaks another protocol version",
-                        extra={"relay": frame.protocol, "bridge": PROTOCOL_VERSION},
+                        "the relay's hello names another protocol than the one negotiated",
+                        extra={"relay": frame.protocol, "negotiated": protocol},
                     )
                 self._backoff.reset()
                 self._status.connection = "connected"
@@ -217,14 +216,17 @@ class Link:
                         "protocol": frame.protocol,
                     },
                 )
-            case Webhook():
-                result = await self._intake(frame)
-                if result.ok:
-                    await ws.send(encode(Ack((frame.id,))))
-                    self._status.count("acked")
-                else:
-                    await ws.send(encode(Nack(frame.id, result.reason)))
-                    self._status.count("nacked")
+            case Webhook() | Webhooks():
+                webhooks = delivered(frame)
+                if not webhooks:
+                    return
+                results = await self._intake(webhooks)
+                ack_frames, nack_frames = replies(webhooks, results, protocol)
+                for text in (*ack_frames, *nack_frames):
+                    await ws.send(text)
+                self._status.count("acked", len(webhooks) - len(nack_frames))
+                self._status.count("nacked", len(nack_frames))
+                self._status.count("ack_frames", len(ack_frames))
             case _:
                 log.debug("frame ignored", extra={"frame_type": type(frame).__name__})
 

@@ -17,7 +17,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -28,11 +28,12 @@ from appliance.protocol import Webhook
 from bridge.backoff import Backoff
 from bridge.chat import ChatClient, ChatSettings
 from bridge.config import CONNECTION_KEYS, BridgeConfig, BridgeConfigError, ConfigFile
-from bridge.inbox import Inbox, InboxError
-from bridge.intake import Refused, prepare
+from bridge.inbox import Body, Inbox, InboxError
+from bridge.intake import Prepared, Refused, prepare
 from bridge.line_api import LineApi, LineSettings
-from bridge.link import IntakeResult, Link
+from bridge.link import Link
 from bridge.status import BridgeStatus, write_status
+from bridge.wire import IntakeResult
 from bridge.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -169,54 +170,71 @@ class Bridge:
             config.chat_timeout,
         )
 
-    async def _intake(self, frame: Webhook) -> IntakeResult:
+    async def _intake(self, frames: Sequence[Webhook]) -> list[IntakeResult]:
+        """Verify ``frames`` and queue them in one commit; one result per frame, in order.
+
+        Frames refused by :func:`prepare` are acked (redelivery could never make them
+        pass) but not queued; the rest stand or fall together with their commit.
+        """
         config = self.config
-        fields = {"delivery": frame.id, "tenant": frame.tenant, "attempt": frame.attempt}
-        prepared = prepare(frame, config.channel_secret)
-        if isinstance(prepared, Refused):
-            if prepared.security:
-                self.status.count("signature_failures")
-                self.status.error("a webhook failed signature verification")
-                log.warning(
-                    "webhook signature mismatch: acknowledged, not acted on",
-                    extra={**fields, "security": True},
-                )
+        results = [IntakeResult(True)] * len(frames)
+        ready: list[tuple[int, Prepared]] = []
+        for position, frame in enumerate(frames):
+            prepared = prepare(frame, config.channel_secret)
+            if isinstance(prepared, Refused):
+                self._refused(frame, prepared)
             else:
-                self.status.count("malformed_bodies")
-                log.warning(
-                    "malformed webhook acknowledged and dropped",
-                    extra={**fields, "why": prepared.reason},
-                )
-            return IntakeResult(True)
+                ready.append((position, prepared))
+        if not ready:
+            return results
+        bodies = [Body(prepared.digest, prepared.events) for _, prepared in ready]
         try:
-            taken = await self._db(
-                self._inbox.take, prepared.digest, prepared.events, config.dedupe_ttl
-            )
+            taken = await self._db(self._inbox.take, bodies, config.dedupe_ttl)
         except InboxError as exc:
             self.status.error(f"queue: {exc}")
             log.error(
-                "cannot queue a webhook; asking the relay to redeliver",
-                extra={**fields, "why": str(exc)},
+                "cannot queue webhooks; asking the relay to redeliver them",
+                extra={"deliveries": [frames[i].id for i, _ in ready], "why": str(exc)},
             )
-            return IntakeResult(False, "bridge queue unavailable")
-        self.status.count("webhooks")
-        self.status.count("events_queued", taken.queued)
-        self.status.count("duplicate_events", taken.duplicates)
-        if taken.known_body:
-            self.status.count("known_bodies")
-        log.info(
-            "webhook queued",
-            extra={
-                **fields,
-                "events": len(prepared.events),
-                "queued": taken.queued,
-                "duplicates": taken.duplicates,
-                "known_body": taken.known_body,
-            },
-        )
-        if taken.queued and self._worker is not None:
+            for position, _ in ready:
+                results[position] = IntakeResult(False, "bridge queue unavailable")
+            return results
+        for (position, prepared), took in zip(ready, taken, strict=True):
+            frame = frames[position]
+            self.status.count("webhooks")
+            self.status.count("events_queued", took.queued)
+            self.status.count("duplicate_events", took.duplicates)
+            if took.known_body:
+                self.status.count("known_bodies")
+            log.info(
+                "webhook queued",
+                extra={
+                    **_fields(frame),
+                    "events": len(prepared.events),
+                    "queued": took.queued,
+                    "duplicates": took.duplicates,
+                    "known_body": took.known_body,
+                },
+            )
+        if any(took.queued for took in taken) and self._worker is not None:
             self._worker.wake()
-        return IntakeResult(True)
+        return results
+
+    def _refused(self, frame: Webhook, refused: Refused) -> None:
+        """Count and log a webhook acknowledged without being acted on."""
+        if refused.security:
+            self.status.count("signature_failures")
+            self.status.error("a webhook failed signature verification")
+            log.warning(
+                "webhook signature mismatch: acknowledged, not acted on",
+                extra={**_fields(frame), "security": True},
+            )
+        else:
+            self.status.count("malformed_bodies")
+            log.warning(
+                "malformed webhook acknowledged and dropped",
+                extra={**_fields(frame), "why": refused.reason},
+            )
 
     async def _watch_config(self) -> None:
         while True:
@@ -280,3 +298,8 @@ class Bridge:
 
     async def _publish_status(self) -> None:
         self._write(await self._refresh_status())
+
+
+def _fields(frame: Webhook) -> dict[str, Any]:
+    """What a log line says of a webhook: never its body nor its signature."""
+    return {"delivery": frame.id, "tenant": frame.tenant, "attempt": frame.attempt}

@@ -27,11 +27,13 @@ class BridgeStatus:
     """The live status; fields are set by the link, the worker and the service.
 
     ``connection`` is one of starting, connecting, connected, backoff,
-    rejected (the relay refused the token), stopping, stopped.
+    rejected (the relay refused the token), stopping, stopped. ``tenant`` and
+    ``protocol`` (the bridge protocol negotiated) are those of the last connection.
     """
 
     connection: str = "starting"
     tenant: str = ""
+    protocol: int | None = None
     connected_since: float | None = None
     queue_depth: int = 0
     in_flight: int = 0
@@ -56,6 +58,7 @@ class BridgeStatus:
             "updated_at": round(time.time(), 3),
             "connection": self.connection,
             "tenant": self.tenant,
+            "protocol": self.protocol,
             "connected_since": self.connected_since,
             "queue_depth": self.queue_depth,
             "in_flight": self.in_flight,
@@ -121,7 +124,8 @@ def format_status(snapshot: dict[str, Any], now: float | None = None) -> str:
     lines = [
         f"running:      {'yes' if running else 'no'} (pid {snapshot.get('pid')})",
         f"connection:   {snapshot.get('connection')}"
-        + (f" as tenant {snapshot['tenant']}" if snapshot.get("tenant") else ""),
+        + (f" as tenant {snapshot['tenant']}" if snapshot.get("tenant") else "")
+        + (f", protocol {snapshot['protocol']}" if snapshot.get("protocol") else ""),
         f"queue depth:  {snapshot.get('queue_depth')} (in flight {snapshot.get('in_flight')},"
         f" given up {snapshot.get('failed_jobs')})",
     ]

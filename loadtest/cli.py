@@ -111,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load.add_argument("--profile", choices=PROFILES, default="steady")
     load.add_argument("--bridges", type=int, default=1, help="bridge connections per tenant")
     load.add_argument(
+        "--bridge-protocol",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="bridge protocol the bridges ask for: 2 (batches; a relay without it gets 1), or 1",
+    )
+    load.add_argument(
         "--churn",
         type=float,
         metavar="SECONDS",
@@ -246,6 +253,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         duration=args.duration,
         drain=args.drain,
         bridges=args.bridges,
+        bridge_protocol=args.bridge_protocol,
         churn_seconds=churn,
         new_connection_ratio=args.new_connection_ratio,
         budget_ms=args.budget_ms,

@@ -50,6 +50,8 @@ class RunConfig:
     duration: float = 60.0
     drain: float = 30.0
     bridges: int = 1
+    #: The bridge protocol simulated bridges offer (PROTOCOL.md §2); 1 offers none.
+    bridge_protocol: int = 2
     churn_seconds: float | None = None
     new_connection_ratio: float = 0.1
     budget_ms: float = 1000.0

@@ -12,7 +12,10 @@ directory when the test stops, for the command to judge.
   requests closing theirs, as LINE's client does.
 - :class:`BridgeUser` holds one bridge WebSocket per tenant, acks every
   delivery and reports its end-to-end latency as a Locust request event;
-  with ``--gateway`` it then answers through the simulated Messaging API.
+  with ``--gateway`` it then answers through the simulated Messaging API. It
+  speaks what ``linerelay bridge`` speaks (bridge/wire.py): protocol 2, one
+  ack per batch, unless the relay selects protocol 1 or ``--bridge-protocol
+  1`` asks for it.
 - :class:`SteadyShape`, :class:`SpikeShape`, :class:`SoakShape`: the run's
   profile over time, then a drain period with only the bridges left.
 """
@@ -39,6 +42,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from appliance import protocol
 from appliance.signature import sign, verify
+from bridge.wire import acks, delivered, negotiated, offer
 from loadtest.config import RunConfig
 from loadtest.events import (
     Templates,
@@ -175,11 +179,13 @@ class BridgeUser(User):
                     additional_headers={"Authorization": f"Bearer {token}"},
                     ssl=context,
                     open_timeout=15,
-                    max_size=2**22,
+                    # A protocol 2 batch carries up to the relay's bridge_window_bytes of bodies.
+                    max_size=2**25,
+                    subprotocols=offer(CONFIG.bridge_protocol),
                 ) as ws:
                     self._event("connect", "WSS", started, 0, None)
                     self._sockets[tenant] = ws
-                    self._receive(tenant, ws)
+                    self._receive(tenant, ws, negotiated(ws.subprotocol))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if self._running:
                     self._event("connection", "WSS", started, 0, exc)
@@ -191,7 +197,7 @@ class BridgeUser(User):
                 self._sockets.pop(tenant, None)
             gevent.sleep(pause)
 
-    def _receive(self, tenant: str, ws: ClientConnection) -> None:
+    def _receive(self, tenant: str, ws: ClientConnection, version: int) -> None:
         churn_at = (
             time.monotonic() + CONFIG.churn_seconds * _rng.uniform(0.5, 1.5)
             if CONFIG.churn_seconds
@@ -213,11 +219,14 @@ class BridgeUser(User):
             except protocol.FrameError as exc:
                 self._event("bad frame", "WSS", time.perf_counter(), len(text), exc)
                 continue
-            if isinstance(frame, protocol.Webhook):
-                ours = self._deliver(frame, secret)
-                ws.send(protocol.encode(protocol.Ack((frame.id,))))
-                if ours and self._api is not None:
-                    self._answers.spawn(self._answer, frame.body)
+            hooks = delivered(frame)
+            if hooks:
+                ours = [hook for hook in hooks if self._deliver(hook, secret)]
+                for ack in acks([hook.id for hook in hooks], version):
+                    ws.send(ack)
+                if self._api is not None:
+                    for hook in ours:
+                        self._answers.spawn(self._answer, hook.body)
             elif isinstance(frame, protocol.Hello) and frame.tenant != tenant:
                 wrong = ValueError(f"hello for tenant {frame.tenant!r} on {tenant!r}'s token")
                 self._event("bad frame", "WSS", time.perf_counter(), len(text), wrong)

@@ -235,6 +235,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return ADDRESSES
     if name == "server_name":
         return st.sampled_from(["", "relay.example.com", "localhost", "192.0.2.7", "::1"])
+    if name == "bridge_window_v2":
+        return st.integers(1, 512)
     if kind == "tuple[str, ...]":
         return st.lists(PROXIES, max_size=3).map(tuple)
     if kind == "Path":

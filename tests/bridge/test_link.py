@@ -1,10 +1,14 @@
-"""The link against a small real WebSocket server playing the relay's side of PROTOCOL.md §2."""
+"""The link against a small real WebSocket server playing the relay's side of PROTOCOL.md §2.
+
+The server selects the ``linerelay.v2`` subprotocol when asked to (a relay
+speaking protocol 2) and none otherwise (a relay from before protocol 2).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -12,12 +16,14 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
-from appliance.protocol import Hello, Webhook, encode
+from appliance.protocol import SUBPROTOCOL_V2, Hello, Webhook, Webhooks, encode
 from bridge.backoff import Backoff
 from bridge.config import BridgeConfig, parse
-from bridge.link import IntakeResult, Link, connect_headers
+from bridge.link import Link, connect_headers
 from bridge.status import BridgeStatus
+from bridge.wire import IntakeResult
 
 TOKEN = "lrb_test-token"
 
@@ -54,11 +60,17 @@ def webhook(n: int) -> Webhook:
     return Webhook(f"d-{n}", "shop", '{"events":[]}', "sig", 0, 1)
 
 
+def take_all(frames: Sequence[Webhook]) -> Any:
+    """An intake that queues everything at once."""
+    return asyncio.sleep(0, [IntakeResult(True)] * len(frames))
+
+
 class FakeRelay:
     """Greets, sends the queued frames, records what the bridge sends; 401 for a wrong token."""
 
-    def __init__(self, frames: list[str]) -> None:
+    def __init__(self, frames: list[str], protocol: int = 1) -> None:
         self.frames = frames
+        self.protocol = protocol
         self.received: list[dict[str, Any]] = []
         self.headers: list[Headers] = []
         self.rejected = 0
@@ -78,7 +90,8 @@ class FakeRelay:
         return None
 
     async def handler(self, ws: ServerConnection) -> None:
-        await ws.send(encode(Hello(tenant="shop", window=64)))
+        protocol = 2 if ws.subprotocol == SUBPROTOCOL_V2 else 1
+        await ws.send(encode(Hello(tenant="shop", window=64, protocol=protocol)))
         for frame in self.frames:
             await ws.send(frame)
         async for message in ws:
@@ -89,9 +102,16 @@ class FakeRelay:
 async def relay_factory() -> AsyncIterator[Callable[[list[str]], Any]]:
     servers: list[Server] = []
 
-    async def make(frames: list[str]) -> FakeRelay:
-        relay = FakeRelay(frames)
-        relay.server = await serve(relay.handler, "127.0.0.1", 0, process_request=relay.check_token)
+    async def make(frames: list[str], protocol: int = 1) -> FakeRelay:
+        relay = FakeRelay(frames, protocol)
+        relay.server = await serve(
+            relay.handler,
+            "127.0.0.1",
+            0,
+            process_request=relay.check_token,
+            # No subprotocols at all: what a relay from before protocol 2 does.
+            subprotocols=[Subprotocol(SUBPROTOCOL_V2)] if protocol == 2 else None,
+        )
         servers.append(relay.server)
         return relay
 
@@ -117,16 +137,18 @@ async def run_link(link: Link, until: Callable[[], bool]) -> None:
 pytestmark = pytest.mark.integration
 
 
-async def test_webhooks_are_acked_after_intake_and_nacked_when_it_fails(
+async def test_with_a_protocol_1_relay_each_webhook_is_acked_or_nacked_alone_after_intake(
     relay_factory: Callable[[list[str]], Any],
 ) -> None:
     frames = [encode(webhook(1)), '{"type":"future-thing"}', "not json", encode(webhook(2))]
     relay = await relay_factory(frames)
     taken: list[str] = []
 
-    async def intake(frame: Webhook) -> IntakeResult:
+    async def intake(frames: Sequence[Webhook]) -> list[IntakeResult]:
+        assert len(frames) == 1
+        (frame,) = frames
         taken.append(frame.id)
-        return IntakeResult(frame.id == "d-1", "" if frame.id == "d-1" else "queue unavailable")
+        return [IntakeResult(frame.id == "d-1", "" if frame.id == "d-1" else "queue unavailable")]
 
     status = BridgeStatus()
     link = Link(lambda: config_for(relay.url), intake, status, Backoff(0.05, 0.2))
@@ -137,8 +159,36 @@ async def test_webhooks_are_acked_after_intake_and_nacked_when_it_fails(
         {"type": "nack", "id": "d-2", "reason": "queue unavailable"},
     ]
     assert relay.headers[0]["Authorization"] == f"Bearer {TOKEN}"
+    # It asked for protocol 2 and, refused it without a word, spoke protocol 1.
+    assert relay.headers[0]["Sec-WebSocket-Protocol"] == SUBPROTOCOL_V2
+    assert status.protocol == 1
     assert status.counters["bad_frames"] == 1
     assert status.tenant == "shop"
+
+
+async def test_with_a_protocol_2_relay_a_batch_goes_to_intake_whole_and_is_acked_in_one_frame(
+    relay_factory: Callable[[list[str], int], Any],
+) -> None:
+    batch = Webhooks(tuple(webhook(n) for n in range(1, 5)))
+    relay = await relay_factory([encode(batch, 2), encode(Webhooks((webhook(5),)), 2)], 2)
+    calls: list[list[str]] = []
+
+    async def intake(frames: Sequence[Webhook]) -> list[IntakeResult]:
+        calls.append([frame.id for frame in frames])
+        return [IntakeResult(frame.id != "d-3", "queue unavailable") for frame in frames]
+
+    status = BridgeStatus()
+    link = Link(lambda: config_for(relay.url), intake, status, Backoff(0.05, 0.2))
+    await run_link(link, lambda: len(relay.received) >= 3)
+    assert calls == [["d-1", "d-2", "d-3", "d-4"], ["d-5"]]
+    assert relay.received == [
+        {"type": "ack", "ids": ["d-1", "d-2", "d-4"]},
+        {"type": "nack", "id": "d-3", "reason": "queue unavailable"},
+        {"type": "ack", "ids": ["d-5"]},
+    ]
+    assert status.protocol == 2
+    assert (status.counters["acked"], status.counters["nacked"]) == (4, 1)
+    assert status.counters["ack_frames"] == 2
 
 
 async def test_rejected_token_is_reported_and_retried(
@@ -149,7 +199,7 @@ async def test_rejected_token_is_reported_and_retried(
     backoff = Backoff(0.05, 0.2)
     link = Link(
         lambda: config_for(relay.url, relay_token="wrong", backoff_min=0.05, backoff_max=0.2),
-        lambda frame: asyncio.sleep(0, IntakeResult(True)),
+        take_all,
         status,
         backoff,
     )
@@ -173,7 +223,7 @@ async def test_a_429_is_retried_no_sooner_than_its_retry_after() -> None:
         status = BridgeStatus()
         link = Link(
             lambda: config_for(f"ws://127.0.0.1:{port}/bridge"),
-            lambda frame: asyncio.sleep(0, IntakeResult(True)),
+            take_all,
             status,
             Backoff(0.05, 0.2),
         )
@@ -191,7 +241,7 @@ async def test_reconnect_request_drops_the_connection_and_connects_again(
     status = BridgeStatus()
     link = Link(
         lambda: config_for(relay.url),
-        lambda frame: asyncio.sleep(0, IntakeResult(True)),
+        take_all,
         status,
         Backoff(0.05, 0.2),
     )

@@ -17,7 +17,7 @@ import pytest
 
 from bridge.chat import ChatClient, ChatSettings
 from bridge.config import BridgeConfig, parse
-from bridge.inbox import Inbox, Incoming
+from bridge.inbox import Body, Inbox, Incoming
 from bridge.line_api import LineApi, LineSettings
 from bridge.status import BridgeStatus
 from bridge.worker import Worker
@@ -56,7 +56,7 @@ class Rig:
             "message": {"id": "1", "type": "text", "text": text, "quoteToken": "q"},
         }
         item = Incoming(0, f"id:{digest}", user, json.dumps(event))
-        self.inbox.take(digest, [item], 3600)
+        self.inbox.take([Body(digest, [item])], 3600)
 
     async def run_until_idle(self) -> None:
         stopping = asyncio.Event()

@@ -4,7 +4,8 @@ Real parts only: a :class:`Harness` wraps one :class:`RelayProcess` (a real
 ``linerelay serve``), registers tenants in its real tenants file and
 remembers every secret, token and signature a module used, so the module can
 check at teardown that none of them reached the relay's log. :class:`Bridge` is a
-python-websockets client speaking the bridge protocol (PROTOCOL.md §2).
+python-websockets client speaking the bridge protocol (PROTOCOL.md §2), version 1
+unless opened with ``protocol=2`` (it then offers the ``linerelay.v2`` subprotocol).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
+from appliance.protocol import SUBPROTOCOL_V2
 from appliance.signature import sign
 from tests.support.bodies import tag_of, webhook_body
 from tests.support.relay import RelayProcess, linerelay
@@ -171,9 +174,16 @@ class Bridge:
 
     @classmethod
     async def open(
-        cls, harness: Harness, token: str, *, in_url: bool = False, timeout: float = TIMEOUT
+        cls,
+        harness: Harness,
+        token: str,
+        *,
+        in_url: bool = False,
+        protocol: int = 1,
+        timeout: float = TIMEOUT,
     ) -> Bridge:
-        """Connect with ``token`` (as a Bearer header, or in the URL) and read the hello."""
+        """Connect with ``token`` (as a Bearer header, or in the URL), offering
+        ``linerelay.v2`` when ``protocol`` is 2, and read the hello."""
         relay = harness.relay
         if in_url:
             url, headers = f"{relay.bridge_url}/{token}", {}
@@ -185,6 +195,7 @@ class Bridge:
             additional_headers=headers,
             max_size=None,
             open_timeout=timeout,
+            subprotocols=[Subprotocol(SUBPROTOCOL_V2)] if protocol == 2 else None,
         )
         bridge = cls(ws, {})
         bridge.hello = await bridge.frame(timeout)
@@ -239,6 +250,28 @@ class Bridge:
     async def nack(self, frame: dict[str, Any], reason: str = "busy") -> None:
         """Refuse a webhook frame; the relay redelivers it after a backoff."""
         await self.ws.send(json.dumps({"type": "nack", "id": frame["id"], "reason": reason}))
+
+    # -- protocol 2 -------------------------------------------------------------
+
+    async def batch(self, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """The items of the next frame, which must be a protocol 2 ``webhooks`` batch."""
+        frame = await self.frame(timeout)
+        assert frame["type"] == "webhooks", frame
+        items: list[dict[str, Any]] = frame["items"]
+        assert items, "an empty batch"
+        return items
+
+    async def items(self, count: int, timeout: float = TIMEOUT) -> list[list[dict[str, Any]]]:
+        """Batches until they hold ``count`` webhooks (no more); the batches as received."""
+        batches: list[list[dict[str, Any]]] = []
+        while sum(map(len, batches)) < count:
+            batches.append(await self.batch(timeout))
+        assert sum(map(len, batches)) == count, f"more than {count} webhooks: {batches}"
+        return batches
+
+    async def ack_ids(self, *ids: str) -> None:
+        """One protocol 2 ack naming ``ids``."""
+        await self.ws.send(json.dumps({"type": "ack", "ids": list(ids)}))
 
 
 async def post(

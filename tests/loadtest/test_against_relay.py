@@ -59,6 +59,17 @@ def common(relay: RelayProcess, report: Path) -> list[str]:
     ]
 
 
+def bridge_protocols(relay: RelayProcess, prefix: str) -> set[int]:
+    """The protocols the relay logged for bridges of tenants named ``prefix-N``."""
+    found = set()
+    for line in relay.output().splitlines():
+        if '"bridge connected"' in line:
+            record = json.loads(line)
+            if record["tenant"].startswith(f"{prefix}-"):
+                found.add(record["protocol"])
+    return found
+
+
 def stats_rows(report: Path) -> dict[str, dict[str, Any]]:
     with (report / "locust_stats.csv").open() as f:
         return {row["Name"]: row for row in csv.DictReader(f)}
@@ -95,6 +106,7 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
     relay_side = summary["relay_metrics"]
     assert relay_side["webhooks_by_outcome"]["accepted"] == verdict["accepted"]
     assert relay_side["bridges_connected_peak"] == 2
+    assert bridge_protocols(shared_relay, "pass") == {2}
     secrets = [
         v for k, v in itertools.pairwise(tenants) if k in ("--channel-secret", "--bridge-token")
     ]
@@ -103,7 +115,7 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
         assert not any(secret in text for secret in secrets), path
 
 
-def test_worker_processes_count_accepted_and_delivered_across_processes(
+def test_worker_processes_count_accepted_and_delivered_across_processes_in_protocol_1(
     shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
 ) -> None:
     report = tmp_path / "report"
@@ -119,12 +131,15 @@ def test_worker_processes_count_accepted_and_delivered_across_processes(
             "2",
             "--bridges",
             "2",
+            "--bridge-protocol",
+            "1",
         ]
     )
     verdict = json.loads((report / "verdict.json").read_text())
     assert status == 0, verdict
     assert verdict["accepted"] == verdict["delivered"] >= 20
     assert verdict["lost"] == 0
+    assert bridge_protocols(shared_relay, "workers") == {1}
     assert int(stats_rows(report)["e2e delivery"]["Request Count"]) >= verdict["accepted"]
 
 

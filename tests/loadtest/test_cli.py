@@ -33,6 +33,14 @@ def test_soak_turns_bridge_churn_on_unless_told_otherwise() -> None:
     assert build_config(parse(*BASE, "--profile", "soak", "--churn", "5")).churn_seconds == 5
 
 
+def test_bridges_ask_for_protocol_2_unless_told_to_speak_protocol_1() -> None:
+    assert build_config(parse(*BASE, "--bridge-token", "t")).bridge_protocol == 2
+    forced = build_config(parse(*BASE, "--bridge-token", "t", "--bridge-protocol", "1"))
+    assert forced.bridge_protocol == 1
+    with pytest.raises(SystemExit):
+        parse(*BASE, "--bridge-protocol", "3")
+
+
 def test_the_gateway_form_parses_beside_the_protocol_form() -> None:
     args = parse("gateway", "--listen", "127.0.0.1:0", "--latency-ms", "5", "--error-rate", "0.1")
     assert args.func.__name__ == "run_gateway"
