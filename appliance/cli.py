@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance import version
+
 #: Each subcommand and the module that registers it, in the order `--help` lists them.
 SUBCOMMANDS = {
     "serve": "appliance.serve_cli",
@@ -70,6 +72,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="linerelay", description="The LINE relay appliance: relay, bridge and their tools."
     )
     parser.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"linerelay {version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
         if only is None or name == only:

@@ -216,6 +216,7 @@ class Hub:
         connection.push(protocol.encode(hello, connection.protocol))
         self.connections.add(connection)
         self.metrics.bridges_connected.inc()
+        self.metrics.bridge_connects[connection.tenant] += 1
         state = self._state(connection.tenant)
         previous = state.active
         if isinstance(previous, BridgeConnection):

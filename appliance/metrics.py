@@ -7,11 +7,28 @@ hot path does no label lookups.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator
+import logging
+import platform
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from appliance import version
+from appliance.errors import StoreError
+from appliance.protocol import PROTOCOLS
+
+if TYPE_CHECKING:
+    from appliance.hub import Hub
+    from appliance.store import Store
+    from appliance.tenants import TenantDirectory
+
+log = logging.getLogger(__name__)
 
 #: Buckets around the one-second budget, with detail where a healthy relay answers.
 ACK_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.0, 5.0)
@@ -54,9 +71,14 @@ class Metrics:
             "Webhook answers slower than the budget (budget_ms).",
             registry=r,
         )
+        Info("linerelay_build", "The relay's version and the Python it runs on.", registry=r).info(
+            {"version": version(), "python": platform.python_version()}
+        )
         self.bridges_connected = Gauge(
             "linerelay_bridges_connected", "Bridge WebSockets currently open.", registry=r
         )
+        #: Bridge connections accepted per tenant, exported by :meth:`track_tenants`.
+        self.bridge_connects: defaultdict[str, int] = defaultdict(int)
         self.bridge_rejected = Counter(
             "linerelay_bridge_auth_failures", "Bridge upgrades refused for a bad token.", registry=r
         )
@@ -163,9 +185,9 @@ class Metrics:
             self._expiry_registered = True
         self.certificate_expiry.set(not_after.timestamp())
 
-    def track_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
-        """Export ``depths()`` (unacked webhooks per tenant) at each scrape."""
-        self.registry.register(_QueueDepth(depths))
+    def track_tenants(self, tenants: TenantDirectory, store: Store, hub: Hub) -> None:
+        """Export every known tenant's queue and bridges, read at each scrape."""
+        self.registry.register(_Tenants(tenants, store, hub, self.bridge_connects))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one store batch: its size and the time to write and fsync it."""
@@ -173,16 +195,63 @@ class Metrics:
         self.commit_seconds.observe(seconds)
 
 
-class _QueueDepth(Collector):
-    """Unacked webhooks per tenant, read from the store at scrape time."""
+class _Tenants(Collector):
+    """Per-tenant series, read at scrape time: one for every known tenant, zeros included.
 
-    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
-        self._depths = depths
+    A series that vanished at zero could not tell an empty queue from a relay
+    that stopped exporting it, and ``increase()`` misses a counter's first
+    step unless the counter was seen at 0 before it.
+    """
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+    def __init__(
+        self, tenants: TenantDirectory, store: Store, hub: Hub, connects: dict[str, int]
+    ) -> None:
+        self._tenants = tenants
+        self._store = store
+        self._hub = hub
+        self._connects = connects
+
+    def collect(self) -> Iterator[Metric]:
+        depths = self._store.depths()
+        # A removed tenant keeps its series while its queue is purged.
+        names = sorted(self._tenants.by_id.keys() | depths.keys())
+        connected = {(c.tenant, c.protocol) for c in self._hub.connections}
+        now_ms = time.time() * 1000
+        try:
+            oldest: dict[str, int] | None = self._store.oldest()
+        except StoreError as exc:
+            # Absent rather than 0: a 0 would say the queues are fresh.
+            log.warning("metrics: queue ages unknown", extra={"why": str(exc)})
+            oldest = None
+        depth = GaugeMetricFamily(
             "linerelay_queue_depth", "Unacked webhooks per tenant.", labels=["tenant"]
         )
-        for tenant, depth in sorted(self._depths().items()):
-            family.add_metric([tenant], depth)
-        yield family
+        age = GaugeMetricFamily(
+            "linerelay_queue_oldest_age_seconds",
+            "Age of each tenant's oldest unacked webhook (0 when none is queued).",
+            labels=["tenant"],
+        )
+        bridge = GaugeMetricFamily(
+            "linerelay_bridge_connected",
+            "1 while a bridge of the tenant speaking the protocol is connected, else 0.",
+            labels=["tenant", "protocol"],
+        )
+        connects = CounterMetricFamily(
+            "linerelay_bridge_connects",
+            "Bridge connections accepted per tenant (a flapping bridge counts fast).",
+            labels=["tenant"],
+        )
+        for tenant in names:
+            depth.add_metric([tenant], depths.get(tenant, 0))
+            if oldest is not None:
+                received = oldest.get(tenant)
+                seconds = 0.0 if received is None else max(0.0, (now_ms - received) / 1000)
+                age.add_metric([tenant], seconds)
+            for number in PROTOCOLS:
+                bridge.add_metric([tenant, str(number)], float((tenant, number) in connected))
+            connects.add_metric([tenant], self._connects.get(tenant, 0))
+        yield depth
+        if oldest is not None:
+            yield age
+        yield bridge
+        yield connects

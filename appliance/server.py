@@ -186,7 +186,6 @@ class Server:
         """Metrics, the store (opened), tenants and the hub: what the hot paths share."""
         metrics = Metrics()
         store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
-        metrics.track_queue_depth(store.depths)
         await store.open()
         tenants = TenantDirectory(self.state.tenants)
         hub = Hub(
@@ -197,6 +196,7 @@ class Server:
             config.bridge_window_bytes,
             window_v2=config.bridge_window_v2,
         )
+        metrics.track_tenants(tenants, store, hub)
         return Relay(config, tenants, store, hub, metrics)
 
     async def _serve_public(self, grace: float) -> None:

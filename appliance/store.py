@@ -28,6 +28,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -71,6 +72,12 @@ ALTER TABLE webhooks ADD COLUMN id TEXT;
 UPDATE webhooks SET id = 'd-' || printf('%012d', seq);
 """
 _ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS webhooks_id ON webhooks (id)"
+# One search of the webhooks_queued index per tenant named (a JSON array): the
+# head of each queue, however long the queues are.
+_OLDEST = (
+    "SELECT t.value, (SELECT received_at FROM webhooks WHERE tenant = t.value AND state = 0 "
+    "ORDER BY seq LIMIT 1) FROM json_each(?) AS t"
+)
 
 
 def new_delivery_id() -> str:
@@ -206,6 +213,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def depths(self) -> dict[str, int]:
         """Unacked webhooks per tenant with any."""
+
+    @abc.abstractmethod
+    def oldest(self) -> dict[str, int]:
+        """When (ms) the oldest committed unacked webhook of each tenant with any was received.
+
+        Read at every metrics scrape, so it costs one index search per tenant
+        with something queued. Raises :class:`StoreError` if the store cannot
+        be read.
+        """
 
     @abc.abstractmethod
     def subscribe(self, on_commit: CommitListener) -> None:
@@ -361,6 +377,18 @@ class SQLiteStore(Store):
 
     def depths(self) -> dict[str, int]:
         return {tenant: n for tenant, n in self._depth.items() if n > 0}
+
+    def oldest(self) -> dict[str, int]:
+        assert self._db is not None, "store is not open"
+        # Tenants whose depth is 0 have nothing to find: no search for them.
+        queued = [tenant for tenant, n in self._depth.items() if n > 0]
+        if not queued:
+            return {}
+        try:
+            rows = self._db.execute(_OLDEST, (json.dumps(queued),)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the queues' oldest webhooks: {exc}") from exc
+        return {tenant: received_at for tenant, received_at in rows if received_at is not None}
 
     def subscribe(self, on_commit: CommitListener) -> None:
         self._listeners.append(on_commit)

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
 from appliance.cli import SUBCOMMANDS, _command, build_parser
+from tests.support.relay import LINERELAY
 
 
 @pytest.mark.parametrize(
@@ -36,3 +39,10 @@ def test_serve_does_not_import_the_load_generator_or_the_tls_scanner() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version_prints_the_version_in_pyproject() -> None:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    expected = tomllib.loads(pyproject.read_text())["project"]["version"]
+    out = subprocess.run([LINERELAY, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout == f"linerelay {expected}\n"

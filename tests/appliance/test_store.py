@@ -234,6 +234,26 @@ async def test_expire_marks_old_unacked_webhooks_and_reports_them(store: Store) 
     assert store.depth("a") == 1
 
 
+async def test_oldest_is_each_queues_head_and_moves_on_once_it_is_acked(store: Store) -> None:
+    head = await store.append("a", b"1", "s", 1_000)
+    await store.append("a", b"2", "s", 2_000)
+    only = await store.append("b", b"3", "s", 3_000)
+    assert head is not None
+    assert only is not None
+    assert store.oldest() == {"a": 1_000, "b": 3_000}
+    store.ack("a", head.seq)
+    store.ack("b", only.seq)
+    await store.pending("a", 0, 10)  # a round trip: the acks are committed
+    assert store.oldest() == {"a": 2_000}
+
+
+async def test_expired_webhooks_are_not_the_oldest(store: Store) -> None:
+    await store.append("a", b"old", "s", 1_000)
+    await store.append("a", b"new", "s", 9_000)
+    await store.expire(older_than=5_000)
+    assert store.oldest() == {"a": 9_000}
+
+
 async def test_prune_deletes_only_acked_and_expired_rows(store: Store) -> None:
     acked = await store.append("a", b"1", "s", 1_000)
     await store.append("a", b"2", "s", 1_000)
