@@ -26,6 +26,14 @@ ENV_PREFIX = "LINERELAY_"
 UNIX_PREFIX = "unix:"
 TLS_POLICIES = ("modern", "intermediate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``tls_read_buffer``'s default: a signed webhook or a bridge frame of a few
+#: hundred bytes in one read, for ~2 KB per idle TLS connection; a 1 MiB body
+#: costs ~3 ms more CPU than with asyncio's 256 KiB (README, "Performance").
+TLS_READ_BUFFER = 2 * 1024
+#: Its bounds, besides 0 (asyncio's own): 1 KiB already costs a 1 MiB body
+#: 10-25 % more CPU than 2 KiB, for 1 KB less per idle bridge; the top is
+#: asyncio's own size.
+TLS_READ_BUFFER_RANGE = (1024, 256 * 1024)
 #: Keys a reload (SIGHUP) cannot change: a reload that changes one says so and
 #: keeps the running value. Every other key applies on reload, to live
 #: connections and tenants too.
@@ -36,6 +44,7 @@ RESTART_KEYS = (
     "tls_policy",
     "public_tls",
     "hypercorn_access_log",
+    "tls_read_buffer",
 )
 
 
@@ -143,6 +152,14 @@ class RelayConfig:
         "seconds' worth (a TLS scanner's); more are refused before TLS.",
     )
     tls_handshake_timeout: float = _doc(10.0, "Seconds allowed for a TLS handshake.")
+    tls_read_buffer: int = _doc(
+        TLS_READ_BUFFER,
+        "Bytes asyncio reads from a TLS connection at a time, and keeps allocated for it "
+        "per connection, idle or not. 0: asyncio's own 256 KiB. A smaller buffer saves "
+        "memory per idle bridge and costs large bodies more reads (README, 'Performance'). "
+        "Set only on the CPython versions it was measured on (3.11 to 3.13); elsewhere "
+        "asyncio's own is used and an info line says so.",
+    )
     h2_max_streams: int = _doc(
         1000,
         "HTTP/2 streams on one connection before the relay asks the client to open a "
@@ -241,6 +258,12 @@ class RelayConfig:
             "tenant_poll_interval",
         ):
             _check(getattr(self, name) > 0, name, "must be positive")
+        low, high = TLS_READ_BUFFER_RANGE
+        _check(
+            self.tls_read_buffer == 0 or low <= self.tls_read_buffer <= high,
+            "tls_read_buffer",
+            f"must be 0 (asyncio's own) or from {low} to {high} bytes",
+        )
         _check(
             self.bridge_idle_timeout > self.ping_interval,
             "bridge_idle_timeout",
