@@ -10,12 +10,23 @@ Two WebSocket implementations carry bridges, behind the hub's
 
 - **python-websockets** for HTTP/1.1 upgrades, which is what bridges use: the
   listener (appliance/listener.py) sees the request line and hands the
-  connection here. It declines compression (``compression=None``), keeps
-  peers alive with its own pings, limits frame sizes and write buffers, and
-  costs about half the memory per idle bridge of the path through Hypercorn
-  (README, "Performance").
-- **Hypercorn's ASGI WebSocket** for what arrives through Hypercorn
-  (HTTP/2 extended CONNECT, RFC 8441), with Hypercorn's stock behaviour.
+  connection here. Through its settings it declines permessage-deflate
+  (``extensions=None``: bridge frames are short JSON that gains nothing, and
+  a zlib context costs ~110 KB a connection), pings every ``ping_interval``
+  and drops a peer that answers none within ``bridge_idle_timeout``, and
+  limits frame sizes; it costs about half the memory per idle bridge of the
+  path through Hypercorn (README, "Performance").
+- **Hypercorn's ASGI WebSocket** for what arrives through Hypercorn (HTTP/2
+  extended CONNECT, RFC 8441: no stock bridge client speaks it), with
+  Hypercorn's stock behaviour and its supported settings only
+  (``websocket_ping_interval``, ``read_timeout``; appliance/server.py). Its
+  costs, accepted for a rare path rather than patched away: Hypercorn accepts
+  permessage-deflate when the client offers it, so such a bridge carries a
+  zlib context; and a WebSocket's ping task sleeps out its interval before it
+  sees its stream closed, so a bridge that closes its WebSocket but keeps the
+  HTTP/2 connection open leaves the task there up to ``ping_interval``. (When
+  the connection itself ends, or the relay stops, the listener's
+  per-connection context ends the task at once: appliance/listener.py.)
 """
 
 from __future__ import annotations
@@ -189,6 +200,9 @@ class BridgeEndpoint:
                 ws.transport.close()  # refused: the answer is written first
                 return
             ws.start_keepalive()
+            # python-websockets keeps the handshake's response, headers and all, for the
+            # connection's life (~1.5 KB a bridge, bench/idle_bridges.py); nothing reads it.
+            ws.response = None
             version = 2 if ws.subprotocol == protocol.SUBPROTOCOL_V2 else 1
             await self.session(ws.tenant, _WebsocketsTransport(ws), ws.peer, version, _frames(ws))
         except (TimeoutError, OSError, ConnectionClosed) as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
-from appliance.settings import POSITIVE, Settings, between, one_of, setting
+from appliance.settings import POSITIVE, Rule, Settings, between, one_of, setting
 from tls import hostnames
 
 ENV_PREFIX = "LINERELAY_"
@@ -27,6 +27,14 @@ ENV_PREFIX = "LINERELAY_"
 UNIX_PREFIX = "unix:"
 TLS_POLICIES = ("modern", "intermediate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: ``tls_read_buffer``'s default: a signed webhook or a bridge frame of a few
+#: hundred bytes in one read, for ~2 KB per idle TLS connection; a 1 MiB body
+#: costs ~3 ms more CPU than with asyncio's 256 KiB (README, "Performance").
+TLS_READ_BUFFER = 2 * 1024
+#: Its bounds, besides 0 (asyncio's own): 1 KiB already costs a 1 MiB body
+#: 10-25 % more CPU than 2 KiB, for 1 KB less per idle bridge; the top is
+#: asyncio's own size.
+TLS_READ_BUFFER_RANGE = (1024, 256 * 1024)
 #: Keys a reload (SIGHUP) cannot change: a reload that changes one says so and
 #: keeps the running value. Every other key applies on reload, to live
 #: connections and tenants too.
@@ -37,6 +45,7 @@ RESTART_KEYS = (
     "tls_policy",
     "public_tls",
     "hypercorn_access_log",
+    "tls_read_buffer",
 )
 
 
@@ -168,6 +177,20 @@ class RelayConfig(Settings):
         POSITIVE,
     )
     tls_handshake_timeout: float = setting(10.0, "Seconds allowed for a TLS handshake.", POSITIVE)
+    tls_read_buffer: int = setting(
+        TLS_READ_BUFFER,
+        "Bytes asyncio reads from a TLS connection at a time, and keeps allocated for it "
+        "per connection, idle or not. 0: asyncio's own 256 KiB. A smaller buffer saves "
+        "memory per idle bridge and costs large bodies more reads (README, 'Performance'). "
+        "Set only on the CPython versions it was measured on (3.11 to 3.13); elsewhere "
+        "asyncio's own is used and an info line says so.",
+        Rule(
+            lambda value: value == 0
+            or TLS_READ_BUFFER_RANGE[0] <= value <= TLS_READ_BUFFER_RANGE[1],
+            f"must be 0 (asyncio's own) or from {TLS_READ_BUFFER_RANGE[0]} "
+            f"to {TLS_READ_BUFFER_RANGE[1]} bytes",
+        ),
+    )
     h2_max_streams: int = setting(
         1000,
         "HTTP/2 streams on one connection before the relay asks the client to open a "

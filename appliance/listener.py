@@ -68,6 +68,9 @@ MAX_REQUEST_LINE = 8192
 EOF_GRACE = 1.0
 #: Seconds accepting pauses after running out of file descriptors.
 FD_PAUSE = 0.1
+#: Seconds a connection reset at the end of the graceful timeout has to wind down
+#: before its task is cancelled.
+RESET_GRACE = 1.0
 #: Handshakes in progress that hold a second descriptor, to send a TLS alert
 #: through if they fail (see ``_alert_copy``); part of the descriptors
 #: max_connections leaves aside, so a handshake flood cannot spend them all.
@@ -180,16 +183,39 @@ class _ConnectionContext(WorkerContext):
     abandoned connection (measured: 45 KB each, 3,000 of them under an
     attack of 100 a second). Its own context lets the connection's end wake
     the timer at once: ``terminated`` means "wind down" to Hypercorn.
+
+    The end also ends what sleeps in the context. Hypercorn's one sleeper is
+    a WebSocket's ping loop (an HTTP/2 bridge's, appliance/bridges.py), which
+    sleeps ``websocket_ping_interval`` before it looks whether its stream
+    closed: it held the connection's task and memory that long after the
+    socket went, and every shutdown with an HTTP/2 bridge connected until the
+    graceful timeout.
     """
 
     event_class = _Event
 
     def __init__(self) -> None:
         super().__init__(None)
+        self._sleepers: set[asyncio.Task[Any]] = set()
 
     def end(self) -> None:
         """Wind the connection down: the server stops, or its socket is gone."""
         cast(_Event, self.terminated).set_now()
+        for task in self._sleepers:
+            task.cancel()
+
+    async def sleep(self, wait: float) -> None:  # type: ignore[override]
+        """Sleep ``wait`` seconds; the connection's end cancels the sleeper (its task
+        ends as if the connection's task group had cancelled it)."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self.terminated.is_set():
+            task.cancel()
+        self._sleepers.add(task)
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self._sleepers.discard(task)
 
 
 class BridgeHandoff(Protocol):
@@ -334,7 +360,8 @@ class PublicListener:
         #: Each HTTP connection's Hypercorn context, to end them all at shutdown.
         self._contexts: set[_ConnectionContext] = set()
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Each connection's serving task, and the connection.
+        self._tasks: dict[asyncio.Task[None], Connection] = {}
         self._spare: int | None = None
         self._fd_events = 0
         self._alert_copies = 0
@@ -370,13 +397,26 @@ class PublicListener:
             for context in list(self._contexts):
                 context.end()
             if self._tasks:
-                _, pending = await asyncio.wait(
-                    set(self._tasks), timeout=self.config.graceful_timeout
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+                await self._wind_down()
             os.close(self._spare)
+
+    async def _wind_down(self) -> None:
+        """Wait out the graceful timeout for connections to end, then reset the rest.
+
+        A reset connection ends as a lost one, the way Hypercorn expects;
+        cancelled mid-way, its task group logs a traceback (a WebSocket whose
+        peer never answered the close, say). Only a connection that still will
+        not end, one in its TLS handshake for instance, is cancelled.
+        """
+        grace = self.config.graceful_timeout
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            self._tasks[task].abort()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=RESET_GRACE)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # -- accepting -----------------------------------------------------------
 
@@ -410,8 +450,8 @@ class PublicListener:
         self.metrics.connections_accepted.inc()
         connection = Connection(peer, key, trusted, on_closed=lambda: self._release(key))
         task = asyncio.get_running_loop().create_task(self._serve(conn, connection))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = connection
+        task.add_done_callback(self._forget)
 
     def _out_of_fds(self, sock: socket.socket, exc: OSError) -> None:
         """Refuse the waiting client through the spare descriptor; log once per interval."""
@@ -454,6 +494,9 @@ class PublicListener:
             return None
         self._alert_copies += 1
         return copy
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     def _release(self, key: str) -> None:
         self.counter.release(key)

@@ -88,7 +88,8 @@ class Server:
         # Whatever the caller's umask: the state is private (appliance/state.py).
         os.umask(0o077)
         config = self.config = _fit_connections(self.config, _raise_open_files_limit())
-        tuning.apply()
+        # Before any TLS connection: asyncio sizes each one's buffer as it starts.
+        tls_read_buffer = tuning.apply(config.tls_read_buffer)
         self.state.create()
         # First of all: one relay per state dir, and the tenant CLI can find it.
         pid_fd = hold_pid_file(self.state)
@@ -122,6 +123,7 @@ class Server:
                 "tls_policy": config.tls_policy,
                 "state_dir": str(self.state.path),
                 "max_connections": config.max_connections,
+                "tls_read_buffer": tls_read_buffer,
                 "pid": os.getpid(),
                 "socket_activated": sorted(inherited),
             },
@@ -375,6 +377,8 @@ def _hypercorn_configs(
 
 def _apply_hypercorn_limits(public: HypercornConfig, config: RelayConfig) -> None:
     """The public Hypercorn settings a reload may change (read per connection or request)."""
+    # Bridges over HTTP/2 (the rare ones Hypercorn serves, appliance/bridges.py) are
+    # kept alive and found dead with these two settings and nothing else.
     public.websocket_ping_interval = config.ping_interval
     # A connection that sends nothing, not even a pong, for this long is dead.
     public.read_timeout = int(config.bridge_idle_timeout)

@@ -1,71 +1,77 @@
-"""Process-wide tuning for many idle bridges, each change measured (README, "Performance").
+"""asyncio's TLS read buffer: the one library behaviour the relay changes without a setting.
 
-Three library behaviours cost idle or closed bridges memory, and neither
-library offers a setting, so :func:`apply` changes each at the one place it
-is decided. bench/idle_bridges.py measures the result; tests/appliance/
-test_tuning.py checks each change is in force.
+asyncio's TLS transport gives every connection a read buffer of
+``SSLProtocol.max_size`` (256 KiB), allocated and zero-filled when the
+connection starts, so it is resident whether the connection is busy or idle:
+most of an idle bridge's memory on stock settings (DESIGN.md). The size is
+also how much TLS data one socket read takes. asyncio offers no setting for
+it, so :func:`apply` sets that class attribute, to the config's
+``tls_read_buffer``, once at start, and only on the CPython versions in
+:data:`VERIFIED`, whose ``asyncio/sslproto.py`` was read and measured: there
+the attribute sizes the buffer ``SSLProtocol.__init__`` allocates, the most
+``get_buffer`` hands the socket transport's ``recv_into``, and the most
+plaintext one ``SSLObject.read`` returns. Anywhere else asyncio's default is
+kept and an info line says why. A smaller buffer costs a large body more
+reads, one event-loop turn each (OpenSSL reassembles records whatever the
+size): bench/large_body.py measures that, README "Performance" has the
+figures, and tests/appliance/test_tuning.py observes the reads of a real
+asyncio TLS server.
 
-- asyncio gives every TLS connection a 256 KiB receive buffer
-  (``SSLProtocol.max_size``), allocated whether the connection is busy or
-  idle. 4 KiB takes a signed webhook or a bridge frame in one read; a larger
-  body takes more reads (OpenSSL reassembles records whatever the size), and
-  bench/throughput.py shows no loss at the benchmark's 600-byte bodies.
-- Hypercorn accepts permessage-deflate whenever a client offers it, and
-  wsproto then keeps a zlib compressor per connection for its lifetime
-  (hundreds of KB of zlib state). Bridge frames are short JSON that gains
-  nothing from compression, so the relay declines the extension, as RFC 6455
-  §9.1 lets a server do.
-- Hypercorn's per-connection ping task sleeps ``ping_interval`` between pings
-  and only then sees that its WebSocket closed, so a closed bridge kept its
-  memory up to 20 s, and a shutdown waited for it (and logged a traceback).
-  Here the ping task is cancelled the moment its stream is marked closed.
+The relay changes nothing else in a library. What this module once patched
+in Hypercorn (declining permessage-deflate, ending a closed WebSocket's ping
+task) served bridges that HTTP/1.1 upgrades now bring to python-websockets,
+where both are settings; the rare bridge over HTTP/2 keeps Hypercorn's stock
+behaviour, at the cost appliance/bridges.py states.
 """
 
 from __future__ import annotations
 
-import asyncio
 import asyncio.sslproto
-from typing import Any
+import logging
+import sys
 
-from hypercorn.protocol import ws_stream
-from wsproto.events import Ping
+log = logging.getLogger(__name__)
 
-SSL_READ_BUFFER = 2 * 1024
+#: ``tls_read_buffer`` that keeps asyncio's own size.
+ASYNCIO_DEFAULT = 0
+#: The CPython versions (major, minor) whose ``SSLProtocol.max_size`` means what
+#: the module docstring says; a new one is added after reading its sslproto.py
+#: and running tests/appliance/test_tuning.py under it.
+VERIFIED = ((3, 11), (3, 12), (3, 13))
 
-
-class _UncompressedHandshake(ws_stream.Handshake):
-    """Hypercorn's handshake with the client's extension offers ignored."""
-
-    def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
-        super().__init__(headers, http_version)
-        self.extensions = None
-
-
-def _is_closed(stream: Any) -> bool:
-    return bool(stream.__dict__.get("_linerelay_closed", False))
+_SSLProtocol = asyncio.sslproto.SSLProtocol
+#: asyncio's own size, as this interpreter has it (None where the attribute is missing).
+_ASYNCIO_SIZE: object = vars(_SSLProtocol).get("max_size")
 
 
-def _mark_closed(stream: Any, value: bool) -> None:
-    stream.__dict__["_linerelay_closed"] = value
-    pinger = stream.__dict__.get("_linerelay_pinger") if value else None
-    if pinger is not None and pinger is not asyncio.current_task():
-        pinger.cancel()
+def unsupported_because() -> str | None:
+    """Why :func:`apply` cannot set the read buffer on this interpreter, or None if it can."""
+    version = sys.version_info[:2]
+    if sys.implementation.name != "cpython":
+        return f"{sys.implementation.name} is not CPython"
+    if version not in VERIFIED:
+        return f"Python {version[0]}.{version[1]} is not one of the versions checked"
+    if not isinstance(_ASYNCIO_SIZE, int):
+        return "asyncio.sslproto.SSLProtocol has no max_size"
+    return None
 
 
-async def _send_pings(stream: Any) -> None:
-    """Hypercorn's ping loop, cancellable by :func:`_mark_closed`."""
-    stream.__dict__["_linerelay_pinger"] = asyncio.current_task()
-    try:
-        while not stream.closed:
-            await stream._send_wsproto_event(Ping())
-            await stream.context.sleep(stream.config.websocket_ping_interval)
-    finally:
-        stream.__dict__.pop("_linerelay_pinger", None)
+def apply(tls_read_buffer: int) -> int | None:
+    """Make asyncio read TLS connections ``tls_read_buffer`` bytes at a time, with a
+    buffer that size (0: asyncio's own); call before any TLS connection starts.
 
-
-def apply() -> None:
-    """Make the three changes; idempotent."""
-    asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
-    ws_stream.Handshake = _UncompressedHandshake  # type: ignore[misc]
-    ws_stream.WSStream.closed = property(_is_closed, _mark_closed)  # type: ignore[assignment]
-    ws_stream.WSStream._send_pings = _send_pings  # type: ignore[method-assign,assignment]
+    Returns the size in force, or None where it is not known (the interpreter
+    is not one :data:`VERIFIED`; logged at info).
+    """
+    why = unsupported_because()
+    if why is not None:
+        if tls_read_buffer != ASYNCIO_DEFAULT:
+            log.info(
+                "tls_read_buffer not applied: asyncio's own read buffer is used",
+                extra={"why": why, "tls_read_buffer": tls_read_buffer},
+            )
+        return None
+    assert isinstance(_ASYNCIO_SIZE, int)  # unsupported_because() checked it
+    size = tls_read_buffer or _ASYNCIO_SIZE
+    _SSLProtocol.max_size = size
+    return size

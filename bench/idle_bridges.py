@@ -4,7 +4,7 @@ Starts the relay (pinned to core 0) with N tenants, opens N bridge WebSockets
 over TLS from a client process on core 1, waits until they are idle, and reads
 the relay's resident memory before and after. Target: at most 50 KB each.
 
-    .venv/bin/python -m bench.idle_bridges [--bridges 2000]
+    .venv/bin/python -m bench.idle_bridges [--bridges 2000] [--tls-read-buffer BYTES]
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def client_main() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bridges", type=int, default=2000)
+    parser.add_argument(
+        "--tls-read-buffer", type=int, default=None, help="the relay's tls_read_buffer"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-idle-"))
     state = StateDir(work / "state")
@@ -76,6 +79,14 @@ def main() -> None:
     registry.close()
     (work / "tokens.json").write_text(json.dumps(tokens[20:]))
     (work / "warm.json").write_text(json.dumps(tokens[:20]))
+    # Every bridge comes from 127.0.0.1: lift the per-address caps above the fleet.
+    config = (
+        f"max_connections_per_address = {args.bridges + 100}\n"
+        "connection_rate_per_address = 100000.0\n"
+    )
+    if args.tls_read_buffer is not None:
+        config += f"tls_read_buffer = {args.tls_read_buffer}\n"
+    (work / "relay.toml").write_text(config)
     port, admin = free_port(), free_port()
     relay = pinned(
         SERVER_CORE,
@@ -88,6 +99,8 @@ def main() -> None:
             f"127.0.0.1:{port}",
             "--admin-listen",
             f"127.0.0.1:{admin}",
+            "--config",
+            str(work / "relay.toml"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -144,6 +157,7 @@ def main() -> None:
                     "bridges": connected,
                     "relay_rss_before_kib": before,
                     "relay_rss_with_bridges_kib": after,
+                    "tls_read_buffer": args.tls_read_buffer,
                     "kb_per_idle_bridge": round(per_bridge, 1),
                     "target_kb": 50,
                     "held_idle_s": round(time.monotonic() - started, 1),

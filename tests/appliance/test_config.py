@@ -64,6 +64,9 @@ def test_intermediate_policy_is_accepted(tmp_path: Path) -> None:
         ("body_timeout = " + "9" * 400 + "\n", "body_timeout"),  # float(10**400): OverflowError
         ("dedupe_window = inf\n", "dedupe_window"),  # the store then failed to open
         ("max_unacked_age = nan\n", "max_unacked_age"),
+        ("tls_read_buffer = 512\n", "tls_read_buffer"),  # a TLS record in many reads
+        ("tls_read_buffer = 1048576\n", "tls_read_buffer"),  # past asyncio's own
+        ("tls_read_buffer = -1\n", "tls_read_buffer"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -88,6 +91,10 @@ def test_a_port_is_one_to_five_ascii_digits(address: str) -> None:
 def test_seconds_must_be_a_finite_number(raw: str) -> None:
     with pytest.raises(ConfigError, match="send_timeout"):
         config.load(None, {"LINERELAY_SEND_TIMEOUT": raw})
+
+
+def test_a_zero_tls_read_buffer_asks_for_asyncio_s_own() -> None:
+    assert config.load(None, {"LINERELAY_TLS_READ_BUFFER": "0"}).tls_read_buffer == 0
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -147,8 +147,10 @@ def check_valid(result: RelayConfig) -> None:
     assert result.tls_policy in TLS_POLICIES
     assert result.log_level in LOG_LEVELS
     assert result.bridge_idle_timeout > result.ping_interval
+    low, high = config.TLS_READ_BUFFER_RANGE
+    assert result.tls_read_buffer == 0 or low <= result.tls_read_buffer <= high
     for name, kind in KINDS.items():
-        if kind in ("int", "float"):
+        if kind in ("int", "float") and name != "tls_read_buffer":
             assert getattr(result, name) > 0, name
         if kind == "float":
             assert math.isfinite(getattr(result, name)), f"{name} is not a number of seconds"
@@ -237,6 +239,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "relay.example.com", "localhost", "192.0.2.7", "::1"])
     if name == "bridge_window_v2":
         return st.integers(1, 512)
+    if name == "tls_read_buffer":  # 0 is asyncio's own size
+        return st.one_of(st.just(0), st.integers(*config.TLS_READ_BUFFER_RANGE))
     if kind == "tuple[str, ...]":
         return st.lists(PROXIES, max_size=3).map(tuple)
     if kind == "Path":

@@ -1,47 +1,59 @@
+"""appliance/tuning.py against the real asyncio, in a fresh interpreter as the relay starts.
+
+Each case runs tests/support/tls_reads.py: a real asyncio TLS server with the
+tuning applied, one client sending 64 KiB, and the size of every socket read
+the server's transport made.
+"""
+
 from __future__ import annotations
 
-import asyncio
-import asyncio.sslproto
-import ssl
-from types import SimpleNamespace
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-import websockets
-from hypercorn.protocol import ws_stream
 
 from appliance import tuning
-from tests.support.relay import RelayProcess
+
+SENT = 64 * 1024
+ASYNCIO_OWN = 256 * 1024
+
+pytestmark = pytest.mark.skipif(
+    tuning.unsupported_because() is not None,
+    reason=f"tls_read_buffer is not applied here: {tuning.unsupported_because()}",
+)
 
 
-def test_tls_read_buffer_is_small() -> None:
-    tuning.apply()
-    assert asyncio.sslproto.SSLProtocol.max_size == tuning.SSL_READ_BUFFER <= 4096
+def reads_of_one_connection(tls_read_buffer: int, pki: Path) -> dict[str, Any]:
+    """What tests/support/tls_reads.py saw, run with ``tls_read_buffer``."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.support.tls_reads", str(tls_read_buffer), str(SENT), pki],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
-def test_permessage_deflate_offers_are_ignored() -> None:
-    tuning.apply()
-    offer = [(b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")]
-    assert ws_stream.Handshake(offer, "1.1").extensions is None
+@pytest.mark.parametrize("tls_read_buffer", [2048, 4096, 16384])
+def test_asyncio_reads_a_tls_connection_at_most_tls_read_buffer_bytes_at_a_time(
+    tmp_path: Path, tls_read_buffer: int
+) -> None:
+    seen = reads_of_one_connection(tls_read_buffer, tmp_path / "pki")
+    assert seen["in_force"] == tls_read_buffer
+    assert seen["read_sizes"] == [tls_read_buffer]
+    # Every byte arrives, in as many reads as the buffer makes it take.
+    assert (seen["received"], seen["intact"]) == (SENT, True)
+    assert seen["reads"] >= SENT // tls_read_buffer
 
 
-async def test_marking_a_stream_closed_cancels_its_ping_task() -> None:
-    tuning.apply()
-    stream = SimpleNamespace()
-    pinger = asyncio.get_running_loop().create_task(asyncio.sleep(60))
-    stream.__dict__["_linerelay_pinger"] = pinger
-    tuning._mark_closed(stream, True)
-    await asyncio.sleep(0)
-    assert pinger.cancelled()
-    assert tuning._is_closed(stream)
-
-
-@pytest.mark.integration
-async def test_the_relay_declines_compression_for_bridges(relay: RelayProcess) -> None:
-    token = relay.add_tenant("deflate", "secret")
-    context = ssl.create_default_context(cafile=str(relay.ca_file))
-    async with websockets.connect(  # offers permessage-deflate by default
-        relay.bridge_url, ssl=context, additional_headers={"Authorization": f"Bearer {token}"}
-    ) as ws:
-        assert ws.response is not None
-        assert "Sec-WebSocket-Extensions" not in ws.response.headers
-        assert "hello" in str(await ws.recv())
+def test_zero_leaves_asyncio_its_own_256_kib_reads(tmp_path: Path) -> None:
+    seen = reads_of_one_connection(tuning.ASYNCIO_DEFAULT, tmp_path / "pki")
+    assert seen["in_force"] == ASYNCIO_OWN
+    assert seen["read_sizes"] == [ASYNCIO_OWN]
+    assert (seen["received"], seen["intact"]) == (SENT, True)

@@ -5,7 +5,8 @@ Real parts only: a :class:`Harness` wraps one :class:`RelayProcess` (a real
 remembers every secret, token and signature a module used, so the module can
 check at teardown that none of them reached the relay's log. :class:`Bridge` is a
 python-websockets client speaking the bridge protocol (PROTOCOL.md §2), version 1
-unless opened with ``protocol=2`` (it then offers the ``linerelay.v2`` subprotocol).
+unless opened with ``protocol=2`` (it then offers the ``linerelay.v2`` subprotocol);
+:class:`H2Bridge` the same over HTTP/2 extended CONNECT (RFC 8441).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h2.events
+import h2.exceptions
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import CloseConnection, Message, Ping, TextMessage
 
 from appliance.protocol import SUBPROTOCOL_V2
 from appliance.signature import sign
+from bench.attacks import H2Client, Target, h2_headers
 from tests.support.bodies import tag_of, webhook_body
 from tests.support.relay import RelayProcess, linerelay
 from tests.support.tenants import add_tenant
@@ -284,3 +291,110 @@ async def post(
 def async_client(harness: Harness, *, http2: bool = False) -> httpx.AsyncClient:
     """An httpx client trusting the relay's dev root."""
     return httpx.AsyncClient(verify=harness.ssl, http2=http2, timeout=TIMEOUT)
+
+
+class H2Bridge:
+    """A bridge over HTTP/2 extended CONNECT (RFC 8441), the path Hypercorn serves:
+    h2 and wsproto on real TLS, since no stock WebSocket client speaks it.
+
+    A task reads the connection, answers pings and the close handshake (unless
+    ``silent``) and queues text frames; :attr:`ended` is set when the relay
+    closes the connection.
+    """
+
+    def __init__(self, client: H2Client, stream: int, silent: bool) -> None:
+        self.client = client
+        self.stream = stream
+        self.silent = silent
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        #: The headers of the relay's answer to the CONNECT.
+        self.response: dict[str, str] = {}
+        self.answered = asyncio.Event()
+        self.frames: asyncio.Queue[str] = asyncio.Queue()
+        #: The code of the relay's WebSocket close frame, once one came.
+        self.close_code: int | None = None
+        self.ended = asyncio.Event()
+        self._partial = ""
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, harness: Harness, token: str, *, offer: str | None = None, silent: bool = False
+    ) -> H2Bridge:
+        """Connect with ``token``, offering the WebSocket extensions ``offer``. ``silent``:
+        send nothing once connected, no pong, no answer to a close (a dead peer)."""
+        relay = harness.relay
+        target = Target("127.0.0.1", relay.port, str(relay.ca_file))
+        client = await H2Client.open(target, "127.0.0.1")
+        async with asyncio.timeout(TIMEOUT):
+            while not client.conn.remote_settings.enable_connect_protocol:
+                assert await client.events(), "the relay closed before its SETTINGS"
+        stream = client.conn.get_next_available_stream_id()
+        extra = [
+            (":protocol", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("authorization", f"Bearer {token}"),
+        ]
+        if offer is not None:
+            extra.append(("sec-websocket-extensions", offer))
+        client.conn.send_headers(
+            stream, client.request_headers("CONNECT", "/bridge", target.authority, extra)
+        )
+        await client.flush()
+        bridge = cls(client, stream, silent)
+        await asyncio.wait_for(bridge.answered.wait(), TIMEOUT)
+        assert bridge.response.get(":status") == "200", bridge.response
+        return bridge
+
+    async def frame(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next text frame, parsed."""
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.frames.get(), timeout))
+        return frame
+
+    async def send(self, text: str) -> None:
+        """Send one text frame."""
+        self.client.conn.send_data(self.stream, self.ws.send(Message(data=text)))
+        await self.client.flush()
+
+    async def close(self) -> None:
+        """Drop the TCP/TLS connection."""
+        self._reader.cancel()
+        await self.client.close()
+
+    async def _read(self) -> None:
+        conn = self.client.conn
+        try:
+            while events := await self.client.events():
+                for event in events:
+                    if getattr(event, "stream_id", self.stream) != self.stream:
+                        continue
+                    if isinstance(event, h2.events.ResponseReceived):
+                        self.response = h2_headers(event)
+                        self.answered.set()
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, self.stream)
+                        # Not a refusal's body, nor the empty frame ending the stream after a close.
+                        if self.response.get(":status") == "200" and self.close_code is None:
+                            self.ws.receive_data(event.data)
+                            self._websocket_events()
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        return
+                await self.client.flush()
+        except (OSError, ssl.SSLError, h2.exceptions.ProtocolError):
+            return
+        finally:
+            self.ended.set()
+
+    def _websocket_events(self) -> None:
+        for event in self.ws.events():
+            if isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self.frames.put_nowait(self._partial)
+                    self._partial = ""
+            elif isinstance(event, Ping) and not self.silent:
+                self.client.conn.send_data(self.stream, self.ws.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                self.close_code = event.code
+                if not self.silent:
+                    self.client.conn.send_data(self.stream, self.ws.send(event.response()))

@@ -1,7 +1,10 @@
-"""The bridge connection (PROTOCOL.md §2) against a real relay, with python-websockets."""
+"""The bridge connection (PROTOCOL.md §2) against a real relay, with python-websockets
+(HTTP/1.1 upgrades, which the relay serves with python-websockets) and, where
+said, over HTTP/2 extended CONNECT (which Hypercorn serves)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -15,9 +18,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from appliance.hub import CLOSE_SHUTDOWN
 from tests.integration.helpers import (
     TIMEOUT,
     Bridge,
+    H2Bridge,
     Harness,
     Tenant,
     async_client,
@@ -32,6 +37,8 @@ pytestmark = pytest.mark.integration
 
 WINDOW = 4
 IDLE_TIMEOUT = 3.0
+#: What a shared, loaded machine may add to a deadline the relay keeps.
+SLACK = 2.0
 CONFIG = f"""
 bridge_window = {WINDOW}
 ping_interval = 1.0
@@ -364,7 +371,9 @@ async def test_a_bridge_that_stops_answering_pings_is_dropped_and_its_webhooks_m
     finally:
         dead.close()
     assert ended, "the relay kept a bridge that answers no ping"
-    assert time.monotonic() - started >= IDLE_TIMEOUT / 2
+    # python-websockets' keepalive (ping_interval, ping_timeout) ends it: no sooner
+    # than a missed pong, and within bridge_idle_timeout (plus a loaded machine's slack).
+    assert IDLE_TIMEOUT / 2 <= time.monotonic() - started <= IDLE_TIMEOUT + SLACK
     async with await Bridge.open(harness, tenant.token) as bridge:
         frame = await bridge.webhook()
         assert (tag_of(frame), frame["attempt"]) == ("to-the-dead", 2)
@@ -381,3 +390,88 @@ async def test_shutdown_after_a_bridge_left_is_clean(relay: RelayProcess) -> Non
     errors = [line for line in relay.output().splitlines() if '"level":"error"' in line]
     assert harness.leaks() == []
     assert errors == []
+
+
+async def test_a_bridge_offering_compression_is_answered_without_it(harness: Harness) -> None:
+    tenant = harness.tenant()
+    async with connect(  # python-websockets offers permessage-deflate by default
+        harness.relay.bridge_url,
+        ssl=harness.ssl,
+        additional_headers={"Authorization": f"Bearer {tenant.token}"},
+    ) as ws:
+        assert ws.response is not None
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        assert ws.protocol.extensions == []
+        assert json.loads(await ws.recv())["type"] == "hello"
+
+
+async def test_an_http2_bridge_that_sends_nothing_is_dropped_within_the_idle_timeout(
+    harness: Harness,
+) -> None:
+    tenant = harness.tenant()
+    bridge = await H2Bridge.open(harness, tenant.token, silent=True)
+    started = time.monotonic()
+    try:
+        assert (await bridge.frame())["type"] == "hello"
+        # Hypercorn's read_timeout: no pong, no frame, nothing read for bridge_idle_timeout.
+        await asyncio.wait_for(bridge.ended.wait(), TIMEOUT)
+    finally:
+        await bridge.close()
+    assert IDLE_TIMEOUT / 2 <= time.monotonic() - started <= IDLE_TIMEOUT + SLACK
+
+
+def warnings_or_worse(relay: RelayProcess) -> list[str]:
+    """The relay's log lines above info level, and any that are not JSON."""
+    found = []
+    for line in relay.output().splitlines():
+        try:
+            level = json.loads(line).get("level")
+        except (ValueError, AttributeError):
+            level = None
+        if level not in ("debug", "info"):
+            found.append(line)
+    return found
+
+
+async def test_shutdown_with_an_http2_bridge_connected_is_prompt_and_quiet(
+    relay: RelayProcess,
+) -> None:
+    harness = Harness(relay)
+    tenant = harness.tenant()
+    await post_tags(harness, tenant, "before-shutdown")
+    bridge = await H2Bridge.open(harness, tenant.token)
+    try:
+        assert (await bridge.frame())["type"] == "hello"
+        frame = await bridge.frame()
+        assert tag_of(frame) == "before-shutdown"
+        await bridge.send(json.dumps({"type": "ack", "id": frame["id"]}))
+        started = time.monotonic()
+        # In a thread: the bridge goes on reading (and answering) while the relay stops.
+        assert await asyncio.to_thread(relay.stop) == 0
+        stopped_in = time.monotonic() - started
+        await asyncio.wait_for(bridge.ended.wait(), TIMEOUT)
+    finally:
+        await bridge.close()
+    assert bridge.close_code == CLOSE_SHUTDOWN
+    assert warnings_or_worse(relay) == []
+    assert harness.leaks() == []
+    # Hypercorn's ping task sleeps ping_interval (20 s) before it sees its stream
+    # closed; the shutdown does not wait for it, nor for the graceful timeout (5 s).
+    assert stopped_in < 3.0
+
+
+async def test_shutdown_with_a_dead_http2_bridge_connected_is_quiet(relay: RelayProcess) -> None:
+    harness = Harness(relay)
+    tenant = harness.tenant()
+    bridge = await H2Bridge.open(harness, tenant.token, silent=True)
+    try:
+        assert (await bridge.frame())["type"] == "hello"
+        started = time.monotonic()
+        assert await asyncio.to_thread(relay.stop) == 0
+        stopped_in = time.monotonic() - started
+    finally:
+        await bridge.close()
+    # It never answers the close: reset after the graceful timeout (5 s), not
+    # cancelled inside Hypercorn, whose task group then logged a traceback.
+    assert warnings_or_worse(relay) == []
+    assert stopped_in < 5.0 + 1.0 + SLACK
