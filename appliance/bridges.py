@@ -37,6 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+from hypercorn.utils import UnexpectedMessageError
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -303,10 +304,16 @@ class _WebsocketsTransport:
         self._ws = ws
 
     async def send(self, text: str) -> None:
-        await self._ws.send(text)
+        try:
+            await self._ws.send(text)
+        except ConnectionClosed as exc:  # the bridge closed while a frame was queued
+            raise ConnectionError(str(exc)) from exc
 
     async def close(self, code: int) -> None:
-        await self._ws.close(code)
+        try:
+            await self._ws.close(code)
+        except ConnectionClosed as exc:
+            raise ConnectionError(str(exc)) from exc
 
     def abort(self) -> None:
         reset(self._ws.transport)
@@ -322,10 +329,16 @@ class _ASGITransport:
         self._abort = abort
 
     async def send(self, text: str) -> None:
-        await self._send({"type": "websocket.send", "text": text})
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except UnexpectedMessageError as exc:  # Hypercorn's answer once the socket closed
+            raise ConnectionError(str(exc)) from exc
 
     async def close(self, code: int) -> None:
-        await self._send({"type": "websocket.close", "code": code})
+        try:
+            await self._send({"type": "websocket.close", "code": code})
+        except UnexpectedMessageError as exc:
+            raise ConnectionError(str(exc)) from exc
 
     def abort(self) -> None:
         self._abort()

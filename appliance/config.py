@@ -185,8 +185,9 @@ class RelayConfig(Settings):
         "Set only on the CPython versions it was measured on (3.11 to 3.13); elsewhere "
         "asyncio's own is used and an info line says so.",
         Rule(
-            lambda value: value == 0
-            or TLS_READ_BUFFER_RANGE[0] <= value <= TLS_READ_BUFFER_RANGE[1],
+            lambda value: (
+                value == 0 or TLS_READ_BUFFER_RANGE[0] <= value <= TLS_READ_BUFFER_RANGE[1]
+            ),
             f"must be 0 (asyncio's own) or from {TLS_READ_BUFFER_RANGE[0]} "
             f"to {TLS_READ_BUFFER_RANGE[1]} bytes",
         ),

@@ -45,10 +45,13 @@ class BridgeTransport(Protocol):
     """What the hub needs of a bridge's WebSocket."""
 
     async def send(self, text: str) -> None:
-        """Send one text frame; returns once the transport took it."""
+        """Send one text frame; returns once the transport took it.
+
+        Raises :class:`ConnectionError` when the WebSocket is already closed.
+        """
 
     async def close(self, code: int) -> None:
-        """Close the WebSocket with ``code``."""
+        """Close the WebSocket with ``code`` (:class:`ConnectionError` as for ``send``)."""
 
     def abort(self) -> None:
         """Drop the connection now, unsent data and all."""

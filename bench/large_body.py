@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.ackbridge import percentile
-from bench.common import CLIENT_CORE, signature, stop
+from bench.common import CLIENT_CORE, signature
 from bench.throughput import Relay
+from tests.support.processes import stop
 
 MIB = 1024 * 1024
 #: Width of the counter that makes each body different.
