@@ -300,3 +300,62 @@ async def test_sighup_with_a_broken_config_keeps_the_running_one_and_says_why(
     async with async_client(harness) as client:
         body = webhook_body("w" * 3000)
         assert (await post(client, harness, tenant, body)).status_code == 200
+
+
+def reload_with(harness: Harness, certs: Certs, extra: str) -> None:
+    """Write the config with ``extra``, SIGHUP, and wait until the reload was applied."""
+    config_file = harness.relay.config_file
+    assert config_file is not None
+    loaded = len(harness.log_events("reload: certificate loaded"))
+    config_file.write_text(config_text(certs, extra))
+    harness.relay.signal(signal.SIGHUP)
+    wait_for(
+        lambda: len(harness.log_events("reload: certificate loaded")) > loaded,
+        "the relay to apply the reload",
+    )
+
+
+async def test_sighup_changes_the_window_of_a_bridge_already_connected(
+    harness: Harness, certs: Certs
+) -> None:
+    tenant = harness.tenant()
+    reload_with(harness, certs, "bridge_window = 2\n")
+    try:
+        async with await Bridge.open(harness, tenant.token) as bridge:
+            async with async_client(harness) as client:
+                for n in range(5):
+                    assert (
+                        await post(client, harness, tenant, webhook_body(f"win-{n}"))
+                    ).status_code == 200
+            first = await bridge.webhooks(2)
+            assert await bridge.silent_for(1.0)  # the window of 2 is full
+            reload_with(harness, certs, "bridge_window = 4\n")
+            # The same connection, nothing acked: the wider window is used at once.
+            more = await bridge.webhooks(2)
+            assert [tag_of(f) for f in first + more] == [f"win-{n}" for n in range(4)]
+            assert await bridge.silent_for(1.0)
+            for frame in first + more:
+                await bridge.ack(frame)
+            assert tag_of(await bridge.webhook()) == "win-4"
+    finally:
+        reload_with(harness, certs, "")
+
+
+def test_sighup_names_the_keys_only_a_restart_changes(harness: Harness, certs: Certs) -> None:
+    before = len(harness.log_events("reload: these keys need a restart"))
+    reload_with(harness, certs, 'tls_policy = "intermediate"\nhypercorn_access_log = true\n')
+    try:
+        said = harness.log_events("reload: these keys need a restart")
+        assert len(said) == before + 1
+        assert sorted(said[-1]["keys"]) == ["hypercorn_access_log", "tls_policy"]
+        # Still the modern policy: a TLS 1.2 client is refused as before.
+        context = ssl.create_default_context(cafile=str(certs.old.root))
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with (
+            pytest.raises(ssl.SSLError),
+            socket.create_connection(("127.0.0.1", harness.relay.port), timeout=TIMEOUT) as sock,
+            context.wrap_socket(sock, server_hostname="localhost"),
+        ):
+            pass
+    finally:
+        reload_with(harness, certs, "")
