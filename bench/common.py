@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -20,15 +21,15 @@ SERVER_CORE = "0"
 CLIENT_CORE = "1"
 
 
-def body_600(marker: str = "0") -> bytes:
-    """A LINE text-message webhook of about 600 bytes, parseable by line-bot-sdk v3."""
+def text_webhook(text: str) -> dict[str, Any]:
+    """A LINE webhook body carrying one text message, parseable by line-bot-sdk v3."""
     event = {
         "type": "message",
         "message": {
             "type": "text",
             "id": "468789577898262530",
             "quoteToken": "q3Plxr4AgKd",
-            "text": "Hello from the benchmark " + marker,
+            "text": text,
         },
         "webhookEventId": "01H810YECXQQZ37VAXPF6H9E6T",
         "deliveryContext": {"isRedelivery": False},
@@ -37,12 +38,16 @@ def body_600(marker: str = "0") -> bytes:
         "replyToken": "38ef843bde154d9b91c21320ffd17a0f",
         "mode": "active",
     }
-    body = {"destination": "Uxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "events": [event]}
-    raw = json.dumps(body).encode()  # one line, as LINE sends it
+    return {"destination": "Uxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "events": [event]}
+
+
+def body_600(marker: str = "0") -> bytes:
+    """A LINE text-message webhook of about 600 bytes."""
+    text = "Hello from the benchmark " + marker
+    raw = json.dumps(text_webhook(text)).encode()  # one line, as LINE sends it
     pad = 600 - len(raw)
     if pad > 0:
-        event["message"]["text"] += " " + "x" * (pad - 1)  # type: ignore[index]
-        raw = json.dumps(body).encode()
+        raw = json.dumps(text_webhook(text + " " + "x" * (pad - 1))).encode()
     return raw
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ackbridge import percentile
-from bench.common import CLIENT_CORE, signature
+from bench.common import CLIENT_CORE, signature, text_webhook
 from bench.throughput import Relay
 from tests.support.processes import stop
 
@@ -40,20 +40,8 @@ MARKER = 12
 
 def base_body(size: int = MIB) -> tuple[bytes, int]:
     """A LINE text-message webhook of exactly ``size`` bytes, and where its counter goes."""
-    event: dict[str, Any] = {
-        "type": "message",
-        "message": {"type": "text", "id": "468789577898262530", "text": "#" * MARKER},
-        "webhookEventId": "01H810YECXQQZ37VAXPF6H9E6T",
-        "deliveryContext": {"isRedelivery": False},
-        "timestamp": 1692251666727,
-        "source": {"type": "user", "userId": "U4af4980629ef1a2b3c4d5e6f7a8b9c0d"},
-        "replyToken": "38ef843bde154d9b91c21320ffd17a0f",
-        "mode": "active",
-    }
-    body = {"destination": "Uxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "events": [event]}
-    pad = size - len(json.dumps(body).encode())
-    event["message"]["text"] += "x" * pad
-    raw = json.dumps(body).encode()
+    pad = size - len(json.dumps(text_webhook("#" * MARKER)).encode())
+    raw = json.dumps(text_webhook("#" * MARKER + "x" * pad)).encode()
     assert len(raw) == size
     return raw, raw.index(b"#" * MARKER)
 

@@ -50,6 +50,7 @@ __all__ = [
     "async_client",
     "async_wait_for",
     "post",
+    "post_tags",
     "running_relay",
     "tag_of",
     "tls_context",
@@ -286,6 +287,16 @@ async def post(
 ) -> httpx.Response:
     """POST ``body`` to ``tenant``'s webhook URL, signed."""
     return await client.post(tenant.url, content=body, headers=harness.headers(tenant, body))
+
+
+async def post_tags(harness: Harness, tenant: Tenant, *tags: str) -> list[bytes]:
+    """Post one webhook per tag, in order; each must be accepted. Returns the bodies."""
+    bodies = [webhook_body(tag) for tag in tags]
+    async with async_client(harness) as client:
+        for body in bodies:
+            response = await post(client, harness, tenant, body)
+            assert response.status_code == 200, response.text
+    return bodies
 
 
 def async_client(harness: Harness, *, http2: bool = False) -> httpx.AsyncClient:

@@ -24,12 +24,9 @@ from tests.integration.helpers import (
     Bridge,
     H2Bridge,
     Harness,
-    Tenant,
-    async_client,
-    post,
+    post_tags,
     running_relay,
     tag_of,
-    webhook_body,
 )
 from tests.support.relay import RelayProcess
 
@@ -50,16 +47,6 @@ bridge_idle_timeout = {IDLE_TIMEOUT}
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     with running_relay(tmp_path_factory, "bridge", config=CONFIG) as h:
         yield h
-
-
-async def post_tags(harness: Harness, tenant: Tenant, *tags: str) -> list[bytes]:
-    """Post one webhook per tag, in order; each must be accepted. Returns the bodies."""
-    bodies = [webhook_body(tag) for tag in tags]
-    async with async_client(harness) as client:
-        for body in bodies:
-            response = await post(client, harness, tenant, body)
-            assert response.status_code == 200, response.text
-    return bodies
 
 
 @pytest.mark.parametrize(

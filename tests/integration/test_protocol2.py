@@ -17,12 +17,9 @@ from appliance.protocol import SUBPROTOCOL_V2
 from tests.integration.helpers import (
     Bridge,
     Harness,
-    Tenant,
-    async_client,
-    post,
+    post_tags,
     running_relay,
     tag_of,
-    webhook_body,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,16 +40,6 @@ ITEM_FIELDS = {"id", "tenant", "body", "signature", "received_at", "attempt"}
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     with running_relay(tmp_path_factory, "protocol2", config=CONFIG) as h:
         yield h
-
-
-async def post_tags(harness: Harness, tenant: Tenant, *tags: str) -> list[bytes]:
-    """Post one webhook per tag, in order, each accepted; returns the bodies."""
-    bodies = [webhook_body(tag) for tag in tags]
-    async with async_client(harness) as client:
-        for body in bodies:
-            response = await post(client, harness, tenant, body)
-            assert response.status_code == 200, response.text
-    return bodies
 
 
 def flat(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
