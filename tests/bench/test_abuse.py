@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,14 +22,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
+def run_abuse(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``python -m bench.abuse ARGS --json FILE``, which must succeed; its run and report."""
     out = tmp_path / "abuse.json"
     run = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.abuse", "--attack", "smuggle", "signature_variants"),
-            *("--duration", "3", "--baseline", "2", "--settle", "2", "--rate", "50"),
-            *("--json", str(out)),
-        ],
+        [sys.executable, "-m", "bench.abuse", *args, "--json", str(out)],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -36,7 +34,15 @@ def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    reports = json.loads(out.read_text())
+    return run, json.loads(out.read_text())
+
+
+def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
+    run, reports = run_abuse(
+        tmp_path,
+        *("--attack", "smuggle", "signature_variants"),
+        *("--duration", "3", "--baseline", "2", "--settle", "2", "--rate", "50"),
+    )
     assert [r["attack"] for r in reports] == ["smuggle", "signature_variants"]
     for report in reports:
         attacker, legit, relay = report["attacker"], report["legit"], report["relay"]
@@ -62,21 +68,12 @@ def test_harness_reports_every_figure_for_each_attack(tmp_path: Path) -> None:
 
 
 def test_abandoned_connections_are_forgotten(tmp_path: Path) -> None:
-    out = tmp_path / "abandon.json"
-    run = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.abuse", "--attack", "abandon"),
-            *("--duration", "10", "--baseline", "2", "--settle", "3", "--rate", "20"),
-            *("--json", str(out)),
-        ],
-        check=False,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    _, reports = run_abuse(
+        tmp_path,
+        *("--attack", "abandon"),
+        *("--duration", "10", "--baseline", "2", "--settle", "3", "--rate", "20"),
     )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads(out.read_text())[0]
+    report = reports[0]
     assert report["attacker"]["opened"] >= 500
     rss = report["relay"]["rss_kib"]
     # 1,000 abandoned connections may cost the allocator a little, not a copy of each.
