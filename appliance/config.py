@@ -46,7 +46,10 @@ RESTART_KEYS = (
     "public_tls",
     "hypercorn_access_log",
     "tls_read_buffer",
+    "workers",
 )
+#: The most processes ``workers`` may ask for (a typo's guard, not a tuning bound).
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,22 @@ class RelayConfig(Settings):
         "Addresses or networks (and 'unix' for Unix-socket peers) of reverse proxies whose "
         "X-Forwarded-For is believed and which the per-address limits do not apply to. "
         "In the environment: comma-separated.",
+    )
+    proxy_protocol_from: tuple[str, ...] = setting(
+        (),
+        "Addresses or networks (and 'unix') of load balancers that open every connection "
+        "with a PROXY protocol header, v2 or v1 (HAProxy's send-proxy-v2; "
+        "docs/scale-out.md): the client address in it is believed, for the logs and the "
+        "per-address limits, which apply to that client and not to the balancer. A "
+        "connection from one of them without a valid header within 5 seconds is "
+        "dropped. Nobody else's header is believed. In the environment: comma-separated.",
+    )
+    workers: int = setting(
+        1,
+        "Relay processes on this machine sharing the listeners, each with its own event "
+        "loop (`linerelay serve --workers N`; docs/scale-out.md). More than 1 needs "
+        'store = "redis".',
+        between(1, MAX_WORKERS),
     )
     max_body_bytes: int = setting(
         1024 * 1024, "Largest webhook body accepted; larger gets 413.", POSITIVE
@@ -268,6 +287,7 @@ class RelayConfig(Settings):
             f"{self.server_name!r} is not a host name or an IP address",
         )
         TrustedProxies(self.trusted_proxies)
+        TrustedProxies(self.proxy_protocol_from, "proxy_protocol_from")
         self.require(
             self.bridge_idle_timeout > self.ping_interval,
             "bridge_idle_timeout",

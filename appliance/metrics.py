@@ -129,12 +129,13 @@ class Metrics:
         refused = Counter(
             "linerelay_connections_refused",
             "Public connections refused before TLS: over the total or per-address cap, "
-            "over the per-address rate, or out of file descriptors.",
+            "over the per-address rate, out of file descriptors, or from a load balancer "
+            "without a valid PROXY protocol header (proxy_protocol).",
             ["reason"],
             registry=r,
         )
         self.connections_refused = {
-            k: refused.labels(k) for k in ("total", "per_address", "rate", "fds")
+            k: refused.labels(k) for k in ("total", "per_address", "rate", "fds", "proxy_protocol")
         }
         self.tls_handshake_failures = Counter(
             "linerelay_tls_handshake_failures",

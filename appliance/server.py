@@ -40,6 +40,7 @@ from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTA
 from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
+from appliance.proxies import TrustedProxies
 from appliance.state import StateDir
 from appliance.store import Limits, SQLiteStore
 from appliance.tenants import TenantDirectory, hold_pid_file
@@ -174,6 +175,7 @@ class Server:
             relay.metrics,
             relay.proxies,
             self.bridges,
+            _balancers(config),
         )
 
     def _install_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -267,7 +269,7 @@ class Server:
         relay.configure(config)
         self.bridges.configure(config, relay.proxies)
         relay.store.configure(_limits(config))
-        self.listener.configure(_listener_limits(config), relay.proxies)
+        self.listener.configure(_listener_limits(config), relay.proxies, _balancers(config))
         _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
         relay.access_log.enabled = config.log_level in ("debug", "info")
@@ -396,6 +398,11 @@ def _listener_limits(config: RelayConfig) -> ListenerLimits:
         h2_reset_burst=config.h2_reset_burst,
         h2_reset_rate=config.h2_reset_rate,
     )
+
+
+def _balancers(config: RelayConfig) -> TrustedProxies:
+    """The load balancers whose PROXY protocol headers are believed."""
+    return TrustedProxies(config.proxy_protocol_from, "proxy_protocol_from")
 
 
 def _raise_open_files_limit() -> int:
