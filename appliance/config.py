@@ -289,6 +289,13 @@ class RelayConfig(Settings):
         TrustedProxies(self.trusted_proxies)
         TrustedProxies(self.proxy_protocol_from, "proxy_protocol_from")
         self.require(
+            self.workers == 1,
+            "workers",
+            f'{self.workers} processes need the shared store (store = "redis"): the '
+            "SQLite store's group commit and the hub's per-tenant order live in one "
+            "process (docs/scale-out.md)",
+        )
+        self.require(
             self.bridge_idle_timeout > self.ping_interval,
             "bridge_idle_timeout",
             "must be longer than ping_interval",

@@ -7,6 +7,10 @@ anything is announced ready, and serves the public app over TLS (through
 Hypercorn serves them) and the admin app over plain HTTP (Hypercorn's own
 ``serve``) on one event loop, in one process.
 
+Under ``linerelay serve --workers N`` each of the N processes is a
+:class:`Server` given its :class:`Seat`: the listeners and the pid file are
+the supervisor's (appliance/workers.py).
+
 Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the certificate
 chain and key into the live TLS context (new handshakes get the new chain,
 open connections are kept) and re-reads the config file. The chain is judged
@@ -25,6 +29,7 @@ import signal
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -55,12 +60,24 @@ log = logging.getLogger("appliance.server")
 RESERVED_FDS = 256
 
 
+@dataclass(frozen=True)
+class Seat:
+    """One of ``--workers``' processes: its number and the listeners the supervisor opened."""
+
+    index: int
+    public: socket.socket
+    admin: socket.socket
+
+
 class Server:
     """One relay process: builds the parts, serves, and tears down."""
 
-    def __init__(self, config: RelayConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, config_path: Path | None = None, seat: Seat | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.seat = seat
         self.state = StateDir(config.state_dir)
         self._shutdown = asyncio.Event()
         self._ready = False
@@ -84,6 +101,12 @@ class Server:
         certcheck.enforce(verdict, config.tls_allow_refused_chain)
         return cert, key, verdict
 
+    def check_certificate(self) -> None:
+        """Judge the certificate as a start does (writing the dev PKI if it is missing),
+        without serving; raises :class:`policy.CertificateError` for one LINE would refuse."""
+        if self.config.public_tls:
+            self._checked_tls_files(self.config)
+
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         # Whatever the caller's umask: the state is private (appliance/state.py).
@@ -92,16 +115,19 @@ class Server:
         # Before any TLS connection: asyncio sizes each one's buffer as it starts.
         tls_read_buffer = tuning.apply(config.tls_read_buffer)
         self.state.create()
-        # First of all: one relay per state dir, and the tenant CLI can find it.
-        pid_fd = hold_pid_file(self.state)
+        # First of all: one relay per state dir, and the tenant CLI can find it
+        # (a worker's supervisor holds it for all its workers).
+        pid_fd = hold_pid_file(self.state) if self.seat is None else None
         self.ssl_context: ssl.SSLContext | None = None
         served: certcheck.Verdict | None = None
         if config.public_tls:
             cert, key, served = self._checked_tls_files(config)
             self.ssl_context = policy.server_context(config.tls_policy, cert, key)
-        inherited = systemd.listen_fds(os.environ)
-        public_sock = _listen(config.listen, inherited.get("public"))
-        admin_sock = _listen(config.admin_listen, inherited.get("admin"))
+        inherited = systemd.listen_fds(os.environ) if self.seat is None else {}
+        if self.seat is None:
+            public_sock, admin_sock = open_listeners(config, inherited)
+        else:
+            public_sock, admin_sock = self.seat.public, self.seat.admin
 
         self.relay = relay = await self._open_relay(config)
         store, tenants = relay.store, relay.tenants
@@ -148,7 +174,8 @@ class Server:
             housekeeping.cancel()
             watchdog.cancel()
             relay.access_log.flush()
-            os.close(pid_fd)
+            if pid_fd is not None:
+                os.close(pid_fd)
             try:
                 await store.close()
             except (StoreError, OSError) as exc:
@@ -220,26 +247,7 @@ class Server:
     def reload(self) -> None:
         """Re-read the config and the certificate chain; on any error keep what serves."""
         self._notifier.reloading("reloading")
-        config = self.config
-        if self.config_path is not None:
-            try:
-                fresh = config_module.load(
-                    self.config_path,
-                    os.environ,
-                    {
-                        "state_dir": config.state_dir,
-                        "listen": config.listen,
-                        "admin_listen": config.admin_listen,
-                    },
-                )
-            except ConfigError as exc:
-                log.error("reload: config kept", extra={"why": str(exc)})
-            else:
-                changed = [k for k in RESTART_KEYS if getattr(fresh, k) != getattr(config, k)]
-                if changed:
-                    log.warning("reload: these keys need a restart", extra={"keys": changed})
-                    fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
-                config = fresh
+        config = reloaded(self.config, self.config_path)
         if self.ssl_context is not None:
             config = self._reload_chain(self.ssl_context, config)
         self._apply(config)
@@ -297,6 +305,9 @@ class Server:
             try:
                 relay.tenants.refresh()
                 await self._tenant_changes()
+                if relay.metrics.shared:
+                    connected = {(c.tenant, c.protocol) for c in relay.hub.connections}
+                    relay.metrics.publish_bridges(relay.tenants.by_id.keys(), connected)
                 now = time.monotonic()
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
                     last_sweep = now
@@ -350,6 +361,32 @@ class Server:
         for tenant, seqs in by_tenant.items():
             relay.hub.expired(tenant, seqs)
         await relay.store.prune(now_ms - int(config.dedupe_window * 1000))
+
+
+def reloaded(config: RelayConfig, path: Path | None) -> RelayConfig:
+    """``config`` with the file at ``path`` read again (SIGHUP), keeping the keys only a
+    restart changes; on a broken file, ``config`` itself. Logs what it kept and why."""
+    if path is None:
+        return config
+    try:
+        fresh = config_module.load(
+            path,
+            os.environ,
+            {
+                "state_dir": config.state_dir,
+                "listen": config.listen,
+                "admin_listen": config.admin_listen,
+                "workers": config.workers,
+            },
+        )
+    except ConfigError as exc:
+        log.error("reload: config kept", extra={"why": str(exc)})
+        return config
+    changed = [k for k in RESTART_KEYS if getattr(fresh, k) != getattr(config, k)]
+    if changed:
+        log.warning("reload: these keys need a restart", extra={"keys": changed})
+        fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
+    return fresh
 
 
 def _hypercorn_configs(
@@ -435,6 +472,20 @@ def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
 
 def _limits(config: RelayConfig) -> Limits:
     return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
+
+
+def open_listeners(
+    config: RelayConfig, inherited: dict[str, int]
+) -> tuple[socket.socket, socket.socket]:
+    """The public and admin listening sockets: systemd's (``inherited``, by name) or bound
+    here; raises :class:`ConfigError` if one cannot be bound."""
+    public = _listen(config.listen, inherited.get("public"))
+    try:
+        admin = _listen(config.admin_listen, inherited.get("admin"))
+    except ConfigError:
+        public.close()
+        raise
+    return public, admin
 
 
 def _listen(address: str, inherited: int | None = None) -> socket.socket:

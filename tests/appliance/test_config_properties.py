@@ -281,6 +281,7 @@ def coherent(values: dict[str, Any]) -> bool:
         merged["bridge_idle_timeout"] > merged["ping_interval"]
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
+        and merged["workers"] == 1  # more needs the shared store
     )
 
 
