@@ -170,7 +170,7 @@ class Webhooks:
         self._types.clear()
         if erased and self.hub is not None:
             self.hub.reload(tenant)
-        log.warning("tenant purged", extra={"tenant": tenant, "queued_erased": erased})
+        log.info("tenant purged", extra={"tenant": tenant, "queued_erased": erased})
         return Purged(tenant, erased)
 
     async def _read(self, delivery_id: str) -> tuple[Record, bytes, str]:
