@@ -282,6 +282,7 @@ def coherent(values: dict[str, Any]) -> bool:
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
         and merged["workers"] == 1  # more needs the shared store
+        and min(merged["retain_delivered"], merged["retain_expired"]) >= merged["dedupe_window"]
     )
 
 
