@@ -16,9 +16,11 @@ process becomes a supervisor that serves nothing itself:
 - **Signals**: SIGTERM or SIGINT stops every worker gracefully (SIGKILL
   after ``STOP_TIMEOUT``), then the supervisor; SIGHUP re-reads the config
   (for workers started later) and is passed on, each worker reloading its
-  config and certificate; SIGUSR1 (tenants changed) is passed on.
-- **Restarts**: a worker that exits unasked is started again, at once after a
-  stable run, then after 1, 2, 4 ... 30 seconds while it keeps failing. One
+  config and certificate (one still starting, once it is ready); SIGUSR1
+  (tenants changed) is passed on.
+- **Restarts**: a worker that exits unasked is started again at once; one
+  that keeps failing within ``STABLE_SECONDS`` of its start waits 1, 2, 4 ...
+  30 seconds between starts. One
   that fails before every worker was first ready fails the start: the
   others are stopped and the supervisor exits 1 (2 if the worker said 2).
 - **Health**: workers report to the supervisor as a service reports to
@@ -75,7 +77,7 @@ START_TIMEOUT = 60.0
 #: Seconds the workers have to stop after SIGTERM before SIGKILL (systemd's
 #: TimeoutStopSec for the relay is 20).
 STOP_TIMEOUT = 15.0
-#: A worker that ran this long had a stable run: restarted at once if it exits.
+#: A worker that exits within this long of its start counts as failing again.
 STABLE_SECONDS = 30.0
 #: The longest wait before restarting a worker that keeps failing.
 MAX_BACKOFF = 30.0
@@ -137,6 +139,8 @@ class _Worker:
     ready: bool = False
     #: A reload was passed on to it and it has not said READY=1 since.
     reloading: bool = False
+    #: A reload came while it was starting (ignoring SIGHUP): pass it on once ready.
+    reload_when_ready: bool = False
     pinged_at: float = 0.0
     #: SIGKILLed for hanging: its exit is on its way.
     killed: bool = False
@@ -181,7 +185,7 @@ class Supervisor:
         """Worker ``index`` runs as ``pid``."""
         worker = self.workers[index - 1]
         worker.pid, worker.started_at, worker.pinged_at = pid, now, now
-        worker.ready = worker.reloading = worker.killed = False
+        worker.ready = worker.reloading = worker.reload_when_ready = worker.killed = False
         worker.restart_at = None
 
     def notified(self, pid: int, fields: Mapping[str, str], now: float) -> list[Action]:
@@ -193,6 +197,10 @@ class Supervisor:
             worker.pinged_at = now
         if fields.get("READY") != "1":
             return []
+        if worker.reload_when_ready:
+            # Started before the reload, from the config and files of then.
+            worker.ready, worker.reload_when_ready = True, False
+            return [Kill(pid, signal.SIGHUP)]
         worker.ready, worker.reloading = True, False
         if self.stopping_since is not None or not all(
             w.ready and not w.reloading for w in self.workers
@@ -213,6 +221,7 @@ class Supervisor:
         if worker is None:
             return []
         worker.pid, worker.ready, worker.reloading = None, False, False
+        worker.reload_when_ready = False
         fields = {"worker": worker.index, "pid": pid, "status": status}
         if self.stopping_since is not None:
             log.info("worker stopped", extra=fields)
@@ -223,7 +232,8 @@ class Supervisor:
             return self._stop(now)
         ran = now - worker.started_at
         worker.failures = 0 if ran >= STABLE_SECONDS else worker.failures + 1
-        delay = 0.0 if worker.failures == 0 else min(MAX_BACKOFF, 2.0 ** (worker.failures - 1))
+        # Once at once, whenever it happens; only a worker failing again soon waits.
+        delay = 0.0 if worker.failures <= 1 else min(MAX_BACKOFF, 2.0 ** (worker.failures - 2))
         log.error("worker exited", extra={**fields, "ran_s": round(ran, 1), "restart_in_s": delay})
         worker.restart_at = now + delay
         return self.tick(now)
@@ -242,7 +252,9 @@ class Supervisor:
             self._reloading = True
             for worker in live:
                 worker.reloading = True
-            return [Announce("reloading"), *(Kill(w.pid, signum) for w in live if w.pid)]
+                worker.reload_when_ready = not worker.ready
+            now_ready = [w.pid for w in live if w.ready and w.pid]
+            return [Announce("reloading"), *(Kill(pid, signum) for pid in now_ready)]
         if signum == signal.SIGUSR1:
             return [Kill(w.pid, signum) for w in live if w.pid]
         return []

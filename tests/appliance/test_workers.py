@@ -68,17 +68,18 @@ def test_a_worker_that_said_bad_input_makes_the_supervisor_say_it_too() -> None:
     assert supervisor.exited(101, 2, 0.5) == [Announce("stopping"), Exit(2)]
 
 
-def test_a_crash_after_a_stable_run_restarts_at_once() -> None:
+@pytest.mark.parametrize("ran", [2.0, STABLE_SECONDS + 1])
+def test_a_crash_restarts_the_worker_at_once(ran: float) -> None:
     supervisor = serving(watchdog=1000.0)
-    assert supervisor.exited(101, -9, STABLE_SECONDS + 1) == [Start(1)]
-    supervisor.started(1, 201, STABLE_SECONDS + 1)
+    assert supervisor.exited(101, -9, ran) == [Start(1)]
+    supervisor.started(1, 201, ran)
     # The replacement's readiness is no news: the relay never stopped serving.
-    assert supervisor.notified(201, READY, STABLE_SECONDS + 2) == []
+    assert supervisor.notified(201, READY, ran + 1) == []
 
 
 def test_a_worker_that_keeps_failing_is_restarted_ever_more_slowly() -> None:
     supervisor = serving(watchdog=1000.0)
-    now = STABLE_SECONDS + 1
+    now = 5.0
     assert supervisor.exited(101, 1, now) == [Start(1)]  # the first failure: at once
     delays = []
     for pid in range(201, 210):
@@ -92,6 +93,9 @@ def test_a_worker_that_keeps_failing_is_restarted_ever_more_slowly() -> None:
         assert supervisor.tick(deadline) == [Start(1)]
         now = deadline
     assert delays == [1, 2, 4, 8, 16, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF, MAX_BACKOFF]
+    # A stable run forgives: the next failure restarts at once again.
+    supervisor.started(1, 301, now)
+    assert supervisor.exited(301, 1, now + STABLE_SECONDS) == [Start(1)]
 
 
 def test_a_silent_worker_is_killed_as_hung_and_restarted() -> None:
@@ -124,6 +128,19 @@ def test_a_reload_is_passed_on_and_done_when_every_worker_is_ready_again() -> No
     assert supervisor.notified(101, {"RELOADING": "1"}, 5.1) == []
     assert supervisor.notified(101, READY, 5.2) == []
     assert supervisor.notified(102, READY, 5.3) == [Announce("ready")]
+
+
+def test_a_reload_during_a_workers_start_reaches_it_once_it_is_ready() -> None:
+    supervisor = serving(watchdog=1000.0)
+    supervisor.exited(101, -9, 40.0)
+    supervisor.started(1, 201, 40.0)  # starting: it ignores SIGHUP until it serves
+    assert supervisor.signalled(signal.SIGHUP, 40.1) == [
+        Announce("reloading"),
+        Kill(102, signal.SIGHUP),
+    ]
+    assert supervisor.notified(102, READY, 40.2) == []
+    assert supervisor.notified(201, READY, 40.5) == [Kill(201, signal.SIGHUP)]
+    assert supervisor.notified(201, READY, 40.6) == [Announce("ready")]
 
 
 def test_tenant_changes_are_passed_on_to_every_live_worker() -> None:
@@ -163,8 +180,11 @@ def test_the_next_deadline_is_the_soonest_watchdog_or_restart() -> None:
     supervisor.notified(101, PING, 10.0)
     supervisor.notified(102, PING, 12.0)
     assert supervisor.deadline() == 30.0
-    supervisor.exited(101, 1, 13.0)  # within STABLE_SECONDS of its start: a backoff
-    assert supervisor.deadline() == 14.0
+    assert supervisor.exited(101, 1, 13.0) == [Start(1)]
+    supervisor.started(1, 201, 13.0)
+    assert supervisor.deadline() == 32.0  # worker 2's watchdog; worker 1 starts until 73
+    supervisor.exited(201, 1, 14.0)  # failing again soon: a backoff
+    assert supervisor.deadline() == 15.0
 
 
 def test_notifications_are_key_value_lines() -> None:
