@@ -359,9 +359,10 @@ def run(config: RelayConfig, config_path: Path | None) -> int:
         from appliance import server  # noqa: PLC0415
 
         server.Server(config, config_path).check_certificate()
-        public, admin = server.open_listeners(config, systemd.listen_fds(os.environ))
+        inherited = systemd.listen_fds(os.environ)
+        public, admin = server.open_listeners(config, inherited)
         try:
-            return _supervise(config, config_path, (public, admin), shared)
+            return _supervise(config, config_path, (public, admin), shared, sorted(inherited))
         finally:
             public.close()
             admin.close()
@@ -374,6 +375,7 @@ def _supervise(
     config_path: Path | None,
     sockets: tuple[socket.socket, socket.socket],
     shared: Path,
+    socket_activated: list[str],
 ) -> int:
     from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
 
@@ -390,6 +392,7 @@ def _supervise(
                 "pid": os.getpid(),
                 "listen": config.listen,
                 "admin_listen": config.admin_listen,
+                "socket_activated": socket_activated,
             },
         )
         # What the supervisor holds now, the workers share unchanged (fork's copy on write).
