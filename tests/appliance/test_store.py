@@ -553,6 +553,24 @@ async def test_a_store_from_before_retention_keeps_its_rows_and_gains_records(
     assert (copy.body, copy.replay_of) == (b"22", "d-acked")
 
 
+async def test_pruned_and_purged_bodies_are_not_left_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    await store.open()
+    pruned = await store.append("a", b"PRUNED-BODY-" * 50, "s", 1_000)
+    await store.append("b", b"PURGED-BODY-" * 50, "s", 1_000)
+    await store.append("c", b"KEPT-BODY-" * 50, "s", 1_000)
+    assert pruned is not None
+    store.ack("a", pruned.seq)
+    await store.prune(delivered_before=2_000, expired_before=2_000)
+    await store.purge("b")
+    await store.close()  # checkpoints the WAL into the file
+    data = path.read_bytes()
+    assert b"KEPT-BODY-" in data
+    assert b"PRUNED-BODY-" not in data
+    assert b"PURGED-BODY-" not in data
+
+
 async def test_the_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     previous = os.umask(0o022)
