@@ -147,6 +147,7 @@ def check_valid(result: RelayConfig) -> None:
     assert result.tls_policy in TLS_POLICIES
     assert result.log_level in LOG_LEVELS
     assert result.bridge_idle_timeout > result.ping_interval
+    assert min(result.retain_delivered, result.retain_expired) >= result.dedupe_window
     low, high = config.TLS_READ_BUFFER_RANGE
     assert result.tls_read_buffer == 0 or low <= result.tls_read_buffer <= high
     for name, kind in KINDS.items():
@@ -277,6 +278,8 @@ def coherent(values: dict[str, Any]) -> bool:
     plain_ok = merged["public_tls"] or host in ("127.0.0.1", "::1", "localhost")
     return (
         merged["bridge_idle_timeout"] > merged["ping_interval"]
+        and merged["retain_delivered"] >= merged["dedupe_window"]
+        and merged["retain_expired"] >= merged["dedupe_window"]
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
     )
