@@ -248,8 +248,8 @@ def run_gateway(args: argparse.Namespace) -> int:
 def local_workers(args: argparse.Namespace) -> int:
     """How many Locust worker processes to start here (0: one process does everything)."""
     if args.workers is not None:
-        if args.workers < 0:
-            raise ConfigError("--workers must be at least 0")
+        if args.workers < (1 if args.join else 0):
+            raise ConfigError("--workers must be at least 0, and at least 1 with --join")
         return int(args.workers)
     count: int | None = args.generators
     if args.master_bind:

@@ -185,6 +185,8 @@ def test_a_shared_store_may_list_one_relay_twice_and_send_bridges_elsewhere() ->
         (["--tenant", "a", "--channel-secret", "s"], "given twice"),
         (["--generators", "0"], "--generators"),
         (["--workers", "-1"], "--workers"),
+        (["--join", "127.0.0.1:5557", "--workers", "0"], "--workers"),
+        (["--join", "127.0.0.1:5557", "--generators", "0"], "--generators"),
         (["--ca", "/nonexistent/second.pem"], "CA file"),
     ],
 )
