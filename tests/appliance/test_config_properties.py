@@ -278,8 +278,6 @@ def coherent(values: dict[str, Any]) -> bool:
     plain_ok = merged["public_tls"] or host in ("127.0.0.1", "::1", "localhost")
     return (
         merged["bridge_idle_timeout"] > merged["ping_interval"]
-        and merged["retain_delivered"] >= merged["dedupe_window"]
-        and merged["retain_expired"] >= merged["dedupe_window"]
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
         and merged["retain_delivered"] >= merged["dedupe_window"]
