@@ -178,6 +178,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     gw.add_argument("--latency-ms", type=float, default=0.0)
     gw.add_argument("--error-rate", type=float, default=0.0, help="share of 500 answers")
+    gw.add_argument(
+        "--channel-secret-file",
+        metavar="FILE",
+        help="the channel secret that signs the webhook test's verification webhook",
+    )
+    gw.add_argument(
+        "--ca", metavar="FILE", help="root CA the webhook test trusts for the relay's certificate"
+    )
     gw.set_defaults(func=run_gateway)
 
 
@@ -192,7 +200,12 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Serve the simulated gateway until interrupted."""
     try:
         host, port = _host_port(args.listen)
-        server = gateway.serve(host, port, args.latency_ms, args.error_rate)
+        secret = None
+        if args.channel_secret_file:
+            secret = Path(args.channel_secret_file).read_text(encoding="utf-8").strip().encode()
+        server = gateway.serve(
+            host, port, args.latency_ms, args.error_rate, secret, args.ca or None
+        )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"linerelay loadtest gateway: {exc}", file=sys.stderr)
         return 2

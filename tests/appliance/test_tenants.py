@@ -74,7 +74,7 @@ def test_rotation_retires_the_old_token_and_is_reported(paths: Path) -> None:
     registry = TenantRegistry(paths)
     old = registry.add("a", "s")
     directory = TenantDirectory(paths)
-    new = registry.rotate("a")
+    new, _ = registry.rotate("a")
     assert directory.authenticate(new) is not None  # a miss re-reads the file
     assert directory.authenticate(old) is None
     assert directory.take_changes() == ({}, {"a"})
