@@ -6,6 +6,7 @@ Two forms share the command name (PROTOCOL.md §4 fixes the first)::
         [--bridge-token TOKEN] [--ca FILE] [--users N] [--rate PER_SECOND]
         [--duration SECONDS] [--report DIR] [more options, see --help]
     linerelay loadtest gateway [--listen HOST:PORT] [--latency-ms N] [--error-rate X]
+        [--channel-secret-file FILE] [--ca FILE] [--channel-access-token-file FILE]
 
 The first starts Locust (one process, or a master and ``--workers N``
 worker processes) on :mod:`loadtest.locustfile`, waits for the run and its
@@ -186,6 +187,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument(
         "--ca", metavar="FILE", help="root CA the webhook test trusts for the relay's certificate"
     )
+    gw.add_argument(
+        "--channel-access-token-file",
+        metavar="FILE",
+        help="take only this channel access token (401 for others); default: any",
+    )
     gw.set_defaults(func=run_gateway)
 
 
@@ -200,11 +206,13 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Serve the simulated gateway until interrupted."""
     try:
         host, port = _host_port(args.listen)
-        secret = None
+        secret = token = None
         if args.channel_secret_file:
             secret = Path(args.channel_secret_file).read_text(encoding="utf-8").strip().encode()
+        if args.channel_access_token_file:
+            token = Path(args.channel_access_token_file).read_text(encoding="utf-8").strip()
         server = gateway.serve(
-            host, port, args.latency_ms, args.error_rate, secret, args.ca or None
+            host, port, args.latency_ms, args.error_rate, secret, args.ca or None, token
         )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"linerelay loadtest gateway: {exc}", file=sys.stderr)

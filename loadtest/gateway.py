@@ -25,6 +25,7 @@ wording, in LINE's ``{"message", "details"}`` shape.
 
 from __future__ import annotations
 
+import hmac
 import json
 import random
 import ssl
@@ -56,6 +57,11 @@ MAX_ENDPOINT_CHARS = 500
 PROBE_TIMEOUT = 10.0
 #: What LINE's webhooks say they are.
 WEBHOOK_USER_AGENT = "LineBotWebhook/2.0"
+#: LINE's answer to a channel access token it does not know.
+REFUSED_ACCESS = (
+    "Authentication failed due to the following reason: invalid token. "
+    "Confirm that the access token in the authorization header is valid."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,9 @@ class Gateway:
     """Decides and counts answers; thread-safe.
 
     ``channel_secret`` signs the verification webhooks of the webhook test;
-    without one, the test answers 500 saying so.
+    without one, the test answers 500 saying so. ``access_token``: the one
+    channel access token taken (401 for others, as LINE answers a bad one);
+    without one, any Bearer token is.
     """
 
     def __init__(
@@ -96,6 +104,7 @@ class Gateway:
         error_rate: float = 0.0,
         rng: random.Random | None = None,
         channel_secret: bytes | None = None,
+        access_token: str | None = None,
     ) -> None:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError("the error rate is a share between 0 and 1")
@@ -104,6 +113,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._secret = channel_secret
+        self._access_token = access_token
         #: The channel's webhook URL, as the last PUT set it.
         self.endpoint = ""
 
@@ -153,6 +163,12 @@ class Gateway:
             return Answer(405, {"message": "Method not allowed"})
         if path != COMPLETIONS and not (authorization or "").startswith("Bearer "):
             return Answer(401, {"message": "Authentication failed. No access token found"})
+        if (
+            path != COMPLETIONS
+            and self._access_token is not None
+            and not hmac.compare_digest(authorization or "", f"Bearer {self._access_token}")
+        ):
+            return Answer(401, {"message": REFUSED_ACCESS})
         if method == "GET":
             return Answer(200, {"endpoint": self.endpoint, "active": bool(self.endpoint)})
         try:
@@ -346,7 +362,8 @@ def serve(
     error_rate: float = 0.0,
     channel_secret: bytes | None = None,
     ca_file: str | None = None,
+    access_token: str | None = None,
 ) -> GatewayServer:
     """A bound gateway server (port 0 picks a free one); call ``serve_forever``."""
-    gateway = Gateway(error_rate, channel_secret=channel_secret)
+    gateway = Gateway(error_rate, channel_secret=channel_secret, access_token=access_token)
     return GatewayServer((host, port), gateway, latency_ms, ca_file)

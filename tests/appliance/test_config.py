@@ -148,3 +148,35 @@ def test_trusted_proxies_come_as_a_toml_list_or_a_comma_separated_variable(
         config.load(write(tmp_path, "trusted_proxies = [1, 2]\n"))
     with pytest.raises(ConfigError, match="trusted_proxies"):
         config.load(None, {"LINERELAY_TRUSTED_PROXIES": "nope"})
+
+
+def test_error_reports_are_off_by_default_and_take_a_sentry_dsn(tmp_path: Path) -> None:
+    assert config.load().sentry_dsn == ""
+    dsn = "https://0123abcd@o1.ingest.sentry.io/4507"
+    assert config.load(write(tmp_path, f'sentry_dsn = "{dsn}"\n')).sentry_dsn == dsn
+    assert config.load(None, {"LINERELAY_SENTRY_DSN": dsn}).sentry_dsn == dsn
+    assert "sentry_dsn" in config.RESTART_KEYS
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "https://sentry.example/1",  # no public key
+        "https://key@sentry.example/",  # no project
+        "ftp://key@sentry.example/1",
+        "key@sentry.example/1",
+        "https://key@/1",
+    ],
+)
+def test_a_malformed_sentry_dsn_is_refused_without_being_repeated(tmp_path: Path, dsn: str) -> None:
+    with pytest.raises(ConfigError, match="sentry_dsn") as refused:
+        config.load(write(tmp_path, f'sentry_dsn = "{dsn}"\n'))
+    assert dsn not in str(refused.value)
+
+
+def test_a_sentry_dsn_of_the_wrong_type_is_refused_without_being_repeated(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="sentry_dsn") as refused:
+        config.load(write(tmp_path, "sentry_dsn = 4507123\n"))
+    assert "4507123" not in str(refused.value)
