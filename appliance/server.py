@@ -162,7 +162,7 @@ class Server:
         to redact."""
         relay: Relay | None = getattr(self, "relay", None)
         if relay is None:
-            return []
+            return []  # an error before the relay was opened: no tenant is loaded yet
         tenants = list(relay.tenants.by_id.values())
         return [t.secret for t in tenants] + [
             t.previous_secret for t in tenants if t.previous_secret is not None

@@ -25,7 +25,8 @@ from appliance.store import count_unacked, purge_file
 from appliance.tenants import MAX_GRACE_SECONDS, TenantRegistry, notify_relay, validate_id
 
 GRACE_HELP = (
-    "keep the old {what} working for SECONDS more (at most {most}, a week); default 0: it stops now"
+    "keep the old {what} working for SECONDS more (at most {most}, a week): {then}; "
+    "default 0: it stops now"
 )
 
 
@@ -68,8 +69,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help=GRACE_HELP.format(what="token", most=MAX_GRACE_SECONDS)
-        + "; bridges still on it are disconnected when it stops",
+        help=GRACE_HELP.format(
+            what="token",
+            most=MAX_GRACE_SECONDS,
+            then="bridges still on it are disconnected when it stops",
+        ),
     )
     rotate.add_argument("--json", action="store_true", help="print a JSON object")
     rotate.set_defaults(func=_rotate)
@@ -87,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help=GRACE_HELP.format(what="secret", most=MAX_GRACE_SECONDS)
-        + "; webhooks signed with it are accepted until then",
+        help=GRACE_HELP.format(
+            what="secret", most=MAX_GRACE_SECONDS, then="webhooks signed with it are accepted"
+        ),
     )
     rotate_secret.add_argument("--json", action="store_true", help="print a JSON object")
     rotate_secret.set_defaults(func=_rotate_secret)

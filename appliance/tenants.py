@@ -247,20 +247,27 @@ class TenantRegistry:
         without, the old secret stops now (and 0 is returned).
         """
         validate_id(tenant)
-        secret = _validate_secret(secret)
+        new = _validate_secret(secret).encode("utf-8")
         extra = grace_ms(grace)
-        row = self._db.execute("SELECT secret FROM tenants WHERE id = ?", (tenant,)).fetchone()
-        if row is None:
-            raise TenantError(f"no tenant {tenant!r}")
-        if hmac.compare_digest(bytes(row[0]), secret.encode("utf-8")):
-            raise TenantError(f"tenant {tenant!r}: that channel secret is the one in use")
-        until = self._clock() + extra if extra else 0
-        self._db.execute(
-            "UPDATE tenants SET secret = ?, "
-            "previous_secret = CASE WHEN ? > 0 THEN secret END, "
-            "previous_secret_until = ? WHERE id = ?",
-            (secret.encode("utf-8"), until, until, tenant),
-        )
+        # The check and the change in one transaction: another CLI may rotate meanwhile.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT secret FROM tenants WHERE id = ?", (tenant,)).fetchone()
+            if row is None:
+                raise TenantError(f"no tenant {tenant!r}")
+            if hmac.compare_digest(bytes(row[0]), new):
+                raise TenantError(f"tenant {tenant!r}: that channel secret is the one in use")
+            until = self._clock() + extra if extra else 0
+            self._db.execute(
+                "UPDATE tenants SET secret = ?, "
+                "previous_secret = CASE WHEN ? > 0 THEN secret END, "
+                "previous_secret_until = ? WHERE id = ?",
+                (new, until, until, tenant),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
         return until
 
     def remove(self, tenant: str) -> None:

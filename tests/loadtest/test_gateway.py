@@ -354,3 +354,18 @@ def test_with_an_access_token_set_any_other_is_refused_as_line_refuses_it() -> N
     chat = g.answer("POST", COMPLETIONS, None, body({"messages": []}))
     assert isinstance(chat, Answer)
     assert chat.status == 200
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("option", ["--channel-secret-file", "--ca", "--channel-access-token-file"])
+def test_gateway_command_with_an_unreadable_file_exits_2(option: str) -> None:
+    result = subprocess.run(
+        [LINERELAY, "loadtest", "gateway", option, "/nonexistent/file"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "linerelay loadtest gateway:" in result.stderr
+    assert "Traceback" not in result.stderr
