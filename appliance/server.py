@@ -41,7 +41,7 @@ from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
 from appliance.state import StateDir
-from appliance.store import Limits, SQLiteStore
+from appliance.store import create_store, store_limits
 from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
@@ -200,7 +200,7 @@ class Server:
     async def _open_relay(self, config: RelayConfig) -> Relay:
         """Metrics, the store (opened), tenants and the hub: what the hot paths share."""
         metrics = Metrics()
-        store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
+        store = create_store(config, self.state, on_batch=metrics.observe_batch)
         await store.open()
         tenants = TenantDirectory(self.state.tenants)
         hub = Hub(
@@ -279,7 +279,7 @@ class Server:
         relay = self.relay
         relay.configure(config)
         self.bridges.configure(config, relay.proxies)
-        relay.store.configure(_limits(config))
+        relay.store.configure(store_limits(config))
         self.listener.configure(_listener_limits(config), relay.proxies)
         _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
@@ -372,7 +372,14 @@ class Server:
             )
         for tenant, seqs in by_tenant.items():
             relay.hub.expired(tenant, seqs)
-        await relay.store.prune(now_ms - int(config.dedupe_window * 1000))
+        # Expired ones are kept retain_expired after they expired, for an operator to
+        # find and replay; delivered ones retain_delivered after receipt (acks come
+        # within seconds). Both are at least dedupe_window (config), so a row is
+        # never pruned while it still recognises LINE's retries after a restart.
+        await relay.store.prune(
+            delivered_before=now_ms - int(config.retain_delivered * 1000),
+            expired_before=now_ms - int((config.max_unacked_age + config.retain_expired) * 1000),
+        )
 
 
 def _hypercorn_configs(
@@ -449,10 +456,6 @@ def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
         extra={"configured": config.max_connections, "used": room, "open_files": open_files},
     )
     return config.replace(max_connections=room)
-
-
-def _limits(config: RelayConfig) -> Limits:
-    return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
 
 
 def _listen(address: str, inherited: int | None = None) -> socket.socket:

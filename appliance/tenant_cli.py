@@ -1,4 +1,5 @@
-"""``linerelay tenant add|list|remove|rotate-token|rotate-secret|connect-line`` (PROTOCOL.md §3).
+"""``linerelay tenant add|list|remove|rotate-token|rotate-secret|connect-line`` (PROTOCOL.md §3),
+and ``purge`` (appliance/webhooks_cli.py).
 
 Changes land in ``STATE/tenants.db``; a running relay notices them within
 ``tenant_poll_interval`` seconds, without a restart. Bad input exits with
@@ -17,11 +18,12 @@ import time
 from pathlib import Path
 
 from appliance import config as config_module
+from appliance import webhooks_cli
 from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, LineAPIError, StateDirError, TenantError
 from appliance.line_channel import DEFAULT_API_BASE, ChannelAPI
 from appliance.state import StateDir
-from appliance.store import count_unacked, purge_file
+from appliance.store.sqlite import count_unacked, purge_file
 from appliance.tenants import MAX_GRACE_SECONDS, TenantRegistry, notify_relay, validate_id
 
 GRACE_HELP = (
@@ -119,6 +121,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     connect.add_argument("--json", action="store_true", help="print a JSON object")
     connect.set_defaults(func=_connect_line)
+
+    webhooks_cli.register_purge(commands)
 
 
 def _secret_options(parser: argparse.ArgumentParser, new: str = "") -> None:
