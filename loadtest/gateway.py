@@ -55,6 +55,15 @@ DESTINATION = "U" + "0" * 31 + "1"
 MAX_ENDPOINT_CHARS = 500
 #: Seconds the verification webhook may take before the verdict is REQUEST_TIMEOUT.
 PROBE_TIMEOUT = 10.0
+#: The methods each path answers.
+_METHODS = {
+    REPLY: ("POST",),
+    PUSH: ("POST",),
+    LOADING: ("POST",),
+    COMPLETIONS: ("POST",),
+    WEBHOOK_ENDPOINT: ("GET", "PUT"),
+    WEBHOOK_TEST: ("POST",),
+}
 #: What LINE's webhooks say they are.
 WEBHOOK_USER_AGENT = "LineBotWebhook/2.0"
 #: LINE's answer to a channel access token it does not know.
@@ -156,10 +165,9 @@ class Gateway:
     def _decide(
         self, method: str, path: str, authorization: str | None, body: bytes
     ) -> Answer | Probe:
-        allowed = {WEBHOOK_ENDPOINT: ("GET", "PUT"), WEBHOOK_TEST: ("POST",)}.get(path, ("POST",))
-        if path not in (REPLY, PUSH, LOADING, COMPLETIONS, WEBHOOK_ENDPOINT, WEBHOOK_TEST):
+        if path not in _METHODS:
             return Answer(404, {"message": "Not found"})
-        if method not in allowed:
+        if method not in _METHODS[path]:
             return Answer(405, {"message": "Method not allowed"})
         if path != COMPLETIONS and not (authorization or "").startswith("Bearer "):
             return Answer(401, {"message": "Authentication failed. No access token found"})
