@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
@@ -46,6 +47,7 @@ RESTART_KEYS = (
     "public_tls",
     "hypercorn_access_log",
     "tls_read_buffer",
+    "sentry_dsn",
 )
 
 
@@ -257,9 +259,21 @@ class RelayConfig(Settings):
         "Also write Hypercorn's access log (one more line per request, bridge tokens "
         "in URLs redacted); the relay's own line per webhook is always written.",
     )
+    sentry_dsn: str = setting(
+        "",
+        "Send unexpected exceptions to Sentry: the project's DSN "
+        "(https://KEY@HOST/PROJECT; needs the `sentry` extra: pip install 'linerelay[sentry]'). "
+        "Reports carry no body, signature, secret or token (docs/operations.md, "
+        "'Error reports'). Empty: off, and sentry-sdk is not even imported.",
+        Rule(
+            lambda value: not value or _is_dsn(value),
+            "must be a Sentry DSN: https://KEY@HOST/PROJECT",
+        ),
+    )
 
     error = ConfigError
     lenient = True
+    secret_keys = frozenset({"sentry_dsn"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -391,6 +405,21 @@ def load(
                 values[key] = env_value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return RelayConfig.build(values)
+
+
+def _is_dsn(value: str) -> bool:
+    """Whether ``value`` has a Sentry DSN's shape: http(s), a public key, a host, a project."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    project = parts.path.rstrip("/").rpartition("/")[2]
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.username)
+        and bool(parts.hostname)
+        and project.isdigit()
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -74,6 +74,7 @@ class BridgeConnection:
         "protocol",
         "send_timeout",
         "tenant",
+        "token_hash",
         "transport",
     )
 
@@ -85,8 +86,12 @@ class BridgeConnection:
         protocol: int = 1,
         send_timeout: float = 10.0,
         on_timeout: Callable[[BridgeConnection], None] = lambda _: None,
+        token_hash: bytes = b"",
     ) -> None:
         self.tenant = tenant
+        #: The digest of the token the bridge logged in with: which of its tenant's
+        #: tokens it holds, checked again when they change (a rotation, a grace's end).
+        self.token_hash = token_hash
         self.transport = transport
         self.peer = peer
         self.protocol = protocol

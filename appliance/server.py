@@ -30,7 +30,7 @@ from pathlib import Path
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-from appliance import certcheck, logs, protocol, systemd, tuning
+from appliance import certcheck, error_reports, logs, protocol, systemd, tuning
 from appliance import config as config_module
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
@@ -87,6 +87,8 @@ class Server:
         """Serve until SIGTERM or SIGINT."""
         # Whatever the caller's umask: the state is private (appliance/state.py).
         os.umask(0o077)
+        # First, so that what goes wrong from here on is reported (when configured).
+        error_reports.start(self.config.sentry_dsn, self._secrets)
         config = self.config = _fit_connections(self.config, _raise_open_files_limit())
         # Before any TLS connection: asyncio sizes each one's buffer as it starts.
         tls_read_buffer = tuning.apply(config.tls_read_buffer)
@@ -154,6 +156,17 @@ class Server:
                 log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
             log.info("relay stopped")
+
+    def _secrets(self) -> list[bytes]:
+        """Every channel secret the relay holds (current and previous), for error reports
+        to redact."""
+        relay: Relay | None = getattr(self, "relay", None)
+        if relay is None:
+            return []  # an error before the relay was opened: no tenant is loaded yet
+        tenants = list(relay.tenants.by_id.values())
+        return [t.secret for t in tenants] + [
+            t.previous_secret for t in tenants if t.previous_secret is not None
+        ]
 
     async def _open_public(
         self, config: RelayConfig, sock: socket.socket, hypercorn: HypercornConfig
@@ -311,7 +324,8 @@ class Server:
         task.add_done_callback(self._background.discard)
 
     async def _tenant_changes(self) -> None:
-        """Close the bridges of removed or rotated tenants; purge removed ones' rows.
+        """Close the bridges of removed tenants, and those on a token no longer
+        valid (rotated, or its grace ended); purge removed tenants' rows.
 
         The caller has refreshed the tenant directory.
         """
@@ -325,9 +339,20 @@ class Server:
             discarded = await relay.store.purge(tenant, recreated_at)
             log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
         for tenant in rotated:
+            closed = 0
             for connection in relay.hub.of_tenant(tenant):
-                connection.terminate(CLOSE_TOKEN_ROTATED)
-            log.info("tenant token rotated", extra={"tenant": tenant})
+                if not relay.tenants.accepts(tenant, connection.token_hash):
+                    connection.terminate(CLOSE_TOKEN_ROTATED)
+                    closed += 1
+            log.info(
+                "tenant tokens changed",
+                extra={
+                    "tenant": tenant,
+                    "bridges_closed": closed,
+                    # When bridges still on the old token will be closed; 0: no grace runs.
+                    "grace_until_ms": relay.tenants.token_grace_until(tenant),
+                },
+            )
 
     async def _sweep(self) -> None:
         relay, config = self.relay, self.config

@@ -240,6 +240,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "relay.example.com", "localhost", "192.0.2.7", "::1"])
     if name == "bridge_window_v2":
         return st.integers(1, 512)
+    if name == "sentry_dsn":
+        return st.sampled_from(["", "https://0123abcd@o1.ingest.sentry.io/4507", "http://k@h:9/1"])
     if name == "tls_read_buffer":  # 0 is asyncio's own size
         return st.one_of(st.just(0), st.integers(*config.TLS_READ_BUFFER_RANGE))
     if kind == "tuple[str, ...]":
