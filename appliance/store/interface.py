@@ -15,6 +15,9 @@ from appliance.store.records import Delivery, Expired, Limits
 
 CommitListener = Callable[[Sequence[Delivery]], None]
 BatchListener = Callable[[int, float], None]
+#: Called with a tenant and whether this process now serves its bridges (True)
+#: or another process does (False); see :meth:`Store.claim`.
+OwnershipListener = Callable[[str, bool], None]
 
 
 class Store(abc.ABC):
@@ -101,4 +104,34 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(self, on_commit: CommitListener) -> None:
-        """Call ``on_commit`` on the loop with each batch of newly committed webhooks."""
+        """Call ``on_commit`` on the loop with each batch of newly committed webhooks.
+
+        Each tenant's webhooks come in order of ``seq``. A store shared by
+        several processes gives a process the webhooks of the tenants it
+        serves (:meth:`claim`), whichever process committed them, and those it
+        commits itself for any other tenant.
+        """
+
+    # -- several processes: who serves a tenant's bridges ----------------------
+    # A store of one process serves every tenant here: these defaults say so.
+
+    def claim(self, tenant: str) -> None:
+        """A bridge of ``tenant`` just connected to this process: serve it from here.
+
+        The newest connection anywhere wins: a store shared by several
+        processes takes the tenant over from whichever served it (its
+        connections stand by), and tells this process's ownership listeners
+        with ``(tenant, False)`` if a newer connection elsewhere wins instead.
+        """
+
+    def release(self, tenant: str) -> None:
+        """No bridge of ``tenant`` is connected to this process any more."""
+
+    def watch_ownership(self, on_change: OwnershipListener) -> None:
+        """Call ``on_change(tenant, serving)`` when a tenant this process claimed is
+        taken by another process (False), or when one it lost is free again and
+        taken back for its standby connections here (True)."""
+
+    def health(self) -> str | None:
+        """None while the store is usable; otherwise why not (for ``/readyz``)."""
+        return None
