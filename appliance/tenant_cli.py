@@ -1,6 +1,8 @@
 """``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3).
 
-Changes land in ``STATE/tenants.db``; a running relay notices them within
+Changes land in ``STATE/tenants.db`` (or, with ``store = "redis"`` in the
+``--config`` file or ``LINERELAY_STORE``, in Redis for every node:
+appliance/tenant_backend.py); a running relay notices them within
 ``tenant_poll_interval`` seconds, without a restart. Bad input exits with
 status 2 and changes nothing.
 """
@@ -15,11 +17,12 @@ import sys
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance.cli import add_state_dir, state_dir
+from appliance.cli import add_state_dir as _add_state_dir
+from appliance.cli import state_dir
 from appliance.errors import ConfigError, StateDirError, TenantError
 from appliance.state import StateDir
-from appliance.store.sqlite import count_unacked, purge_file
-from appliance.tenants import TenantRegistry, notify_relay, validate_id
+from appliance.tenant_backend import count_unacked, load_config, open_registry, purge
+from appliance.tenants import notify_relay, validate_id
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,6 +69,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.set_defaults(func=_rotate)
 
 
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir``, and ``--config`` for the store it names, on a tenant command."""
+    _add_state_dir(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the relay's TOML config: with store = 'redis', tenants are changed in Redis",
+    )
+
+
+def _config(args: argparse.Namespace) -> config_module.RelayConfig:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise TenantError(str(exc)) from exc
+
+
 def _state(args: argparse.Namespace, create: bool = False) -> StateDir:
     """The state dir of ``args``: created by ``add``, required to exist by the rest."""
     state = StateDir(state_dir(args))
@@ -103,8 +124,9 @@ def _add(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
+        config = _config(args)
         state = _state(args, create=True)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             token = registry.add(args.tenant, secret)
         finally:
@@ -125,23 +147,24 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-    except StateDirError as exc:
+        registry = open_registry(config, state)
+        try:
+            tenants = registry.list()
+        finally:
+            registry.close()
+        rows = [
+            {
+                "tenant": t.id,
+                "created_at": t.created_at,
+                "rotated_at": t.rotated_at,
+                "queued": count_unacked(config, state, t.id),
+            }
+            for t in tenants
+        ]
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    registry = TenantRegistry(state.tenants)
-    try:
-        tenants = registry.list()
-    finally:
-        registry.close()
-    rows = [
-        {
-            "tenant": t.id,
-            "created_at": t.created_at,
-            "rotated_at": t.rotated_at,
-            "queued": count_unacked(state.store, t.id),
-        }
-        for t in tenants
-    ]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -153,12 +176,13 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
-            queued = count_unacked(state.store, args.tenant)
+            queued = count_unacked(config, state, args.tenant)
             if queued and not args.force:
                 raise TenantError(
                     f"tenant {args.tenant!r} has {queued} unacked webhooks; "
@@ -170,7 +194,10 @@ def _remove(args: argparse.Namespace) -> int:
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    discarded = purge_file(state.store, args.tenant)
+    try:
+        discarded = purge(config, state, args.tenant)
+    except TenantError as exc:
+        return _fail(str(exc))
     print(
         f"removed {args.tenant}"
         + (f"; {discarded} unacked webhooks discarded" if discarded else "")
@@ -180,8 +207,9 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             token = registry.rotate(args.tenant)
         finally:

@@ -115,7 +115,7 @@ class Store(abc.ABC):
     # -- several processes: who serves a tenant's bridges ----------------------
     # A store of one process serves every tenant here: these defaults say so.
 
-    def claim(self, tenant: str) -> None:
+    def claim(self, tenant: str) -> None:  # noqa: B027 (a store of one process: nothing to do)
         """A bridge of ``tenant`` just connected to this process: serve it from here.
 
         The newest connection anywhere wins: a store shared by several
@@ -124,10 +124,10 @@ class Store(abc.ABC):
         with ``(tenant, False)`` if a newer connection elsewhere wins instead.
         """
 
-    def release(self, tenant: str) -> None:
+    def release(self, tenant: str) -> None:  # noqa: B027 (idem)
         """No bridge of ``tenant`` is connected to this process any more."""
 
-    def watch_ownership(self, on_change: OwnershipListener) -> None:
+    def watch_ownership(self, on_change: OwnershipListener) -> None:  # noqa: B027 (idem)
         """Call ``on_change(tenant, serving)`` when a tenant this process claimed is
         taken by another process (False), or when one it lost is free again and
         taken back for its standby connections here (True)."""

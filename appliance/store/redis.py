@@ -200,9 +200,7 @@ class RedisStore(Store):
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
-        self._redis = aioredis.Redis.from_url(
-            self.url, socket_timeout=ANSWER_TIMEOUT, **common
-        )
+        self._redis = aioredis.Redis.from_url(self.url, socket_timeout=ANSWER_TIMEOUT, **common)
         # The blocking XREAD gets a connection of its own, with no answer timeout.
         self._reader = aioredis.Redis.from_url(
             self.url, socket_timeout=None, single_connection_client=True, **common
@@ -214,7 +212,12 @@ class RedisStore(Store):
             await self._close_clients()
             raise StoreError(f"cannot use Redis at {_safe_url(self.url)}: {exc}") from exc
         self._mark_up()
-        for job in (self._read_loop(), self._lease_loop(), self._watch_owners(), self._refresh_loop()):
+        for job in (
+            self._read_loop(),
+            self._lease_loop(),
+            self._watch_owners(),
+            self._refresh_loop(),
+        ):
             self._spawn(job)
 
     def configure(self, limits: Limits) -> None:
@@ -429,7 +432,7 @@ class RedisStore(Store):
             self._mark_down(exc)
             # Appends are answered now (503); the rest waits for Redis.
             failure = StoreError(f"Redis unreachable: {exc}")
-            keep = [op for op in batch if not isinstance(op, ops.Append)]
+            keep: list[_Op] = [op for op in batch if not isinstance(op, ops.Append)]
             self._settle([(op, None, failure) for op in batch if isinstance(op, ops.Append)])
             self._batcher.put_back(keep)
             self._batcher.scheduled = False
@@ -745,7 +748,7 @@ class RedisStore(Store):
     async def _refresh(self) -> None:
         """Queue depths and heads of every stored tenant, as Redis has them now."""
         assert self._redis is not None
-        flat = await self._redis.evalsha(SCRIPTS["heads"].sha, 0, self.prefix)  # type: ignore[misc]
+        flat = await self._redis.evalsha(SCRIPTS["heads"].sha, 0, self.prefix)
         self._depth.clear()
         self._head.clear()
         self._heads(flat)
@@ -773,7 +776,7 @@ class RedisStore(Store):
             for tenant, cursor in self._cursors.items():
                 streams[self._key("q", tenant)] = cursor
             try:
-                got = await self._reader.xread(streams, count=1, block=READ_BLOCK_MS)  # type: ignore[arg-type]
+                got: Any = await self._reader.xread(streams, count=1, block=READ_BLOCK_MS)  # type: ignore[arg-type]
             except UNREACHABLE as exc:
                 self._mark_down(exc)
                 continue
@@ -798,7 +801,7 @@ class RedisStore(Store):
         if not tenants:
             return
         try:
-            reply = await self._redis.evalsha(  # type: ignore[misc]
+            reply = await self._redis.evalsha(
                 SCRIPTS["read_new"].sha, 0, self.prefix, self.name, READ_COUNT, *tenants
             )
         except NoScriptError:
@@ -837,7 +840,7 @@ class RedisStore(Store):
         owned = [t for t in self._owned if t in self._cursors]
         if owned:
             try:
-                reply = await self._redis.evalsha(  # type: ignore[misc]
+                reply = await self._redis.evalsha(
                     SCRIPTS["renew"].sha,
                     0,
                     self.prefix,
@@ -881,12 +884,12 @@ class RedisStore(Store):
                 self._mark_down(exc)
             finally:
                 with contextlib.suppress(*UNREACHABLE):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _check_lease(self, tenant: str) -> None:
         assert self._redis is not None
         try:
-            owner = await self._redis.get(self._key("owner", tenant))
+            owner: Any = await self._redis.get(self._key("owner", tenant))
         except UNREACHABLE as exc:
             self._mark_down(exc)
             return
