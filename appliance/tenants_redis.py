@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: Seconds between two version checks triggered by lookups that miss: an
 #: unknown tenant id in a flood of requests costs one round trip per interval,
 #: not one per request.
-MISS_CHECK_INTERVAL = 0.1
+MISS_CHECK_INTERVAL = 0.005
 #: Socket timeouts (seconds) of the directory's checks, which run on the event loop.
 CHECK_TIMEOUT = 0.5
 

@@ -9,18 +9,23 @@ and find every write it was told had succeeded.
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from appliance.tenants_redis import RedisTenantRegistry
 from tests.support import processes
 from tests.support.relay import free_port
+from tests.support.tenants import NewTenant
 from tests.support.waiting import wait_for
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -130,3 +135,23 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+def add_redis_tenant(url: str, tenant: str | None = None, secret: str | None = None) -> NewTenant:
+    """Add a tenant (default: a unique ``t-`` id, a random secret) to the tenants in Redis,
+    with the code behind ``tenant add`` on ``store = "redis"``."""
+    tenant = tenant or f"t-{uuid.uuid4().hex[:12]}"
+    secret = secret or secrets.token_hex(16)
+    registry = RedisTenantRegistry(url)
+    try:
+        token = registry.add(tenant, secret)
+    finally:
+        registry.close()
+    return NewTenant(tenant, secret, token)
+
+
+def relay_config(server: RedisServer, **extra: object) -> str:
+    """A relay config (TOML) on ``server``'s Redis, with ``extra`` keys."""
+    lines = ['store = "redis"', f'redis_url = "{server.url}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
