@@ -725,6 +725,9 @@ class RedisStore(Store):
             await asyncio.sleep(delay)
             delay = min(RECONNECT_MAX, delay * 2)
             try:
+                # Connections from before the outage are dead: none may be reused.
+                assert self._redis is not None
+                await self._redis.connection_pool.disconnect()
                 await self._load_scripts()
                 await self._refresh()
             except (*UNREACHABLE, ResponseError):
