@@ -1,6 +1,7 @@
 """The admin app (Quart), on the private admin listener.
 
-It serves ``/healthz``, ``/readyz`` and ``/metrics``. The public listener's
+It serves ``/healthz``, ``/readyz``, ``/metrics`` and the JSON API for stored
+webhooks under ``/api/`` (appliance/webhooks_api.py). The public listener's
 app is :class:`appliance.ingress.Ingress` alone: webhooks, bridges and a JSON
 404 for everything else, so operator endpoints never show on the
 internet-facing listener.
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response
 
 from appliance.ingress import Relay
+from appliance.webhooks_api import webhooks_api
 
 
 def create_admin_app(relay: Relay, is_ready: Callable[[], bool]) -> Quart:
@@ -37,4 +39,5 @@ def create_admin_app(relay: Relay, is_ready: Callable[[], bool]) -> Quart:
     async def metrics() -> Response:
         return Response(generate_latest(relay.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
+    app.register_blueprint(webhooks_api(relay))
     return app

@@ -1,4 +1,5 @@
-"""``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3).
+"""``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3), and ``purge``
+(appliance/webhooks_cli.py).
 
 Changes land in ``STATE/tenants.db`` (or, with ``store = "redis"`` in the
 ``--config`` file or ``LINERELAY_STORE``, in Redis for every node:
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from appliance import config as config_module
+from appliance import webhooks_cli
 from appliance.cli import add_state_dir as _add_state_dir
 from appliance.cli import state_dir
 from appliance.errors import ConfigError, StateDirError, TenantError
@@ -67,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument("tenant")
     rotate.add_argument("--json", action="store_true", help="print a JSON object")
     rotate.set_defaults(func=_rotate)
+
+    webhooks_cli.register_purge(commands)
 
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING
 
 from appliance.store.futures import wait_until
 from appliance.store.interface import BatchListener, CommitListener, OwnershipListener, Store
-from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
+from appliance.store.records import (
+    Delivery,
+    Expired,
+    Limits,
+    Record,
+    WebhookState,
+    new_delivery_id,
+    retry_digest,
+)
 from appliance.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -31,8 +39,10 @@ __all__ = [
     "Expired",
     "Limits",
     "OwnershipListener",
+    "Record",
     "SQLiteStore",
     "Store",
+    "WebhookState",
     "create_store",
     "new_delivery_id",
     "retry_digest",

@@ -15,6 +15,8 @@ a prefix (``linerelay:``):
 ``r:SEQ``              hash: a delivered or expired webhook, kept until pruned
 ``delivered:TENANT``,  sorted sets of those records' seqs by received_at
 ``expired:TENANT``
+``rq:TENANT``          sorted set: the queued webhooks' seqs by received_at (expiry)
+``ids``                hash: delivery id → ``TENANT:SEQ`` (the operator's lookups)
 ``stored``             set: tenants with anything stored
 ``owner:TENANT``       the tenant's lease: ``PROCESS|CONNECTED_AT``, with a TTL
 ``owners``             channel: a tenant whose lease was taken or given up
@@ -77,12 +79,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from appliance.errors import QueueFull, StoreError
+from appliance.errors import QueueFull, StoreError, UnknownWebhook
 from appliance.store import ops
 from appliance.store.batcher import Batcher
 from appliance.store.futures import follow
 from appliance.store.interface import BatchListener, CommitListener, OwnershipListener, Store
-from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
+from appliance.store.records import (
+    Delivery,
+    Expired,
+    Limits,
+    Record,
+    WebhookState,
+    new_delivery_id,
+    retry_digest,
+)
 from appliance.store.redis_lua import SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -148,6 +158,7 @@ class RedisStore(Store):
         #: answer is a 503 anyway).
         self.wait_ms = wait_ms
         self._wire_ids: list[str] = []
+        self._replay_ids: dict[int, list[str]] = {}
         self.lease_ttl = lease_ttl
         self.prefix = prefix
         #: This process's consumer name and lease holder id: unique per start.
@@ -301,15 +312,33 @@ class RedisStore(Store):
         self._submit(ops.Expire(older_than, future))
         return await future
 
-    async def prune(self, older_than: int) -> int:
+    async def prune(self, delivered_before: int, expired_before: int) -> int:
         total = 0
         while True:
             future: asyncio.Future[int] = self._future()
-            self._submit(ops.Prune(older_than, future))
+            self._submit(ops.Prune(delivered_before, expired_before, future))
             count = await future
             total += count
             if count < PRUNE_STEP:
                 return total
+
+    async def records(
+        self, tenant: str | None, state: WebhookState | None, limit: int
+    ) -> list[Record]:
+        future: asyncio.Future[list[Record]] = self._future()
+        self._submit(ops.ReadRecords(tenant, state, limit, future))
+        return await future
+
+    async def record(self, delivery_id: str) -> tuple[Record, bytes, str] | None:
+        future: asyncio.Future[tuple[Record, bytes, str] | None] = self._future()
+        self._submit(ops.ReadRecord(delivery_id, future))
+        return await future
+
+    async def replay(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        future: asyncio.Future[list[Delivery]] = self._future()
+        received_at = int(self._clock() * 1000)
+        self._submit(ops.Replay(tuple(delivery_ids), received_at, future))
+        return await future
 
     async def purge(self, tenant: str, received_before: int | None = None) -> int:
         future: asyncio.Future[int] = self._future()
@@ -507,22 +536,42 @@ class RedisStore(Store):
                 pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
                 plan.append(("wait", []))
         for op in batch:
-            if isinstance(op, ops.ReadPending):
-                limit = -1 if op.max_bytes is None else op.max_bytes
-                self._eval(pipe, "pending", op.tenant, op.after, op.limit, limit)
-                plan.append(("pending", [op]))
-            elif isinstance(op, ops.Expire):
-                now = int(self._clock() * 1000)
-                self._eval(pipe, "expire", now, op.older_than, self.name)
-                plan.append(("expire", [op]))
-            elif isinstance(op, ops.Prune):
-                self._eval(pipe, "prune", op.older_than, op.older_than, PRUNE_STEP)
-                plan.append(("prune", [op]))
-            elif isinstance(op, ops.Purge):
-                before = -1 if op.received_before is None else op.received_before
-                self._eval(pipe, "purge", op.tenant, before)
-                plan.append(("purge", [op]))
+            self._plan_query(pipe, op, plan)
         return plan
+
+    def _plan_query(self, pipe: Pipeline, op: _Op, plan: list[tuple[str, list[_Op]]]) -> None:
+        """Queue the command of a read or maintenance operation (others: nothing)."""
+        if isinstance(op, ops.ReadPending):
+            limit = -1 if op.max_bytes is None else op.max_bytes
+            self._eval(pipe, "pending", op.tenant, op.after, op.limit, limit)
+            plan.append(("pending", [op]))
+        elif isinstance(op, ops.Expire):
+            now = int(self._clock() * 1000)
+            self._eval(pipe, "expire", now, op.older_than, self.name)
+            plan.append(("expire", [op]))
+        elif isinstance(op, ops.Prune):
+            self._eval(pipe, "prune", op.delivered_before, op.expired_before, PRUNE_STEP)
+            plan.append(("prune", [op]))
+        elif isinstance(op, ops.ReadRecords):
+            state = "" if op.state is None else op.state.value
+            self._eval(pipe, "records", op.tenant or "", state, op.limit)
+            plan.append(("records", [op]))
+        elif isinstance(op, ops.ReadRecord):
+            self._eval(pipe, "record", op.delivery_id)
+            plan.append(("record", [op]))
+        elif isinstance(op, ops.Replay):
+            wire = [new_delivery_id() for _ in op.delivery_ids]
+            n = len(op.delivery_ids)
+            self._eval(
+                pipe, "replay", op.received_at, self.limits.queue_cap, n,
+                *op.delivery_ids, *wire,
+            )  # fmt: skip
+            self._replay_ids[id(op)] = wire
+            plan.append(("replay", [op]))
+        elif isinstance(op, ops.Purge):
+            before = -1 if op.received_before is None else op.received_before
+            self._eval(pipe, "purge", op.tenant, before)
+            plan.append(("purge", [op]))
 
     def _unplan(
         self, plan: list[tuple[str, list[_Op]]], replies: list[Any], batch: list[_Op]
@@ -580,15 +629,52 @@ class RedisStore(Store):
         if kind == "purge":
             self._heads(reply[1:])
             return [(covered[0], int(reply[0]))]
+        if kind == "records":
+            op = covered[0]
+            assert isinstance(op, ops.ReadRecords)
+            found = sorted((_record(item) for item in reply), key=lambda r: -r.seq)
+            return [(op, found[: op.limit])]
+        if kind == "record":
+            op = covered[0]
+            if reply is None:
+                return [(op, None)]
+            fields = _fields(reply[4])
+            return [(op, (_record(reply), fields[b"b"], fields[b"s"].decode()))]
+        if kind == "replay":
+            op = covered[0]
+            assert isinstance(op, ops.Replay)
+            wire = self._replay_ids.pop(id(op))
+            return [(op, self._replayed(op, wire, reply))]
         if kind == "claim":
             op = covered[0]
             assert isinstance(op, _Claim)
             return [(op, reply[1] if int(reply[0]) == 1 else None)]
         return [(op, reply) for op in covered]  # prune, release, mark_sent
 
+    def _replayed(
+        self, op: ops.Replay, wire: list[str], reply: list[Any]
+    ) -> list[Delivery] | UnknownWebhook | QueueFull:
+        """The copies :data:`REPLAY` queued, or why it queued none."""
+        if reply[0] == b"missing":
+            return UnknownWebhook(tuple(raw.decode() for raw in reply[1:]))
+        if reply[0] == b"full":
+            return QueueFull(f"tenant {reply[1].decode()} has {int(reply[2])} unacked webhooks")
+        copies = []
+        for i, original in enumerate(op.delivery_ids):
+            seq, length, raw_tenant, body, signature = reply[1 + i]
+            tenant = raw_tenant.decode()
+            self._depth[tenant] = int(length)
+            copies.append(
+                Delivery(
+                    int(seq), wire[i], tenant, body, signature.decode(), op.received_at, 0, original
+                )
+            )
+        return copies
+
     def _delivery(self, tenant: str, entry: list[Any]) -> Delivery:
         entry_id, raw, attempts = entry
-        fields = {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+        fields = _fields(raw)
+        replay_of = fields.get(b"p")
         return Delivery(
             seq=int(entry_id.split(b"-")[0]),
             id=fields[b"i"].decode(),
@@ -597,6 +683,7 @@ class RedisStore(Store):
             signature=fields[b"s"].decode(),
             received_at=int(fields[b"r"]),
             attempts=int(attempts),
+            replay_of=None if replay_of is None else replay_of.decode(),
         )
 
     def _heads(self, flat: list[Any]) -> None:
@@ -623,6 +710,11 @@ class RedisStore(Store):
             if isinstance(op, _Claim):
                 self._settle_claim(op, result, error)
                 continue
+            if isinstance(op, ops.Replay) and error is None:
+                if isinstance(result, Exception):  # UnknownWebhook or QueueFull: nothing queued
+                    op.future.set_exception(result)
+                    continue
+                committed.extend(result)
             if isinstance(op, ops.MarkSent | _Release) or op.future.done():
                 continue
             if error is not None:
@@ -898,6 +990,31 @@ class RedisStore(Store):
             return
         if tenant in self._cursors and not (owner or b"").startswith(f"{self.name}|".encode()):
             self._lost(tenant, "another process took its lease")
+
+
+def _fields(raw: list[Any]) -> dict[bytes, Any]:
+    """A stream entry's or a hash's flat field list as a dict."""
+    return {raw[i]: raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def _record(item: list[Any]) -> Record:
+    """A :class:`Record` from a RECORD or RECORDS reply item."""
+    tenant, seq, state, attempts, raw = item
+    fields = _fields(raw)
+    size = fields.get(b"size")
+    acked = fields.get(b"at")
+    replay_of = fields.get(b"p")
+    return Record(
+        seq=int(seq),
+        id=fields[b"i"].decode(),
+        tenant=tenant.decode(),
+        state=WebhookState(state.decode()),
+        received_at=int(fields[b"r"]),
+        attempts=int(attempts),
+        size=int(size) if size is not None else len(fields[b"b"]),
+        acked_at=None if acked is None else int(acked),
+        replay_of=None if replay_of is None else replay_of.decode(),
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -39,6 +39,7 @@ local function retire(tenant, id, fields, state, now)
   redis.call('HDEL', p .. 'att', seq)
   redis.call('XACK', q, 'relay', id)
   redis.call('XDEL', q, id)
+  redis.call('ZREM', p .. 'rq:' .. tenant, seq)
   local rec = p .. 'r:' .. seq
   redis.call('HSET', rec, 't', tenant, 'st', state, 'a', att, unpack(fields))
   if state == 'delivered' then redis.call('HSET', rec, 'at', now) end
@@ -51,6 +52,26 @@ local function head(out, tenant)
   out[#out + 1] = redis.call('XLEN', q)
   local h = redis.call('XRANGE', q, '-', '+', 'COUNT', 1)
   out[#out + 1] = h[1] and tonumber(fieldof(h[1][2], 'r')) or -1
+end
+-- A stored webhook by delivery id: tenant, seq, fields, state, attempts; nil if unknown.
+local function lookup(id)
+  local ref = redis.call('HGET', p .. 'ids', id)
+  if not ref then return nil end
+  local tenant, seq = string.match(ref, '^(.*):(%d+)$')
+  local e = redis.call('XRANGE', p .. 'q:' .. tenant, seq .. '-0', seq .. '-0')[1]
+  if e then
+    return tenant, seq, e[2], 'queued', redis.call('HGET', p .. 'att', seq) or '0'
+  end
+  local rec = redis.call('HGETALL', p .. 'r:' .. seq)
+  if #rec == 0 then return nil end
+  return tenant, seq, rec, fieldof(rec, 'st'), fieldof(rec, 'a')
+end
+-- Delete a retained record and its id.
+local function forget(seq)
+  local rec = p .. 'r:' .. seq
+  local id = redis.call('HGET', rec, 'i')
+  if id then redis.call('HDEL', p .. 'ids', id) end
+  redis.call('DEL', rec)
 end
 local function ensure_stream(tenant)
   local q = p .. 'q:' .. tenant
@@ -90,6 +111,8 @@ for i = 5, #ARGV, 6 do
       local seq = redis.call('INCR', p .. 'seq')
       redis.call('XADD', q, seq .. '-0', 'i', ARGV[i + 2], 'b', ARGV[i + 3],
         's', ARGV[i + 4], 'r', ARGV[i + 5])
+      redis.call('HSET', p .. 'ids', ARGV[i + 2], tenant .. ':' .. seq)
+      redis.call('ZADD', p .. 'rq:' .. tenant, ARGV[i + 5], seq)
       redis.call('SET', dd, now, 'PX', math.max(1, window))
       out[#out + 1] = seq
       out[#out + 1] = len + 1
@@ -153,33 +176,33 @@ end
 return out
 """
 
-# ARGV: prefix, now (ms), older than (ms), this process's name. Expires, from the
-# head of each queue, webhooks received before ``older than``, up to the first
-# younger one (a queue is in order of receipt, give or take the nodes' clocks).
-# Tenants another live process owns are its to expire: its hub is then told.
-# Returns seq, id, tenant, received_at per expired webhook, then 'heads' and
-# tenant, length, head per queue changed.
+# ARGV: prefix, now (ms), older than (ms), this process's name. Expires the
+# queued webhooks received before ``older than`` (found by received_at in
+# ``rq:TENANT``). Tenants another live process owns are its to expire: its hub
+# is then told. Returns seq, id, tenant, received_at per expired webhook, then
+# 'heads' and tenant, length, head per queue changed.
 EXPIRE = """
-local now, older, me = ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local now, older, me = ARGV[2], ARGV[3], ARGV[4]
 local out, heads = {}, {}
 for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do
   local owner = redis.call('GET', p .. 'owner:' .. tenant)
   if not owner or mine(owner, me) then
     local q = p .. 'q:' .. tenant
-    local changed = false
-    while true do
-      local e = redis.call('XRANGE', q, '-', '+', 'COUNT', 1)[1]
-      if not e then break end
-      local r = tonumber(fieldof(e[2], 'r'))
-      if r >= older then break end
-      retire(tenant, e[1], e[2], 'expired', now)
-      out[#out + 1] = string.match(e[1], '^(%d+)')
-      out[#out + 1] = fieldof(e[2], 'i')
-      out[#out + 1] = tenant
-      out[#out + 1] = r
-      changed = true
+    local old = redis.call('ZRANGEBYSCORE', p .. 'rq:' .. tenant, '-inf', '(' .. older)
+    for _, seq in ipairs(old) do
+      local id = seq .. '-0'
+      local e = redis.call('XRANGE', q, id, id)[1]
+      if e then
+        retire(tenant, id, e[2], 'expired', now)
+        out[#out + 1] = seq
+        out[#out + 1] = fieldof(e[2], 'i')
+        out[#out + 1] = tenant
+        out[#out + 1] = tonumber(fieldof(e[2], 'r'))
+      else
+        redis.call('ZREM', p .. 'rq:' .. tenant, seq)
+      end
     end
-    if changed then head(heads, tenant) end
+    if #old > 0 then head(heads, tenant) end
   end
 end
 out[#out + 1] = 'heads'
@@ -198,7 +221,7 @@ for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do
     local z = p .. state .. ':' .. tenant
     local seqs = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. before, 'LIMIT', 0, budget - count)
     for _, seq in ipairs(seqs) do
-      redis.call('DEL', p .. 'r:' .. seq)
+      forget(seq)
       redis.call('ZREM', z, seq)
     end
     count = count + #seqs
@@ -222,6 +245,8 @@ while true do
   for _, e in ipairs(chunk) do
     if before < 0 or tonumber(fieldof(e[2], 'r')) < before then
       redis.call('HDEL', p .. 'att', string.match(e[1], '^(%d+)'))
+      redis.call('HDEL', p .. 'ids', fieldof(e[2], 'i'))
+      redis.call('ZREM', p .. 'rq:' .. tenant, string.match(e[1], '^(%d+)'))
       redis.call('XACK', q, 'relay', e[1])
       redis.call('XDEL', q, e[1])
       count = count + 1
@@ -238,12 +263,13 @@ for _, state in ipairs({'delivered', 'expired'}) do
     seqs = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. before)
   end
   for _, seq in ipairs(seqs) do
-    redis.call('DEL', p .. 'r:' .. seq)
+    forget(seq)
     redis.call('ZREM', z, seq)
   end
 end
 if before < 0 then
   redis.call('DEL', q)
+  redis.call('DEL', p .. 'rq:' .. tenant)
   redis.call('SREM', p .. 'stored', tenant)
 end
 local out = {count}
@@ -356,6 +382,89 @@ return out
 """
 
 
+# ARGV: prefix, delivery id. {tenant, seq, state, attempts, fields} or nil.
+RECORD = """
+local tenant, seq, fields, state, attempts = lookup(ARGV[2])
+if not tenant then return nil end
+return {tenant, seq, state, attempts, fields}
+"""
+
+# ARGV: prefix, tenant ('': every one), state ('': any), limit. Up to ``limit``
+# of each tenant's newest webhooks in that state (the caller merges them by
+# seq), each {tenant, seq, state, attempts, fields without body and signature, size}.
+RECORDS = """
+local want, limit = ARGV[3], tonumber(ARGV[4])
+local tenants = {ARGV[2]}
+if ARGV[2] == '' then tenants = redis.call('SMEMBERS', p .. 'stored') end
+local out = {}
+local function add(tenant, seq, state, attempts, fields)
+  local slim = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= 'b' and fields[i] ~= 's' then
+      slim[#slim + 1] = fields[i]
+      slim[#slim + 1] = fields[i + 1]
+    end
+  end
+  slim[#slim + 1] = 'size'
+  slim[#slim + 1] = #(fieldof(fields, 'b') or '')
+  out[#out + 1] = {tenant, seq, state, attempts, slim}
+end
+for _, tenant in ipairs(tenants) do
+  if want == '' or want == 'queued' then
+    for _, e in ipairs(redis.call('XREVRANGE', p .. 'q:' .. tenant, '+', '-', 'COUNT', limit)) do
+      local seq = string.match(e[1], '^(%d+)')
+      add(tenant, seq, 'queued', redis.call('HGET', p .. 'att', seq) or '0', e[2])
+    end
+  end
+  for _, state in ipairs({'delivered', 'expired'}) do
+    if want == '' or want == state then
+      for _, seq in ipairs(redis.call('ZREVRANGE', p .. state .. ':' .. tenant, 0, limit - 1)) do
+        local rec = redis.call('HGETALL', p .. 'r:' .. seq)
+        if #rec > 0 then add(tenant, seq, state, fieldof(rec, 'a'), rec) end
+      end
+    end
+  end
+end
+return out
+"""
+
+# ARGV: prefix, received_at (ms), queue cap, n, then n delivery ids and n new
+# wire ids. Queues a copy of each (same body and signature, ``p`` = the
+# original's id), all or nothing: {'missing', ids...}, {'full', tenant,
+# length}, or {'ok', {seq, length, tenant, body, signature} per copy...}. No retry digest: a copy is
+# nobody's retry.
+REPLAY = """
+local now, cap, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local found, missing, wanted = {}, {}, {}
+for i = 1, n do
+  local tenant, seq, fields = lookup(ARGV[4 + i])
+  if not tenant then
+    missing[#missing + 1] = ARGV[4 + i]
+  else
+    found[i] = {tenant, fieldof(fields, 'b'), fieldof(fields, 's')}
+    wanted[tenant] = (wanted[tenant] or 0) + 1
+  end
+end
+if #missing > 0 then return {'missing', unpack(missing)} end
+for tenant, count in pairs(wanted) do
+  local len = redis.call('XLEN', p .. 'q:' .. tenant)
+  if len + count > cap then return {'full', tenant, len} end
+end
+local out = {'ok'}
+for i = 1, n do
+  local tenant, body, sig = found[i][1], found[i][2], found[i][3]
+  local q = ensure_stream(tenant)
+  local seq = redis.call('INCR', p .. 'seq')
+  local wire = ARGV[4 + n + i]
+  redis.call('XADD', q, seq .. '-0', 'i', wire, 'b', body, 's', sig, 'r', now, 'p', ARGV[4 + i])
+  redis.call('HSET', p .. 'ids', wire, tenant .. ':' .. seq)
+  redis.call('ZADD', p .. 'rq:' .. tenant, now, seq)
+  out[#out + 1] = {seq, redis.call('XLEN', q), tenant, body, sig}
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Script:
     """A Lua script with the helpers it needs, and its SHA1 for EVALSHA."""
@@ -386,5 +495,8 @@ SCRIPTS = {
         "renew": RENEW,
         "release": RELEASE,
         "read_new": READ_NEW,
+        "record": RECORD,
+        "records": RECORDS,
+        "replay": REPLAY,
     }.items()
 }
