@@ -370,6 +370,8 @@ class Hub:
         if not serving:
             state = self._tenants.get(tenant)
             if state is None:
+                if tenant not in self._parked:
+                    self.store.release(tenant)  # nothing here to stand by
                 return
             parked = [c for c in state.connections if isinstance(c, BridgeConnection)]
             for connection in parked:
