@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
-from appliance.settings import POSITIVE, Rule, Settings, between, one_of, setting
+from appliance.settings import POSITIVE, Rule, Settings, at_least, between, one_of, setting
 from tls import hostnames
 
 ENV_PREFIX = "LINERELAY_"
@@ -48,7 +48,12 @@ RESTART_KEYS = (
     "hypercorn_access_log",
     "tls_read_buffer",
     "sentry_dsn",
+    "store",
+    "redis_url",
+    "redis_lease_ttl",
 )
+#: ``store``: where webhooks, tenants, retry detection and bridge ownership live.
+STORES = ("sqlite", "redis")
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,41 @@ class RelayConfig(Settings):
         POSITIVE,
     )
     commit_max_batch: int = setting(
-        512, "Most writes grouped into one SQLite transaction (one fsync).", POSITIVE
+        512,
+        "Most writes grouped into one SQLite transaction (one fsync), or one Redis "
+        "pipeline (one round trip).",
+        POSITIVE,
+    )
+    store: str = setting(
+        "sqlite",
+        "'sqlite': one process, STATE/store.db and STATE/tenants.db. 'redis': queues, "
+        "tenants, retry detection and bridge ownership in Redis at redis_url, shared by "
+        "every process and node configured with it (docs/redis.md).",
+        one_of(STORES),
+    )
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "With store = 'redis': redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS). "
+        "Redis must run with appendonly yes and appendfsync always for a 200 to be "
+        "durable (docs/redis.md).",
+        Rule(
+            lambda value: value.startswith(("redis://", "rediss://", "unix://")),
+            "must be a redis://, rediss:// or unix:// URL",
+        ),
+    )
+    redis_min_replicas: int = setting(
+        0,
+        "With store = 'redis': a 200 also waits until this many replicas have the "
+        "webhook (WAIT); fewer within ack_deadline_ms is a 503.",
+        at_least(0),
+    )
+    redis_lease_ttl: float = setting(
+        10.0,
+        "With store = 'redis': seconds a relay process's hold on a tenant's bridges "
+        "lasts unrenewed. A process that dies is replaced by a standby bridge connection "
+        "on another process within about this long (a bridge that reconnects is served "
+        "at once).",
+        between(1, 300),
     )
     bridge_window: int = setting(
         64, "Webhooks in flight unacked on one protocol 1 bridge connection.", POSITIVE

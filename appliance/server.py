@@ -35,7 +35,7 @@ from appliance import config as config_module
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
-from appliance.errors import ConfigError, StoreError
+from appliance.errors import ConfigError, StoreError, TenantError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
@@ -139,7 +139,7 @@ class Server:
             await asyncio.gather(
                 self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
-                    create_admin_app(relay, lambda: self._ready),
+                    create_admin_app(relay, self._is_ready),
                     admin_config,
                     shutdown_trigger=self._shutdown.wait,
                 ),
@@ -167,6 +167,9 @@ class Server:
         return [t.secret for t in tenants] + [
             t.previous_secret for t in tenants if t.previous_secret is not None
         ]
+    def _is_ready(self) -> bool:
+        """Serving, and the store usable (``/readyz``: a balancer sends nothing here otherwise)."""
+        return self._ready and self.relay.store.health() is None
 
     async def _open_public(
         self, config: RelayConfig, sock: socket.socket, hypercorn: HypercornConfig
@@ -202,7 +205,7 @@ class Server:
         metrics = Metrics()
         store = create_store(config, self.state, on_batch=metrics.observe_batch)
         await store.open()
-        tenants = TenantDirectory(self.state.tenants)
+        tenants = _tenant_directory(config, self.state)
         hub = Hub(
             store,
             metrics,
@@ -212,6 +215,7 @@ class Server:
             window_v2=config.bridge_window_v2,
         )
         metrics.track_tenants(tenants, store, hub)
+        metrics.track_store(store)
         return Relay(config, tenants, store, hub, metrics)
 
     async def _serve_public(self, grace: float) -> None:
@@ -380,6 +384,18 @@ class Server:
             delivered_before=now_ms - int(config.retain_delivered * 1000),
             expired_before=now_ms - int((config.max_unacked_age + config.retain_expired) * 1000),
         )
+
+
+def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
+    """The tenants where the configured store keeps them: STATE/tenants.db, or Redis."""
+    if config.store == "redis":
+        from appliance.tenants_redis import RedisTenantDirectory  # noqa: PLC0415 (only if used)
+
+        try:
+            return RedisTenantDirectory(config.redis_url)
+        except TenantError as exc:
+            raise StoreError(str(exc)) from exc
+    return TenantDirectory(state.tenants)
 
 
 def _hypercorn_configs(

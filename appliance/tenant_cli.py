@@ -1,7 +1,9 @@
 """``linerelay tenant add|list|remove|rotate-token|rotate-secret|connect-line`` (PROTOCOL.md §3),
 and ``purge`` (appliance/webhooks_cli.py).
 
-Changes land in ``STATE/tenants.db``; a running relay notices them within
+Changes land in ``STATE/tenants.db`` (or, with ``store = "redis"`` in the
+``--config`` file or ``LINERELAY_STORE``, in Redis for every node:
+appliance/tenant_backend.py); a running relay notices them within
 ``tenant_poll_interval`` seconds, without a restart. Bad input exits with
 status 2 and changes nothing. ``connect-line`` changes nothing here: it sets
 the channel's webhook URL in LINE and asks LINE to test it.
@@ -19,12 +21,13 @@ from pathlib import Path
 
 from appliance import config as config_module
 from appliance import webhooks_cli
-from appliance.cli import add_state_dir, state_dir
+from appliance.cli import add_state_dir as _add_state_dir
+from appliance.cli import state_dir
 from appliance.errors import ConfigError, LineAPIError, StateDirError, TenantError
 from appliance.line_channel import DEFAULT_API_BASE, ChannelAPI
 from appliance.state import StateDir
-from appliance.store.sqlite import count_unacked, purge_file
-from appliance.tenants import MAX_GRACE_SECONDS, TenantRegistry, notify_relay, validate_id
+from appliance.tenant_backend import count_unacked, load_config, open_registry, purge
+from appliance.tenants import MAX_GRACE_SECONDS, notify_relay, validate_id
 
 GRACE_HELP = (
     "keep the old {what} working for SECONDS more (at most {most}, a week): {then}; "
@@ -141,6 +144,24 @@ def _public_url_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir``, and ``--config`` for the store it names, on a tenant command."""
+    _add_state_dir(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the relay's TOML config: with store = 'redis', tenants are changed in Redis",
+    )
+
+
+def _config(args: argparse.Namespace) -> config_module.RelayConfig:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise TenantError(str(exc)) from exc
+
+
 def _state(args: argparse.Namespace, create: bool = False) -> StateDir:
     """The state dir of ``args``: created by ``add``, required to exist by the rest."""
     state = StateDir(state_dir(args))
@@ -187,8 +208,9 @@ def _add(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
+        config = _config(args)
         state = _state(args, create=True)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             token = registry.add(args.tenant, secret)
         finally:
@@ -209,26 +231,27 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-    except StateDirError as exc:
+        registry = open_registry(config, state)
+        try:
+            tenants = registry.list()
+        finally:
+            registry.close()
+        rows = [
+            {
+                "tenant": t.id,
+                "created_at": t.created_at,
+                "rotated_at": t.rotated_at,
+                "queued": count_unacked(config, state, t.id),
+                # When the previous token and secret stop working; null: none is in a grace.
+                "token_grace_until": t.token_grace_until or None,
+                "secret_grace_until": t.secret_grace_until or None,
+            }
+            for t in tenants
+        ]
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    registry = TenantRegistry(state.tenants)
-    try:
-        tenants = registry.list()
-    finally:
-        registry.close()
-    rows = [
-        {
-            "tenant": t.id,
-            "created_at": t.created_at,
-            "rotated_at": t.rotated_at,
-            "queued": count_unacked(state.store, t.id),
-            # When the previous token and secret stop working; null: none is in a grace.
-            "token_grace_until": t.token_grace_until or None,
-            "secret_grace_until": t.secret_grace_until or None,
-        }
-        for t in tenants
-    ]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -245,12 +268,13 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
-            queued = count_unacked(state.store, args.tenant)
+            queued = count_unacked(config, state, args.tenant)
             if queued and not args.force:
                 raise TenantError(
                     f"tenant {args.tenant!r} has {queued} unacked webhooks; "
@@ -262,7 +286,10 @@ def _remove(args: argparse.Namespace) -> int:
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    discarded = purge_file(state.store, args.tenant)
+    try:
+        discarded = purge(config, state, args.tenant)
+    except TenantError as exc:
+        return _fail(str(exc))
     print(
         f"removed {args.tenant}"
         + (f"; {discarded} unacked webhooks discarded" if discarded else "")
@@ -272,8 +299,9 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             token, until = registry.rotate(args.tenant, args.grace)
         finally:
@@ -301,8 +329,9 @@ def _rotate_secret(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             until = registry.rotate_secret(args.tenant, secret, args.grace)
         finally:
@@ -334,8 +363,9 @@ def _connect_line(args: argparse.Namespace) -> int:
     """
     try:
         validate_id(args.tenant)
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
