@@ -116,8 +116,11 @@ class Relay:
         listen: str | None = None,
         config: str | None = None,
         bridge_protocol: int = 2,
+        cores: str = SERVER_CORE,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        """``bridge_protocol``: what the acking bridges ask for (``--protocol`` of bench.ackbridge)."""
+        """``bridge_protocol``: what the acking bridges ask for (``--protocol`` of bench.ackbridge);
+        ``cores``: where the relay runs (taskset's list); ``extra``: more ``serve`` arguments."""
         self.bridge_protocol = bridge_protocol
         self.state = StateDir(work / "relay")
         self.port, admin = free_port(), free_port()
@@ -130,6 +133,7 @@ class Relay:
             listen or f"127.0.0.1:{self.port}",
             "--admin-listen",
             f"127.0.0.1:{admin}",
+            *extra,
         ]
         self.config_file: Path | None = None
         if config is not None:
@@ -137,7 +141,7 @@ class Relay:
             work.mkdir(parents=True, exist_ok=True)
             self.config_file.write_text(config)
             args += ["--config", str(self.config_file)]
-        self.proc = pinned(SERVER_CORE, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = pinned(cores, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         self.base = f"https://127.0.0.1:{self.port}"
         self.bridge_url = f"wss://127.0.0.1:{self.port}/bridge"
