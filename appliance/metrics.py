@@ -250,10 +250,29 @@ class Metrics:
             self._bridge_connects.labels(tenant).inc(count - self._published.get(tenant, 0))
             self._published[tenant] = count
 
+    def track_store(self, store: Store) -> None:
+        """Export whether the store can be used now (``linerelay_store_up``), read at each scrape."""
+        self.registry.register(_StoreHealth(store))
+
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one store batch: its size and the time to write and fsync it."""
         self.batch_size.observe(size)
         self.commit_seconds.observe(seconds)
+
+
+class _StoreHealth(Collector):
+    """``linerelay_store_up``: 1 while the store answers, 0 while it cannot be reached
+    (Redis down or restarting: webhooks are answered 503, ``/readyz`` says why)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "linerelay_store_up", "1 while the store can be used, else 0 (see /readyz)."
+        )
+        up.add_metric([], 0.0 if self._store.health() else 1.0)
+        yield up
 
 
 _BRIDGE_CONNECTED = "1 while a bridge of the tenant speaking the protocol is connected, else 0."

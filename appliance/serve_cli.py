@@ -10,7 +10,7 @@ from pathlib import Path
 from appliance import config as config_module
 from appliance import logs
 from appliance.cli import add_state_dir, explicit_state_dir
-from appliance.errors import ConfigError, TenantError
+from appliance.errors import ConfigError, StoreError, TenantError
 from tls import policy
 
 
@@ -65,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, policy.CertificateError, TenantError) as exc:
         print(f"linerelay serve: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:  # Redis unreachable at start: systemd tries again
+        print(f"linerelay serve: {exc}", file=sys.stderr)
+        return 1
     return 0

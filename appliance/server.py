@@ -35,12 +35,12 @@ from pathlib import Path
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-from appliance import certcheck, logs, protocol, systemd, tuning
+from appliance import certcheck, error_reports, logs, protocol, systemd, tuning
 from appliance import config as config_module
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
-from appliance.errors import ConfigError, StoreError
+from appliance.errors import ConfigError, StoreError, TenantError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
@@ -111,6 +111,8 @@ class Server:
         """Serve until SIGTERM or SIGINT."""
         # Whatever the caller's umask: the state is private (appliance/state.py).
         os.umask(0o077)
+        # First, so that what goes wrong from here on is reported (when configured).
+        error_reports.start(self.config.sentry_dsn, self._secrets)
         config = self.config = _fit_connections(self.config, _raise_open_files_limit())
         # Before any TLS connection: asyncio sizes each one's buffer as it starts.
         tls_read_buffer = tuning.apply(config.tls_read_buffer)
@@ -164,7 +166,7 @@ class Server:
             await asyncio.gather(
                 self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
-                    create_admin_app(relay, lambda: self._ready),
+                    create_admin_app(relay, self._is_ready),
                     admin_config,
                     shutdown_trigger=self._shutdown.wait,
                 ),
@@ -182,6 +184,21 @@ class Server:
                 log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
             log.info("relay stopped")
+
+    def _secrets(self) -> list[bytes]:
+        """Every channel secret the relay holds (current and previous), for error reports
+        to redact."""
+        relay: Relay | None = getattr(self, "relay", None)
+        if relay is None:
+            return []  # an error before the relay was opened: no tenant is loaded yet
+        tenants = list(relay.tenants.by_id.values())
+        return [t.secret for t in tenants] + [
+            t.previous_secret for t in tenants if t.previous_secret is not None
+        ]
+
+    def _is_ready(self) -> bool:
+        """Serving, and the store usable (``/readyz``: a balancer sends nothing here otherwise)."""
+        return self._ready and self.relay.store.health() is None
 
     async def _open_public(
         self, config: RelayConfig, sock: socket.socket, hypercorn: HypercornConfig
@@ -218,7 +235,7 @@ class Server:
         metrics = Metrics()
         store = create_store(config, self.state, on_batch=metrics.observe_batch)
         await store.open()
-        tenants = TenantDirectory(self.state.tenants)
+        tenants = _tenant_directory(config, self.state)
         hub = Hub(
             store,
             metrics,
@@ -228,6 +245,7 @@ class Server:
             window_v2=config.bridge_window_v2,
         )
         metrics.track_tenants(tenants, store, hub)
+        metrics.track_store(store)
         return Relay(config, tenants, store, hub, metrics)
 
     async def _serve_public(self, grace: float) -> None:
@@ -304,10 +322,10 @@ class Server:
             await asyncio.sleep(self.config.tenant_poll_interval)
             try:
                 relay.tenants.refresh()
-                await self._tenant_changes()
                 if relay.metrics.shared:
                     connected = {(c.tenant, c.protocol) for c in relay.hub.connections}
                     relay.metrics.publish_bridges(relay.tenants.by_id.keys(), connected)
+                await self._tenant_changes()
                 now = time.monotonic()
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
                     last_sweep = now
@@ -324,7 +342,8 @@ class Server:
         task.add_done_callback(self._background.discard)
 
     async def _tenant_changes(self) -> None:
-        """Close the bridges of removed or rotated tenants; purge removed ones' rows.
+        """Close the bridges of removed tenants, and those on a token no longer
+        valid (rotated, or its grace ended); purge removed tenants' rows.
 
         The caller has refreshed the tenant directory.
         """
@@ -338,9 +357,20 @@ class Server:
             discarded = await relay.store.purge(tenant, recreated_at)
             log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
         for tenant in rotated:
+            closed = 0
             for connection in relay.hub.of_tenant(tenant):
-                connection.terminate(CLOSE_TOKEN_ROTATED)
-            log.info("tenant token rotated", extra={"tenant": tenant})
+                if not relay.tenants.accepts(tenant, connection.token_hash):
+                    connection.terminate(CLOSE_TOKEN_ROTATED)
+                    closed += 1
+            log.info(
+                "tenant tokens changed",
+                extra={
+                    "tenant": tenant,
+                    "bridges_closed": closed,
+                    # When bridges still on the old token will be closed; 0: no grace runs.
+                    "grace_until_ms": relay.tenants.token_grace_until(tenant),
+                },
+            )
 
     async def _sweep(self) -> None:
         relay, config = self.relay, self.config
@@ -394,6 +424,18 @@ def reloaded(config: RelayConfig, path: Path | None) -> RelayConfig:
         log.warning("reload: these keys need a restart", extra={"keys": changed})
         fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
     return fresh
+
+
+def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
+    """The tenants where the configured store keeps them: STATE/tenants.db, or Redis."""
+    if config.store == "redis":
+        from appliance.tenants_redis import RedisTenantDirectory  # noqa: PLC0415 (only if used)
+
+        try:
+            return RedisTenantDirectory(config.redis_url)
+        except TenantError as exc:
+            raise StoreError(str(exc)) from exc
+    return TenantDirectory(state.tenants)
 
 
 def _hypercorn_configs(

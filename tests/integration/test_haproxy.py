@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 from websockets.asyncio.client import connect
 
 from tests.integration.helpers import (
@@ -38,6 +39,8 @@ from tests.integration.helpers import (
 )
 from tests.support import proxy_headers
 from tests.support.haproxy import HAPROXY, Backend, HAProxy, start_haproxy
+from tests.support.redis import RedisServer, add_redis_tenant
+from tests.support.redis import relay_config as redis_config
 from tests.support.tenants import NewTenant, add_tenant
 from tls import pki as tls_pki
 
@@ -289,3 +292,153 @@ def test_health_checks_take_a_stopped_relay_out_and_bring_it_back(
     finally:
         pair[1].relay.start()
     wait_for(lambda: set(haproxy.status().values()) == {"UP"}, "relay2 UP again")
+
+
+# -- several nodes on one Redis -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, pki: tls_pki.DevPKI, redis_server: RedisServer
+) -> Iterator[tuple[tuple[Harness, Harness], HAProxy]]:
+    """Two relays on one Redis (one relay, two nodes) behind the balancer."""
+    config = relay_config(pki, redis_config(redis_server, redis_lease_ttl=2))
+    with (
+        running_relay(tmp_path_factory, "shared-a", config=config) as a,
+        running_relay(tmp_path_factory, "shared-b", config=config) as b,
+    ):
+        for harness in (a, b):
+            harness.trust = (pki.root,)
+        front = start_haproxy(
+            tmp_path_factory.mktemp("haproxy-shared"),
+            [backend(a, "relay1"), backend(b, "relay2")],
+        )
+        try:
+            wait_for(lambda: set(front.status().values()) == {"UP"}, "both relays UP")
+            yield (a, b), front
+        finally:
+            front.stop()
+
+
+async def bridge_through(front: HAProxy, pki: tls_pki.DevPKI, token: str) -> Bridge:
+    ws = await connect(
+        front.bridge_url,
+        ssl=tls_context(pki.root),
+        additional_headers={"Authorization": f"Bearer {token}"},
+        local_addr=("127.0.0.8", 0),
+        open_timeout=TIMEOUT,
+    )
+    bridge = Bridge(ws, {})
+    bridge.hello = await bridge.frame()
+    return bridge
+
+
+def holder(nodes: tuple[Harness, Harness], tenant: str) -> int:
+    """Which node (0 or 1) logged the tenant's latest bridge connection."""
+    latest = max(
+        (line["ts"], n)
+        for n, harness in enumerate(nodes)
+        for line in harness.log_events("bridge connected")
+        if line.get("tenant") == tenant
+    )
+    return latest[1]
+
+
+async def post_many(
+    front: HAProxy, pki: tls_pki.DevPKI, harness: Harness, tenant: NewTenant, tags: list[str]
+) -> list[bytes]:
+    """Post one webhook per tag through ``front``, one after the other, each on a new
+    connection; the bodies answered 200, in order (the others LINE would retry)."""
+    accepted = []
+    for tag in tags:
+        body = webhook_body(tag)
+        headers = {"x-line-signature": harness.sign(tenant.secret, body)}
+        transport = httpx.AsyncHTTPTransport(
+            verify=tls_context(pki.root), local_address="127.0.0.9"
+        )
+        async with httpx.AsyncClient(transport=transport, timeout=TIMEOUT) as fresh:
+            try:
+                answer = await fresh.post(
+                    front.webhook_url(tenant.id), content=body, headers=headers
+                )
+            except httpx.TransportError:
+                continue
+        if answer.status_code == 200:
+            accepted.append(body)
+    return accepted
+
+
+async def test_a_bridge_on_one_node_gets_what_haproxy_sent_to_the_other(
+    shared: tuple[tuple[Harness, Harness], HAProxy],
+    pki: tls_pki.DevPKI,
+    redis_server: RedisServer,
+) -> None:
+    nodes, front = shared
+    tenant = add_redis_tenant(redis_server.url)
+    for harness in nodes:
+        harness.sensitive.update((tenant.secret, tenant.token))
+    bridge = await bridge_through(front, pki, tenant.token)
+    async with bridge:
+        other = nodes[1 - holder(nodes, tenant.id)]
+        # The bridge holds a connection to its node: leastconn sends new ones to the other.
+        bodies = await post_many(
+            front, pki, nodes[0], tenant, [f"across-{i:02d}" for i in range(20)]
+        )
+        assert len(bodies) == 20
+        frames = await bridge.take(20)
+    assert [frame["body"].encode() for frame in frames] == bodies
+    on_other = [line for line in other.log_events("webhook") if line.get("tenant") == tenant.id]
+    assert on_other, "no webhook went to the node without the bridge"
+    assert {line["client"] for line in on_other} == {"127.0.0.9"}
+
+
+async def test_a_node_stopped_under_traffic_costs_no_200d_webhook(
+    shared: tuple[tuple[Harness, Harness], HAProxy],
+    pki: tls_pki.DevPKI,
+    redis_server: RedisServer,
+) -> None:
+    nodes, front = shared
+    tenant = add_redis_tenant(redis_server.url)
+    for harness in nodes:
+        harness.sensitive.update((tenant.secret, tenant.token))
+    bridge = await bridge_through(front, pki, tenant.token)
+    # The node holding the bridge is the one stopped: its bridge moves too.
+    stopped = nodes[holder(nodes, tenant.id)]
+    senders = [
+        asyncio.ensure_future(
+            post_many(front, pki, nodes[0], tenant, [f"stop-{s}-{i:02d}" for i in range(30)])
+        )
+        for s in range(4)
+    ]
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(stopped.relay.stop)
+    accepted = await asyncio.gather(*senders)
+    wanted = {body for bodies in accepted for body in bodies}
+    assert len(wanted) >= 60, "most webhooks were accepted, by either node"
+    frames: list[dict[str, object]] = []
+    while not wanted <= {str(frame["body"]).encode() for frame in frames}:
+        try:
+            frame = await bridge.webhook()
+            frames.append(frame)
+            await bridge.ack(frame)
+        except websockets.ConnectionClosed:
+            # Its node stopped (close code 1001): it connects again, through HAProxy.
+            bridge = await bridge_through(front, pki, tenant.token)
+    await bridge.close()
+    first = list(dict.fromkeys(str(frame["body"]).encode() for frame in frames))
+    for bodies in accepted:
+        positions = [first.index(body) for body in bodies]
+        assert positions == sorted(positions), "a sender's webhooks out of order"
+    first_sends = [frame["body"] for frame in frames if frame["attempt"] == 1]
+    assert len(first_sends) == len(set(first_sends)), "sent twice, not as a redelivery"
+    stopped.relay.start()
+    wait_for(lambda: set(front.status().values()) == {"UP"}, "the stopped node UP again")
