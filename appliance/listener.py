@@ -463,7 +463,7 @@ class PublicListener:
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
         trusted = self.proxies.trusts(peer)
-        balanced = self.balancers.trusts(peer)
+        balanced = bool(self.balancers) and self.balancers.trusts(peer)
         key = address_key(peer)
         # A trusted proxy or a balancer carries many clients' connections: only the
         # total cap applies (a balancer's client is limited once its header names it).

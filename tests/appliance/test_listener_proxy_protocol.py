@@ -22,6 +22,7 @@ from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
 from tests.appliance.test_listener import App, Running, closed_by_server
 from tests.support import proxy_headers
+from tests.support.waiting import async_wait_for
 from tls import policy
 from tls.pki import EmbeddedPKI
 
@@ -158,7 +159,14 @@ async def test_a_balancers_connection_without_a_valid_header_is_dropped(
     # A header cut short, then nothing.
     cut, _ = await through(behind.port, proxy_headers.v2()[:20])
     assert await closed_by_server(cut)
-    assert behind.refused("proxy_protocol") == 3
+    # A header cut short, then the end of the connection.
+    _, gone = await through(behind.port, proxy_headers.v1()[:20])
+    gone.close()
+
+    async def four_dropped() -> bool:
+        return behind.refused("proxy_protocol") == 4
+
+    await async_wait_for(four_dropped, "the fourth connection dropped")
     assert behind.app.seen == []
     assert behind.listener.counter.open == 0
 
