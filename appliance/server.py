@@ -42,7 +42,7 @@ from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
 from appliance.state import StateDir
 from appliance.store import create_store, store_limits
-from appliance.tenants import TenantDirectory, hold_pid_file
+from appliance.tenants import SQLiteTenantDirectory, TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
 
@@ -167,6 +167,7 @@ class Server:
         return [t.secret for t in tenants] + [
             t.previous_secret for t in tenants if t.previous_secret is not None
         ]
+
     def _is_ready(self) -> bool:
         """Serving, and the store usable (``/readyz``: a balancer sends nothing here otherwise)."""
         return self._ready and self.relay.store.health() is None
@@ -395,7 +396,7 @@ def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
             return RedisTenantDirectory(config.redis_url)
         except TenantError as exc:
             raise StoreError(str(exc)) from exc
-    return TenantDirectory(state.tenants)
+    return SQLiteTenantDirectory(state.tenants)
 
 
 def _hypercorn_configs(
