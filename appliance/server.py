@@ -48,7 +48,7 @@ from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
 from appliance.state import StateDir
 from appliance.store import create_store, store_limits
-from appliance.tenants import TenantDirectory, hold_pid_file
+from appliance.tenants import SQLiteTenantDirectory, TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
 
@@ -435,7 +435,7 @@ def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
             return RedisTenantDirectory(config.redis_url)
         except TenantError as exc:
             raise StoreError(str(exc)) from exc
-    return TenantDirectory(state.tenants)
+    return SQLiteTenantDirectory(state.tenants)
 
 
 def _hypercorn_configs(

@@ -13,13 +13,18 @@ previous credential of each kind at most: a second rotation ends the first
 one's grace. The relay checks the end of a grace on every use, and its
 housekeeping closes the bridges still on the old token once it has passed.
 
-:class:`TenantRegistry` is the CLI's view (add, list, remove, rotate).
-:class:`TenantDirectory` is the running relay's in-memory view; it notices
-the CLI's changes through SQLite's ``data_version`` and reloads.
+:class:`Tenant` says what a rotation does (:meth:`Tenant.with_token`,
+:meth:`Tenant.with_secret`) and :class:`TenantDirectory` what is valid now,
+whatever keeps the tenants: this file, or Redis (appliance/tenants_redis.py),
+which differ only in storage. :class:`TenantRegistry` is the CLI's view of
+the file (add, list, remove, rotate); :class:`SQLiteTenantDirectory` the
+running relay's, which notices the CLI's changes through SQLite's
+``data_version`` and reloads.
 """
 
 from __future__ import annotations
 
+import abc
 import fcntl
 import hashlib
 import hmac
@@ -30,7 +35,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,11 @@ _MIGRATIONS = {
         "ALTER TABLE tenants ADD COLUMN previous_secret_until INTEGER NOT NULL DEFAULT 0"
     ),
 }
+#: The columns :func:`_tenant` makes a :class:`Tenant` of, in its order.
+_COLUMNS = (
+    "id, secret, token_hash, created_at, incarnation, previous_token_hash, "
+    "previous_token_until, previous_secret, previous_secret_until, rotated_at"
+)
 #: The longest grace a rotation takes: a week is time enough to update a bridge, and
 #: an old credential should not outlive it.
 MAX_GRACE_SECONDS = 7 * 86_400
@@ -93,6 +103,52 @@ class Tenant:
     #: The channel secret before the last rotation, valid until ``previous_secret_until``.
     previous_secret: bytes | None = field(default=None, repr=False)
     previous_secret_until: int = 0
+    #: When the bridge token was last rotated (ms); what ``tenant list`` shows.
+    rotated_at: int = 0
+
+    def with_token(self, token_hash: bytes, now: int, grace: int) -> Tenant:
+        """This tenant given the token of digest ``token_hash`` at ``now`` (ms).
+
+        The token replaced stays valid for ``grace`` ms (``grace_ms``), or
+        stops at once if 0; a token older than it stops at once either way:
+        one previous token at most, so a second rotation ends the first one's
+        grace.
+        """
+        until = now + grace if grace else 0
+        return replace(
+            self,
+            token_hash=token_hash,
+            rotated_at=now,
+            previous_token_hash=self.token_hash if until else None,
+            previous_token_until=until,
+        )
+
+    def with_secret(self, secret: bytes, now: int, grace: int) -> Tenant:
+        """This tenant given the channel secret ``secret`` at ``now`` (ms); the secret
+        replaced is accepted for ``grace`` ms more (none if 0), any older one no more.
+
+        Raises :class:`TenantError` if ``secret`` is the one in use: a "rotation"
+        that changes nothing would only end a running grace.
+        """
+        if hmac.compare_digest(self.secret, secret):
+            raise TenantError(f"tenant {self.id!r}: that channel secret is the one in use")
+        until = now + grace if grace else 0
+        return replace(
+            self,
+            secret=secret,
+            previous_secret=self.secret if until else None,
+            previous_secret_until=until,
+        )
+
+    def info(self, now: int) -> TenantInfo:
+        """What ``tenant list`` shows of this tenant at ``now`` (ms)."""
+        return TenantInfo(
+            self.id,
+            self.created_at,
+            self.rotated_at,
+            _pending(self.previous_token_until, now),
+            _pending(self.previous_secret_until, now),
+        )
 
     def verifies_with_previous_secret(self, body: bytes, claimed: str | bytes) -> bool:
         """Whether ``claimed`` signs ``body`` under the previous secret, while its grace lasts.
@@ -102,7 +158,7 @@ class Tenant:
         """
         return (
             self.previous_secret is not None
-            and _now_ms() < self.previous_secret_until
+            and now_ms() < self.previous_secret_until
             and signature.verify(self.previous_secret, body, claimed)
         )
 
@@ -140,6 +196,16 @@ def hash_token(token: str) -> bytes:
 def new_token() -> str:
     """A fresh bridge token: a recognisable prefix and 256 random bits."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def given_or_new_token(token: str | None) -> str:
+    """``token`` if it may be a bridge token (at least :data:`MIN_TOKEN_CHARS`
+    characters), a :func:`new_token` if None; else raises :class:`TenantError`."""
+    if token is None:
+        return new_token()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise TenantError(f"the bridge token is shorter than {MIN_TOKEN_CHARS} characters")
+    return token
 
 
 def grace_ms(seconds: float) -> int:
@@ -184,7 +250,7 @@ class TenantRegistry:
 
     def __init__(self, path: Path, clock: Callable[[], int] | None = None) -> None:
         self._db = _connect(path)
-        self._clock = clock or _now_ms
+        self._clock = clock or now_ms
 
     def close(self) -> None:
         """Close the file."""
@@ -198,11 +264,8 @@ class TenantRegistry:
         :data:`MIN_TOKEN_CHARS` characters.
         """
         validate_id(tenant)
-        secret = _validate_secret(secret)
-        if token is None:
-            token = new_token()
-        elif len(token) < MIN_TOKEN_CHARS:
-            raise TenantError(f"the bridge token is shorter than {MIN_TOKEN_CHARS} characters")
+        secret = validate_secret(secret)
+        token = given_or_new_token(token)
         now = self._clock()
         try:
             self._db.execute(
@@ -221,22 +284,14 @@ class TenantRegistry:
 
         With ``grace`` seconds the old token keeps working until then; without,
         it stops now (and the time returned is 0). Either way a token older
-        than the one replaced stops now.
+        than the one replaced stops now (:meth:`Tenant.with_token`).
         """
         validate_id(tenant)
         extra = grace_ms(grace)
         token = new_token()
         now = self._clock()
-        until = now + extra if extra else 0
-        cursor = self._db.execute(
-            "UPDATE tenants SET token_hash = ?, rotated_at = ?, "
-            "previous_token_hash = CASE WHEN ? > 0 THEN token_hash END, "
-            "previous_token_until = ? WHERE id = ?",
-            (hash_token(token), now, until, until, tenant),
-        )
-        if cursor.rowcount == 0:
-            raise TenantError(f"no tenant {tenant!r}")
-        return token, until
+        changed = self._change(tenant, lambda t: t.with_token(hash_token(token), now, extra))
+        return token, changed.previous_token_until
 
     def rotate_secret(self, tenant: str, secret: str, grace: float = 0) -> int:
         """Make ``secret`` ``tenant``'s channel secret; returns when the old one stops (ms).
@@ -247,28 +302,44 @@ class TenantRegistry:
         without, the old secret stops now (and 0 is returned).
         """
         validate_id(tenant)
-        new = _validate_secret(secret).encode("utf-8")
+        new = validate_secret(secret).encode("utf-8")
         extra = grace_ms(grace)
-        # The check and the change in one transaction: another CLI may rotate meanwhile.
+        now = self._clock()
+        changed = self._change(tenant, lambda t: t.with_secret(new, now, extra))
+        return changed.previous_secret_until
+
+    def _change(self, tenant: str, change: Callable[[Tenant], Tenant]) -> Tenant:
+        """Store ``change`` of ``tenant``'s row; returns the tenant changed."""
+        # The read and the write in one transaction: another CLI may rotate meanwhile.
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute("SELECT secret FROM tenants WHERE id = ?", (tenant,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tenants WHERE id = ?",  # noqa: S608 (a constant)
+                (tenant,),
+            ).fetchone()
             if row is None:
                 raise TenantError(f"no tenant {tenant!r}")
-            if hmac.compare_digest(bytes(row[0]), new):
-                raise TenantError(f"tenant {tenant!r}: that channel secret is the one in use")
-            until = self._clock() + extra if extra else 0
+            new = change(_tenant(row))
             self._db.execute(
-                "UPDATE tenants SET secret = ?, "
-                "previous_secret = CASE WHEN ? > 0 THEN secret END, "
-                "previous_secret_until = ? WHERE id = ?",
-                (new, until, until, tenant),
+                "UPDATE tenants SET secret = ?, token_hash = ?, rotated_at = ?, "
+                "previous_token_hash = ?, previous_token_until = ?, "
+                "previous_secret = ?, previous_secret_until = ? WHERE id = ?",
+                (
+                    new.secret,
+                    new.token_hash,
+                    new.rotated_at,
+                    new.previous_token_hash,
+                    new.previous_token_until,
+                    new.previous_secret,
+                    new.previous_secret_until,
+                    tenant,
+                ),
             )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        return until
+        return new
 
     def remove(self, tenant: str) -> None:
         """Remove ``tenant``; its webhooks stop being accepted and its bridges are closed."""
@@ -284,60 +355,50 @@ class TenantRegistry:
     def list(self) -> list[TenantInfo]:
         """All tenants, by id."""
         now = self._clock()
-        rows = self._db.execute(
-            "SELECT id, created_at, rotated_at, previous_token_until, previous_secret_until "
-            "FROM tenants ORDER BY id"
-        )
-        return [
-            TenantInfo(
-                tid, created, rotated, _pending(token_until, now), _pending(secret_until, now)
-            )
-            for tid, created, rotated, token_until, secret_until in rows
-        ]
+        query = f"SELECT {_COLUMNS} FROM tenants ORDER BY id"  # noqa: S608 (a constant)
+        rows = self._db.execute(query)
+        return [_tenant(row).info(now) for row in rows]
 
 
-class TenantDirectory:
-    """The relay's in-memory tenants, reloaded when the file changes.
+class TenantDirectory(abc.ABC):
+    """The relay's in-memory tenants, and what is valid now: which tokens log a
+    bridge in, which previous token is in its grace, what changed since the
+    housekeeping last looked.
 
-    ``clock`` gives the time in Unix milliseconds (tests pass their own).
+    Lookups read memory only. Subclasses say where the tenants are kept
+    (:class:`SQLiteTenantDirectory`: ``STATE/tenants.db``;
+    :class:`appliance.tenants_redis.RedisTenantDirectory`: Redis): their
+    :meth:`refresh` loads them when they changed and hands them to
+    :meth:`_install`. ``clock`` gives the time in Unix milliseconds (tests
+    pass their own).
     """
 
-    def __init__(self, path: Path, clock: Callable[[], int] | None = None) -> None:
-        self._db = _connect(path)
-        self._clock = clock or _now_ms
-        self._version = -1
+    def __init__(self, clock: Callable[[], int] | None = None) -> None:
+        self._clock = clock or now_ms
         self.by_id: dict[str, Tenant] = {}
         self._by_token: dict[bytes, Tenant] = {}
         self._removed: dict[str, int | None] = {}
         self._rotated: set[str] = set()
         #: Tenants whose previous token is in its grace, and when it ends (ms).
         self._graces: dict[str, int] = {}
-        self.refresh()
 
-    def close(self) -> None:
-        """Close the file."""
-        self._db.close()
-
+    @abc.abstractmethod
     def refresh(self) -> bool:
-        """Reload if another process changed the file; True if it did.
+        """Reload if the stored tenants changed; True if they did.
 
-        One ``PRAGMA`` on an open connection. The relay calls it when the
-        tenant CLI signals a change (SIGUSR1), on its poll, and on a lookup
-        that misses (a tenant just added is served at once). Not on every
-        lookup: any SQLite call releases the GIL, and under load another
-        thread then holds the event loop up (measured: 8 % of the relay's
-        time). What was removed (or removed and added again) and
-        rotated is kept for :meth:`take_changes`.
+        The relay calls it when the tenant CLI signals a change (SIGUSR1), on
+        its poll, and on a lookup that misses (a tenant just added is served
+        at once); never on a hit.
         """
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version:
-            return False
-        self._version = version
-        rows = self._db.execute(
-            "SELECT id, secret, token_hash, created_at, incarnation, previous_token_hash, "
-            "previous_token_until, previous_secret, previous_secret_until FROM tenants"
-        )
-        fresh = {row[0]: _tenant(row) for row in rows}
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Let go of the storage."""
+
+    def _install(self, fresh: dict[str, Tenant]) -> None:
+        """Serve ``fresh`` (every stored tenant, by id) from now on, noting what was
+        removed (or removed and added again) and whose tokens changed for
+        :meth:`take_changes`."""
         for tid, old in self.by_id.items():
             new = fresh.get(tid)
             if new is None or (new.created_at, new.incarnation) != (
@@ -366,13 +427,15 @@ class TenantDirectory:
         # A current token wins over a previous one (tokens are random: a clash is theory).
         by_token.update({t.token_hash: t for t in fresh.values()})
         self._by_token = by_token
-        return True
 
     def take_changes(self) -> tuple[dict[str, int | None], set[str]]:
         """Since the last call: removed tenants, each with the creation time (ms)
         of a tenant that took its id since (None if none did), and tenants whose
         valid tokens changed (rotated, or the old token's grace ended): their
-        bridges are to be checked with :meth:`accepts`."""
+        bridges are to be checked with :meth:`accepts`.
+
+        The end of a grace is judged by the clock, not by a change in storage:
+        every relay (every node, on Redis) notices it by itself."""
         now = self._clock()
         for tid, until in list(self._graces.items()):
             if now >= until:
@@ -430,9 +493,50 @@ class TenantDirectory:
         )
 
 
+class SQLiteTenantDirectory(TenantDirectory):
+    """The relay's tenants from ``STATE/tenants.db``, reloaded when the file changes."""
+
+    def __init__(self, path: Path, clock: Callable[[], int] | None = None) -> None:
+        super().__init__(clock)
+        self._db = _connect(path)
+        self._version = -1
+        self.refresh()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._db.close()
+
+    def refresh(self) -> bool:
+        """Reload if another process changed the file; True if it did.
+
+        One ``PRAGMA`` on an open connection (SQLite's ``data_version``). Not
+        on every lookup: any SQLite call releases the GIL, and under load
+        another thread then holds the event loop up (measured: 8 % of the
+        relay's time).
+        """
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._version:
+            return False
+        self._version = version
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM tenants")  # noqa: S608 (a constant)
+        self._install({row[0]: _tenant(row) for row in rows})
+        return True
+
+
 def _tenant(row: Sequence[Any]) -> Tenant:
-    """A :class:`Tenant` from a row of :meth:`TenantDirectory.refresh`'s query."""
-    tid, secret, token_hash, created_at, incarnation, old_hash, old_until, old_secret, until = row
+    """A :class:`Tenant` from a row of :data:`_COLUMNS`."""
+    (
+        tid,
+        secret,
+        token_hash,
+        created_at,
+        incarnation,
+        old_hash,
+        old_until,
+        old_secret,
+        until,
+        rotated_at,
+    ) = row
     return Tenant(
         tid,
         bytes(secret),
@@ -443,6 +547,7 @@ def _tenant(row: Sequence[Any]) -> Tenant:
         old_until,
         None if old_secret is None else bytes(old_secret),
         until,
+        rotated_at,
     )
 
 
@@ -489,7 +594,8 @@ def hold_pid_file(state: StateDir) -> int:
     return fd
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """The time in Unix milliseconds: the clock of graces and ``created_at``."""
     return int(time.time() * 1000)
 
 
@@ -498,7 +604,9 @@ def _pending(until: int, now: int) -> int:
     return until if until > now else 0
 
 
-def _validate_secret(secret: str) -> str:
+def validate_secret(secret: str) -> str:
+    """``secret`` without the whitespace around it (a file's newline); raises
+    :class:`TenantError` if that is empty or has spaces or control characters."""
     secret = secret.strip()
     if not secret:
         raise TenantError("the channel secret is empty")

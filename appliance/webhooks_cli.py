@@ -35,7 +35,7 @@ from appliance.operator import (
     target,
 )
 from appliance.signature import sign
-from appliance.tenants import TenantDirectory, TenantRegistry, validate_id
+from appliance.tenants import SQLiteTenantDirectory, TenantRegistry, validate_id
 from appliance.webhooks import MAX_LIST, WebhookRecord, WebhookState
 from tls.pki import EmbeddedPKI
 
@@ -386,7 +386,7 @@ def _send(args: argparse.Namespace) -> int:
         state = existing_state(config)
         if not state.tenants.exists():
             raise OperatorError(f"no tenant {args.tenant!r} (no tenants in {state.path})", 2)
-        directory = TenantDirectory(state.tenants)
+        directory = SQLiteTenantDirectory(state.tenants)
         try:
             tenant = directory.get(args.tenant)
         finally:

@@ -13,7 +13,7 @@ import pytest
 
 from appliance.cli import main
 from appliance.state import StateDir
-from appliance.tenants import TenantDirectory, TenantRegistry
+from appliance.tenants import SQLiteTenantDirectory, TenantRegistry
 from tls import pki as tls_pki
 
 TOKEN_A = "lrb_" + "a1" * 20
@@ -105,7 +105,7 @@ def test_everything_given_is_written_privately_and_served_from(
     assert Path(config["tls_key_file"]).read_bytes() == pki.key.read_bytes()
     for path in (box.config / "relay.toml", Path(config["tls_key_file"])):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    directory = TenantDirectory(box.layout.tenants)
+    directory = SQLiteTenantDirectory(box.layout.tenants)
     try:
         found = directory.authenticate(TOKEN_A)
         assert found is not None

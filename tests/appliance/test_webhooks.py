@@ -24,7 +24,7 @@ from appliance.hub import BridgeConnection, Hub
 from appliance.ingress import Relay
 from appliance.metrics import Metrics
 from appliance.store import Delivery, Limits, SQLiteStore
-from appliance.tenants import TenantDirectory, TenantRegistry
+from appliance.tenants import SQLiteTenantDirectory, TenantRegistry
 from appliance.webhooks import EVENT_TYPES_MAX_BODY, MAX_LIST, WebhookRecord, WebhookState
 from tests.support.bodies import webhook_body
 from tests.support.waiting import async_wait_for
@@ -70,7 +70,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     registry = TenantRegistry(tmp_path / "tenants.db")
     registry.add("shop", "secret-1")
     registry.close()
-    tenants = TenantDirectory(tmp_path / "tenants.db")
+    tenants = SQLiteTenantDirectory(tmp_path / "tenants.db")
     metrics = Metrics()
     hub = Hub(store, metrics)
     relay = Relay(RelayConfig(state_dir=tmp_path), tenants, store, hub, metrics)

@@ -27,6 +27,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
@@ -49,6 +50,7 @@ __all__ = [
     "Tenant",
     "async_client",
     "async_wait_for",
+    "close_code",
     "post",
     "post_tags",
     "running_relay",
@@ -280,6 +282,15 @@ class Bridge:
     async def ack_ids(self, *ids: str) -> None:
         """One protocol 2 ack naming ``ids``."""
         await self.ws.send(json.dumps({"type": "ack", "ids": list(ids)}))
+
+
+async def close_code(bridge: Bridge, timeout: float) -> int | None:
+    """The code the relay closes ``bridge`` with, reading (and dropping) frames until then."""
+    try:
+        while True:
+            await bridge.frame(timeout)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
 
 
 async def post(

@@ -3,29 +3,40 @@
 Real parts: one ``redis-server`` (AOF, ``appendfsync always``) started for the
 module, two ``linerelay serve`` processes configured with it (each its own
 state dir and dev PKI), tenants added to Redis with the code behind
-``tenant add``, bridges over real TLS WebSockets.
+``tenant add``, the real ``linerelay tenant`` CLI with ``--config``, bridges
+over real TLS WebSockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 
+from appliance.state import StateDir
 from tests.integration.helpers import (
+    TIMEOUT,
     Bridge,
     Harness,
     Tenant,
     async_client,
     async_wait_for,
+    close_code,
     post,
     post_tags,
     tag_of,
     wait_for,
+    webhook_body,
 )
 from tests.support.redis import RedisServer, add_redis_tenant, relay_config
 from tests.support.relay import RelayProcess, linerelay
@@ -233,3 +244,125 @@ async def test_a_webhook_goes_to_a_bridge_on_the_other_node_at_once(
             # A blocking read, not a poll loop: well under the reader's block timeout.
             assert asyncio.get_running_loop().time() - started < 2.0
             assert frame["body"].encode() == body
+
+
+# -- rotations with a grace, on every node ---------------------------------------
+
+#: Long enough for the checks made inside it on a loaded machine.
+GRACE_SECONDS = 12
+
+
+def tenant_cli(
+    redis_server: RedisServer, where: Path, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``linerelay tenant ARGS --config FILE`` on the nodes' Redis: no node is
+    signalled, each learns of the change from Redis."""
+    config = where / "relay.toml"
+    config.write_text(relay_config(redis_server))
+    # A state dir of the CLI's own (it signals a relay found there): none runs in it.
+    state = StateDir(where / "cli-state").create().path
+    result = linerelay(
+        "tenant", *args, "--config", str(config), state_dir=state, stdin=stdin, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+async def logged(harness: Harness, tenant: str, grace_until_ms: int) -> list[dict[str, Any]]:
+    """The node's ``tenant tokens changed`` log lines about ``tenant`` that say the old
+    token works until ``grace_until_ms`` (0: no more)."""
+    return [
+        e
+        for e in harness.log_events("tenant tokens changed")
+        if (e["tenant"], e["grace_until_ms"]) == (tenant, grace_until_ms)
+    ]
+
+
+async def test_a_token_rotated_with_a_grace_works_on_every_node_until_it_ends_then_4401(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    old_on_a = await Bridge.open(a, tenant.token)
+    old_on_b = await Bridge.open(b, tenant.token)
+    try:
+        result = tenant_cli(
+            redis_server, tmp_path, "rotate-token", tenant.id, "--grace", str(GRACE_SECONDS),
+            "--json",
+        )  # fmt: skip
+        rotated = json.loads(result.stdout)
+        new_token, until_ms = rotated["token"], rotated["token_grace_until"]
+        for node in (a, b):
+            node.sensitive.add(new_token)
+            # The node has read the rotation from Redis and knows when the grace ends.
+            await async_wait_for(
+                lambda node=node: logged(node, tenant.id, until_ms), "the node to read it"
+            )
+            # In the grace both tokens log in; the old token's bridge stays connected.
+            async with await Bridge.open(node, new_token) as new_bridge:
+                assert new_bridge.hello["tenant"] == tenant.id
+            async with await Bridge.open(node, tenant.token) as old_again:
+                assert old_again.hello["tenant"] == tenant.id
+        assert time.time() * 1000 < until_ms, "the machine was too slow to check inside the grace"
+        # The grace ends: each node closes its bridge on the old token by itself.
+        codes = await asyncio.gather(
+            close_code(old_on_a, GRACE_SECONDS + TIMEOUT),
+            close_code(old_on_b, GRACE_SECONDS + TIMEOUT),
+        )
+        assert codes == [4401, 4401]
+        assert time.time() * 1000 >= until_ms
+    finally:
+        await asyncio.gather(old_on_a.close(), old_on_b.close())
+    for node in (a, b):
+        with pytest.raises(InvalidStatus) as refused:
+            await Bridge.open(node, tenant.token)
+        assert refused.value.response.status_code == 401
+        ended = await async_wait_for(
+            lambda node=node: logged(node, tenant.id, 0), "the node to log the grace's end"
+        )
+        assert [e["bridges_closed"] for e in ended] == [1]
+        async with await Bridge.open(node, new_token) as new_bridge:
+            assert new_bridge.hello["tenant"] == tenant.id
+
+
+async def test_a_secret_rotated_with_a_grace_verifies_both_on_every_node_until_it_ends(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    new_secret = secrets.token_hex(16)
+    for node in (a, b):
+        node.sensitive.add(new_secret)
+    result = tenant_cli(
+        redis_server, tmp_path, "rotate-secret", tenant.id, "--channel-secret-file", "-",
+        "--grace", str(GRACE_SECONDS), "--json", stdin=new_secret + "\n",
+    )  # fmt: skip
+    until_ms = json.loads(result.stdout)["secret_grace_until"]
+    renewed = Tenant(tenant.id, new_secret, tenant.token, tenant.url)
+    for node in (a, b):
+        async with async_client(node) as client:
+
+            async def new_verifies(
+                client: httpx.AsyncClient = client, node: Harness = node
+            ) -> bool:
+                # 401 until the node has read the new secret from Redis.
+                response = await post(client, node, at(renewed, node), webhook_body("new"))
+                return response.status_code == 200
+
+            await async_wait_for(new_verifies, "the node to verify with the new secret")
+            old = await post(client, node, at(tenant, node), webhook_body("old-in-grace"))
+            assert time.time() * 1000 < until_ms, "the machine was too slow to check in the grace"
+            assert old.status_code == 200
+    for node in (a, b):
+        async with async_client(node) as client:
+
+            async def old_refused(client: httpx.AsyncClient = client, node: Harness = node) -> bool:
+                response = await post(client, node, at(tenant, node), webhook_body("old-late"))
+                return response.status_code == 401
+
+            await async_wait_for(
+                old_refused, "the old secret to stop verifying", GRACE_SECONDS + TIMEOUT, 0.25
+            )
+            assert time.time() * 1000 >= until_ms
+            new = await post(client, node, at(renewed, node), webhook_body("new-after"))
+            assert new.status_code == 200

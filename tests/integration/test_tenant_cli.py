@@ -20,6 +20,7 @@ from tests.integration.helpers import (
     Tenant,
     async_client,
     async_wait_for,
+    close_code,
     post,
     running_relay,
     tag_of,
@@ -267,15 +268,6 @@ async def test_a_re_added_tenant_id_never_gets_the_removed_tenants_webhooks(
 
 #: Long enough for the checks made inside it on a loaded machine.
 GRACE_SECONDS = 12
-
-
-async def close_code(bridge: Bridge, timeout: float) -> int | None:
-    """The code the relay closes ``bridge`` with, reading (and dropping) frames until then."""
-    try:
-        while True:
-            await bridge.frame(timeout)
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd is not None else None
 
 
 async def test_a_token_rotated_with_a_grace_serves_old_bridges_until_it_ends(
