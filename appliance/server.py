@@ -41,7 +41,7 @@ from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
 from appliance.state import StateDir
-from appliance.store import Limits, SQLiteStore
+from appliance.store import create_store, store_limits
 from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
@@ -187,7 +187,7 @@ class Server:
     async def _open_relay(self, config: RelayConfig) -> Relay:
         """Metrics, the store (opened), tenants and the hub: what the hot paths share."""
         metrics = Metrics()
-        store = SQLiteStore(self.state.store, _limits(config), on_batch=metrics.observe_batch)
+        store = create_store(config, self.state, on_batch=metrics.observe_batch)
         await store.open()
         tenants = TenantDirectory(self.state.tenants)
         hub = Hub(
@@ -266,7 +266,7 @@ class Server:
         relay = self.relay
         relay.configure(config)
         self.bridges.configure(config, relay.proxies)
-        relay.store.configure(_limits(config))
+        relay.store.configure(store_limits(config))
         self.listener.configure(_listener_limits(config), relay.proxies)
         _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
@@ -424,10 +424,6 @@ def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
         extra={"configured": config.max_connections, "used": room, "open_files": open_files},
     )
     return config.replace(max_connections=room)
-
-
-def _limits(config: RelayConfig) -> Limits:
-    return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
 
 
 def _listen(address: str, inherited: int | None = None) -> socket.socket:

@@ -18,7 +18,7 @@ from appliance import config as config_module
 from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, StateDirError, TenantError
 from appliance.state import StateDir
-from appliance.store import count_unacked, purge_file
+from appliance.store.sqlite import count_unacked, purge_file
 from appliance.tenants import TenantRegistry, notify_relay, validate_id
 
 

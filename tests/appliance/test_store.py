@@ -22,14 +22,8 @@ import pytest
 from appliance.errors import QueueFull
 from appliance.signature import sign
 from appliance.state import StateDir
-from appliance.store import (
-    Delivery,
-    Limits,
-    SQLiteStore,
-    Store,
-    purge_file,
-    wait_until,
-)
+from appliance.store import Delivery, Limits, Store, wait_until
+from appliance.store.sqlite import SQLiteStore, purge_file
 
 StoreFactory = Callable[[Limits], Store]
 

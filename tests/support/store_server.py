@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import QueueFull
-from appliance.store import Delivery, Limits, SQLiteStore
+from appliance.store import Delivery, Limits
+from appliance.store.sqlite import SQLiteStore
 
 
 class Clock:

@@ -1,9 +1,4 @@
-"""The durable per-tenant webhook queue.
-
-:class:`Store` is the interface the relay uses; :class:`SQLiteStore` is the
-single-node implementation (a Redis Streams store for several relay nodes can
-implement the same interface; tests/appliance/test_store.py is written against
-the interface).
+"""The single-node store: one SQLite file.
 
 SQLite runs in WAL mode on the event loop's thread, and every operation that
 arrives while the previous batch is being made durable goes into the next
@@ -23,15 +18,10 @@ traffic (a global sequence would) and names one webhook forever.
 
 from __future__ import annotations
 
-import abc
 import asyncio
-import base64
-import binascii
-import hashlib
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import time
 from collections import Counter, defaultdict, deque
@@ -43,10 +33,13 @@ from typing import Any
 
 from appliance.errors import QueueFull, StoreError
 from appliance.state import create_private
+from appliance.store import ops
+from appliance.store.batcher import Batcher
+from appliance.store.futures import follow, resolved
+from appliance.store.interface import BatchListener, CommitListener, Store
+from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
 
 log = logging.getLogger(__name__)
-
-DELIVERY_PREFIX = "d-"
 
 # Row states.
 QUEUED, ACKED, EXPIRED = 0, 1, 2
@@ -80,161 +73,6 @@ _OLDEST = (
 )
 
 
-def new_delivery_id() -> str:
-    """A fresh wire id: ``d-`` and 96 random bits, so it reveals nothing and never repeats."""
-    return DELIVERY_PREFIX + secrets.token_hex(12)
-
-
-def retry_digest(tenant: str, body: bytes, signature: str) -> bytes:
-    """What makes two requests the same retry: tenant, exact bytes, the signature's digest.
-
-    The signature counts by the digest it decodes to, not by its spelling:
-    the unused low bits of the last base64 character give one digest four
-    spellings, and a retry must not become a new webhook by changing them.
-    """
-    try:
-        claimed = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        claimed = signature.encode()
-    h = hashlib.sha256(tenant.encode())
-    h.update(b"\0" + claimed + b"\0")
-    h.update(body)
-    return h.digest()
-
-
-@dataclass(slots=True)
-class Delivery:
-    """One queued webhook: ``seq`` orders the queue, ``id`` is what a bridge sees.
-
-    ``attempts`` counts the times it was sent to a bridge.
-    """
-
-    seq: int
-    id: str
-    tenant: str
-    body: bytes
-    signature: str
-    received_at: int
-    attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """A webhook that outlived ``max_unacked_age`` unacked."""
-
-    seq: int
-    id: str
-    tenant: str
-    received_at: int
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The store's tunables (from the relay config; changeable on reload)."""
-
-    queue_cap: int = 10_000
-    dedupe_window: float = 300.0
-    max_batch: int = 512
-
-
-CommitListener = Callable[[Sequence[Delivery]], None]
-BatchListener = Callable[[int, float], None]
-
-
-class Store(abc.ABC):
-    """The queue the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry.
-
-    Coroutines run on the relay's event loop. ``append`` returns a future so
-    the caller can answer by a deadline while the write goes on: a webhook
-    that commits after its 503 is kept and delivered (LINE's retry of it is
-    then a known duplicate).
-    """
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Start; load queue depths and recent digests."""
-
-    @abc.abstractmethod
-    def configure(self, limits: Limits) -> None:
-        """Use new limits from now on (config reload)."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Finish pending writes and stop."""
-
-    @abc.abstractmethod
-    def append(
-        self, tenant: str, body: bytes, signature: str, received_at: int
-    ) -> asyncio.Future[Delivery | None]:
-        """Queue a webhook. The future gives the delivery once committed, or None for a retry.
-
-        Raises :class:`QueueFull` at once when the tenant is at its cap; the
-        future fails with :class:`StoreError` if the commit fails.
-        """
-
-    @abc.abstractmethod
-    async def pending(
-        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[Delivery]:
-        """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first.
-
-        With ``max_bytes``, the page ends with the webhook whose body takes it
-        to that many bytes or past (so it holds at least one), and a queue of
-        large bodies is read back in pages of bounded memory. A page shorter
-        than ``limit`` and under ``max_bytes`` is therefore the end of the queue.
-        """
-
-    @abc.abstractmethod
-    def mark_sent(self, seqs: Sequence[int]) -> None:
-        """Record one more attempt for each row (written with the next batch)."""
-
-    @abc.abstractmethod
-    def ack(self, tenant: str, seq: int) -> None:
-        """Mark the row delivered (written with the next batch); unknown and already
-        acked rows are ignored, so an ack may safely be repeated."""
-
-    @abc.abstractmethod
-    async def expire(self, older_than: int) -> list[Expired]:
-        """Mark unacked rows received before ``older_than`` (ms) expired; returns them."""
-
-    @abc.abstractmethod
-    async def prune(self, older_than: int) -> int:
-        """Delete acked and expired rows received before ``older_than`` (ms); returns the count."""
-
-    @abc.abstractmethod
-    async def purge(self, tenant: str, received_before: int | None = None) -> int:
-        """Delete the rows of ``tenant`` (received before ``received_before`` ms, if
-        given); returns how many of them were still unacked."""
-
-    @abc.abstractmethod
-    def depth(self, tenant: str) -> int:
-        """Unacked webhooks of ``tenant`` (committed or being committed)."""
-
-    @abc.abstractmethod
-    def depths(self) -> dict[str, int]:
-        """Unacked webhooks per tenant with any."""
-
-    @abc.abstractmethod
-    def oldest(self) -> dict[str, int]:
-        """When (ms) the oldest committed unacked webhook of each tenant with any was received.
-
-        Read at every metrics scrape, so it costs one index search per tenant
-        with something queued. Raises :class:`StoreError` if the store cannot
-        be read.
-        """
-
-    @abc.abstractmethod
-    def subscribe(self, on_commit: CommitListener) -> None:
-        """Call ``on_commit`` on the loop with each batch of newly committed webhooks."""
-
-
-@dataclass(slots=True)
-class _Op:
-    kind: str
-    args: tuple[Any, ...]
-    future: asyncio.Future[Any] | None = None
-
-
 class SQLiteStore(Store):
     """:class:`Store` on one SQLite file: group commit on the loop, fsync on a helper thread."""
 
@@ -249,9 +87,7 @@ class SQLiteStore(Store):
         self.limits = limits or Limits()
         self._on_batch = on_batch
         self._clock = clock
-        self._pending: list[_Op] = []
-        self._flush_scheduled = False
-        self._syncing = False
+        self._batcher: Batcher[ops.Op] = Batcher(self.limits.max_batch)
         self._drained = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._wal_fd = -1
@@ -293,14 +129,15 @@ class SQLiteStore(Store):
 
     def configure(self, limits: Limits) -> None:
         self.limits = limits
+        self._batcher.max_batch = limits.max_batch
 
     async def close(self) -> None:
         """Finish queued work, checkpoint, and close the file."""
         if self._db is None:
             return
-        while self._pending or self._syncing:
+        while not self._batcher.idle:
             self._drained.clear()
-            self._schedule_flush()
+            self._request_flush()
             await self._drained.wait()
         assert self._syncer is not None
         assert self._checkpoints is not None
@@ -326,27 +163,28 @@ class SQLiteStore(Store):
         digest = retry_digest(tenant, body, signature)
         self._forget_old()
         if digest in self._recent:
-            return _done(self._loop, None)
+            return resolved(self._loop, None)
         first = self._writing.get(digest)
         if first is not None:
-            return _follow(self._loop, first)
+            return follow(self._loop, first)
         if self._depth[tenant] >= self.limits.queue_cap:
             raise QueueFull(f"tenant {tenant} has {self._depth[tenant]} unacked webhooks")
         future: asyncio.Future[Delivery | None] = self._loop.create_future()
         self._depth[tenant] += 1
         self._writing[digest] = future
-        self._submit(_Op("append", (tenant, body, signature, digest, received_at), future))
+        self._submit(ops.Append(tenant, body, signature, digest, received_at, future))
         return future
 
     async def pending(
         self, tenant: str, after: int, limit: int, max_bytes: int | None = None
     ) -> list[Delivery]:
-        result: list[Delivery] = await self._call("pending", tenant, after, limit, max_bytes)
-        return result
+        future: asyncio.Future[list[Delivery]] = self._future()
+        self._submit(ops.ReadPending(tenant, after, limit, max_bytes, future))
+        return await future
 
     def mark_sent(self, seqs: Sequence[int]) -> None:
         if seqs:
-            self._submit(_Op("sent", (tuple(seqs),)))
+            self._submit(ops.MarkSent(tuple(seqs)))
 
     def ack(self, tenant: str, seq: int) -> None:
         # The depth drops now, so an ack makes room under the cap at once; an
@@ -355,20 +193,25 @@ class SQLiteStore(Store):
             return
         self._acking.add((tenant, seq))
         self._depth[tenant] -= 1
-        self._submit(_Op("ack", (tenant, seq)))
+        self._submit(ops.Ack(tenant, seq))
 
     async def expire(self, older_than: int) -> list[Expired]:
-        expired: list[Expired] = await self._call("expire", older_than)
+        future: asyncio.Future[list[Expired]] = self._future()
+        self._submit(ops.Expire(older_than, future))
+        expired = await future
         for row in expired:
             self._depth[row.tenant] = max(0, self._depth[row.tenant] - 1)
         return expired
 
     async def prune(self, older_than: int) -> int:
-        count: int = await self._call("prune", older_than)
-        return count
+        future: asyncio.Future[int] = self._future()
+        self._submit(ops.Prune(older_than, future))
+        return await future
 
     async def purge(self, tenant: str, received_before: int | None = None) -> int:
-        count: int = await self._call("purge", tenant, received_before)
+        future: asyncio.Future[int] = self._future()
+        self._submit(ops.Purge(tenant, received_before, future))
+        count = await future
         self._depth[tenant] = max(0, self._depth[tenant] - count)
         return count
 
@@ -393,84 +236,76 @@ class SQLiteStore(Store):
     def subscribe(self, on_commit: CommitListener) -> None:
         self._listeners.append(on_commit)
 
-    # -- loop side -----------------------------------------------------------
-
-    def _call(self, kind: str, *args: Any) -> asyncio.Future[Any]:
-        assert self._loop is not None, "store is not open"
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._submit(_Op(kind, args, future))
-        return future
-
     # -- group commit --------------------------------------------------------
 
-    def _submit(self, op: _Op) -> None:
-        self._pending.append(op)
-        self._schedule_flush()
+    def _future(self) -> asyncio.Future[Any]:
+        assert self._loop is not None, "store is not open"
+        return self._loop.create_future()
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled and not self._syncing:
-            assert self._loop is not None, "store is not open"
-            self._flush_scheduled = True
+    def _submit(self, op: ops.Op) -> None:
+        if self._batcher.submit(op):
+            self._schedule_flush()
+
+    def _request_flush(self) -> None:
+        if self._batcher.request_flush():
+            self._schedule_flush()
+
+    def _schedule_flush(self, delay: float = 0.0) -> None:
+        assert self._loop is not None, "store is not open"
+        if delay:
+            self._loop.call_later(delay, self._flush)
+        else:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Write what is pending in one transaction, then have the WAL fsynced."""
-        self._flush_scheduled = False
-        if self._syncing:
-            return
-        if not self._pending:
-            self._drained.set()
+        """Write the next batch in one transaction, then have the WAL fsynced."""
+        batch = self._batcher.take()
+        if not batch:
+            if self._batcher.idle:
+                self._drained.set()
             return
         assert self._db is not None
         assert self._loop is not None
         assert self._syncer is not None
-        size = self.limits.max_batch
-        batch, self._pending = self._pending[:size], self._pending[size:]
         started = time.perf_counter()
         try:
             results = self._commit(self._db, batch)
         except _Busy:
             # Another process holds the write lock (a CLI purge, a backup):
             # try again shortly; callers meanwhile meet their own deadlines.
-            self._pending[:0] = batch
-            self._flush_scheduled = True
-            self._loop.call_later(BUSY_RETRY, self._flush)
+            self._batcher.put_back(batch)
+            self._schedule_flush(BUSY_RETRY)
             return
         if any(error is not None for _, _, error in results):
             self._finish(results, started)  # rolled back: nothing to make durable
             return
-        self._syncing = True
         synced = self._loop.run_in_executor(self._syncer, os.fsync, self._wal_fd)
         synced.add_done_callback(lambda done: self._synced(results, started, done))
 
-    def _synced(
-        self,
-        results: list[tuple[_Op, Any, BaseException | None]],
-        started: float,
-        done: asyncio.Future[None],
-    ) -> None:
-        self._syncing = False
+    def _synced(self, results: list[_Result], started: float, done: asyncio.Future[None]) -> None:
         error = done.exception()
         if error is not None:
             # Committed but maybe not on disk: nobody is told it is. LINE's
             # retry of such a webhook is then a duplicate and answered 200.
             log.error("store fsync failed", extra={"error": str(error)})
             failure = StoreError(f"fsync failed: {error}")
-            results = [(op, None, failure if op.kind == "append" else e) for op, _, e in results]
-        self._finish(results, started)
+            results = [
+                (op, None, failure if isinstance(op, ops.Append) else e) for op, _, e in results
+            ]
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
             assert self._checkpoints is not None
             self._checkpoints.submit(self._checkpoint)
-        if self._pending:
-            self._schedule_flush()
-        else:
-            self._drained.set()
+        self._finish(results, started)
 
-    def _finish(self, results: list[tuple[_Op, Any, BaseException | None]], started: float) -> None:
+    def _finish(self, results: list[_Result], started: float) -> None:
         if self._on_batch is not None:
             self._on_batch(len(results), time.perf_counter() - started)
         self._settle(results)
+        if self._batcher.done():
+            self._schedule_flush()
+        elif self._batcher.idle:
+            self._drained.set()
 
     def _checkpoint(self) -> None:
         """Move WAL pages into the database file, on the checkpoint thread (own connection)."""
@@ -498,28 +333,28 @@ class SQLiteStore(Store):
             if self._recent.get(digest, horizon) < horizon:
                 del self._recent[digest]
 
-    def _settle(self, results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    def _settle(self, results: list[_Result]) -> None:
         """Runs on the loop after each batch: resolve futures, then tell listeners."""
         committed: list[Delivery] = []
         for op, result, error in results:
-            if op.kind == "append":
-                tenant, _, _, digest, _ = op.args
-                self._writing.pop(digest, None)
+            if isinstance(op, ops.Append):
+                self._writing.pop(op.digest, None)
                 if error is None:
+                    assert isinstance(result, Delivery)
                     committed.append(result)
-                    self._remember(digest, self._clock())
+                    self._remember(op.digest, self._clock())
                 else:
-                    self._depth[tenant] -= 1
-            elif op.kind == "ack":
-                self._acking.discard(op.args)
+                    self._depth[op.tenant] -= 1
+            elif isinstance(op, ops.Ack):
+                self._acking.discard((op.tenant, op.seq))
                 if not result or error is not None:
-                    self._depth[op.args[0]] += 1
-            future = op.future
-            if future is not None and not future.done():
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
+                    self._depth[op.tenant] += 1
+            if isinstance(op, ops.MarkSent | ops.Ack) or op.future.done():
+                continue
+            if error is not None:
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(result)
         if committed:
             for listener in self._listeners:
                 listener(committed)
@@ -557,10 +392,8 @@ class SQLiteStore(Store):
         ).fetchall()
         return depths, recent
 
-    def _commit(
-        self, db: sqlite3.Connection, batch: list[_Op]
-    ) -> list[tuple[_Op, Any, BaseException | None]]:
-        results: list[tuple[_Op, Any, BaseException | None]] = []
+    def _commit(self, db: sqlite3.Connection, batch: list[ops.Op]) -> list[_Result]:
+        results: list[_Result] = []
         # Attempt marks and acks are gathered and written as one statement each
         # (most of the writer's time went on them one row at a time), and
         # written before any read in the batch, so reads see them.
@@ -568,107 +401,98 @@ class SQLiteStore(Store):
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
-                if op.kind == "sent":
-                    marks.sent.extend(op.args[0])
-                    result = None
-                elif op.kind == "ack":
-                    marks.acks.setdefault(op.args[0], []).append(op.args[1])
-                    result = None
+                result: Any = None
+                if isinstance(op, ops.MarkSent):
+                    marks.sent.extend(op.seqs)
+                elif isinstance(op, ops.Ack):
+                    marks.acks.setdefault(op.tenant, []).append(op.seq)
+                elif isinstance(op, ops.Append):
+                    result = _insert(db, op)
                 else:
-                    if op.kind != "append":
-                        marks.write(db)
-                    result = getattr(self, "_do_" + op.kind)(db, *op.args)
+                    marks.write(db)
+                    result = _query(db, op)
                 results.append((op, result, None))
             marks.write(db)
             db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            ):
                 raise _Busy from exc
             log.error("store commit failed", extra={"error": str(exc), "batch": len(batch)})
             failure = StoreError(f"commit failed: {exc}")
             return [(op, None, failure) for op in batch]
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            log.error("store commit failed", extra={"error": str(exc), "batch": len(batch)})
-            failure = StoreError(f"commit failed: {exc}")
-            return [(op, None, failure) for op in batch]
         # An ack's result: whether it changed its row; of repeated acks, the first did.
-        settled: list[tuple[_Op, Any, BaseException | None]] = []
+        settled: list[_Result] = []
         for op, result, error in results:
-            changed = result
-            if op.kind == "ack":
-                changed = op.args in marks.acked
-                marks.acked.discard(op.args)
-            settled.append((op, changed, error))
+            if isinstance(op, ops.Ack):
+                key = (op.tenant, op.seq)
+                settled.append((op, key in marks.acked, error))
+                marks.acked.discard(key)
+            else:
+                settled.append((op, result, error))
         return settled
 
-    @staticmethod
-    def _do_append(
-        db: sqlite3.Connection,
-        tenant: str,
-        body: bytes,
-        signature: str,
-        digest: bytes,
-        received_at: int,
-    ) -> Delivery:
-        wire_id = new_delivery_id()
-        cursor = db.execute(
-            "INSERT INTO webhooks (id, tenant, body, signature, digest, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (wire_id, tenant, body, signature, digest, received_at),
-        )
-        assert cursor.lastrowid is not None
-        return Delivery(cursor.lastrowid, wire_id, tenant, body, signature, received_at)
 
-    @staticmethod
-    def _do_pending(
-        db: sqlite3.Connection, tenant: str, after: int, limit: int, max_bytes: int | None
-    ) -> list[Delivery]:
-        last = None
-        if max_bytes is not None:
-            # Sizes first (length() does not read a blob), then only the bodies that fit.
-            sizes = db.execute(
-                "SELECT seq, length(body) FROM webhooks "
-                "WHERE tenant = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?",
-                (tenant, after, limit),
-            ).fetchall()
-            total = 0
-            for seq, size in sizes:
-                if total >= max_bytes:
-                    break
-                total += size
-                last = seq
-            if last is None:
-                return []
-        rows = db.execute(
-            "SELECT seq, id, tenant, body, signature, received_at, attempts FROM webhooks "
-            "WHERE tenant = ? AND state = 0 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (tenant, after, last if last is not None else 2**62, limit),
-        )
-        return [Delivery(s, i, t, bytes(b), sig, r, a) for s, i, t, b, sig, r, a in rows]
+# Each operation with its result (typed by the operation) or its error.
+_Result = tuple[ops.Op, Any, BaseException | None]
 
-    @staticmethod
-    def _do_expire(db: sqlite3.Connection, older_than: int) -> list[Expired]:
+
+def _insert(db: sqlite3.Connection, op: ops.Append) -> Delivery:
+    wire_id = new_delivery_id()
+    cursor = db.execute(
+        "INSERT INTO webhooks (id, tenant, body, signature, digest, received_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (wire_id, op.tenant, op.body, op.signature, op.digest, op.received_at),
+    )
+    assert cursor.lastrowid is not None
+    return Delivery(cursor.lastrowid, wire_id, op.tenant, op.body, op.signature, op.received_at)
+
+
+def _query(db: sqlite3.Connection, op: ops.Query) -> object:
+    if isinstance(op, ops.ReadPending):
+        return _pending(db, op)
+    if isinstance(op, ops.Expire):
         rows = db.execute(
             "UPDATE webhooks SET state = ? WHERE state = ? AND received_at < ? "
             "RETURNING seq, id, tenant, received_at",
-            (EXPIRED, QUEUED, older_than),
+            (EXPIRED, QUEUED, op.older_than),
         ).fetchall()
         return [Expired(*row) for row in rows]
-
-    @staticmethod
-    def _do_prune(db: sqlite3.Connection, older_than: int) -> int:
+    if isinstance(op, ops.Prune):
         cursor = db.execute(
-            "DELETE FROM webhooks WHERE state != ? AND received_at < ?", (QUEUED, older_than)
+            "DELETE FROM webhooks WHERE state != ? AND received_at < ?", (QUEUED, op.older_than)
         )
         return cursor.rowcount
+    return _purge(db, op.tenant, op.received_before)
 
-    @staticmethod
-    def _do_purge(db: sqlite3.Connection, tenant: str, received_before: int | None) -> int:
-        return _purge(db, tenant, received_before)
+
+def _pending(db: sqlite3.Connection, op: ops.ReadPending) -> list[Delivery]:
+    last = None
+    if op.max_bytes is not None:
+        # Sizes first (length() does not read a blob), then only the bodies that fit.
+        sizes = db.execute(
+            "SELECT seq, length(body) FROM webhooks "
+            "WHERE tenant = ? AND state = 0 AND seq > ? ORDER BY seq LIMIT ?",
+            (op.tenant, op.after, op.limit),
+        ).fetchall()
+        total = 0
+        for seq, size in sizes:
+            if total >= op.max_bytes:
+                break
+            total += size
+            last = seq
+        if last is None:
+            return []
+    rows = db.execute(
+        "SELECT seq, id, tenant, body, signature, received_at, attempts FROM webhooks "
+        "WHERE tenant = ? AND state = 0 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        (op.tenant, op.after, last if last is not None else 2**62, op.limit),
+    )
+    return [Delivery(s, i, t, bytes(b), sig, r, a) for s, i, t, b, sig, r, a in rows]
 
 
 @dataclass(slots=True)
@@ -774,53 +598,3 @@ def count_unacked(path: Path, tenant: str) -> int:
     finally:
         db.close()
     return int(count)
-
-
-async def wait_until(future: asyncio.Future[Any], timeout: float) -> bool:  # noqa: ASYNC109
-    """Wait for ``future`` at most ``timeout`` seconds without cancelling it; True if done.
-
-    Cheaper than ``wait_for(shield(...))`` on the hot path: no task is created.
-    """
-    if future.done():
-        return True
-    if timeout <= 0:
-        return False
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    future.add_done_callback(wake)
-    timer = loop.call_later(timeout, wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        future.remove_done_callback(wake)
-    return future.done()
-
-
-def _done(loop: asyncio.AbstractEventLoop, value: Any) -> asyncio.Future[Any]:
-    future = loop.create_future()
-    future.set_result(value)
-    return future
-
-
-def _follow(
-    loop: asyncio.AbstractEventLoop, first: asyncio.Future[Delivery | None]
-) -> asyncio.Future[Delivery | None]:
-    """A future that settles when ``first`` does: None (a duplicate) or its error."""
-    follower: asyncio.Future[Delivery | None] = loop.create_future()
-
-    def copy(done: asyncio.Future[Delivery | None]) -> None:
-        if follower.done():
-            return
-        if done.cancelled() or done.exception() is None:
-            follower.set_result(None)
-        else:
-            follower.set_exception(done.exception())  # type: ignore[arg-type]
-
-    first.add_done_callback(copy)
-    return follower

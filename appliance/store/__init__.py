@@ -1,0 +1,50 @@
+"""The durable per-tenant webhook queue: one interface, one implementation per engine.
+
+- :mod:`~appliance.store.records`: what is stored and handed out (``Delivery``, ids).
+- :mod:`~appliance.store.interface`: the :class:`Store` the relay is written against.
+- :mod:`~appliance.store.ops` and :mod:`~appliance.store.batcher`: the typed
+  operations and the group commit that batches them, as pure logic.
+- :mod:`~appliance.store.sqlite`: one node, one SQLite file (the default).
+
+:func:`open_store` builds the one the config names; nothing else needs to know which.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from appliance.store.futures import wait_until
+from appliance.store.interface import BatchListener, CommitListener, Store
+from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
+from appliance.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from appliance.config import RelayConfig
+    from appliance.state import StateDir
+
+__all__ = [
+    "BatchListener",
+    "CommitListener",
+    "Delivery",
+    "Expired",
+    "Limits",
+    "SQLiteStore",
+    "Store",
+    "create_store",
+    "new_delivery_id",
+    "retry_digest",
+    "store_limits",
+    "wait_until",
+]
+
+
+def store_limits(config: RelayConfig) -> Limits:
+    """The store's tunables from the relay config."""
+    return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
+
+
+def create_store(
+    config: RelayConfig, state: StateDir, on_batch: BatchListener | None = None
+) -> Store:
+    """The store the config names (not yet opened)."""
+    return SQLiteStore(state.store, store_limits(config), on_batch=on_batch)

@@ -1,0 +1,104 @@
+"""The store interface the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry.
+
+:class:`Store` is written against by the ingress, the hub and the tests
+(tests/appliance/test_store.py runs the same behaviour against every
+implementation). :func:`appliance.store.open_store` picks the configured one.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Sequence
+
+from appliance.store.records import Delivery, Expired, Limits
+
+CommitListener = Callable[[Sequence[Delivery]], None]
+BatchListener = Callable[[int, float], None]
+
+
+class Store(abc.ABC):
+    """The queue the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry.
+
+    Coroutines run on the relay's event loop. ``append`` returns a future so
+    the caller can answer by a deadline while the write goes on: a webhook
+    that commits after its 503 is kept and delivered (LINE's retry of it is
+    then a known duplicate).
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Start; load queue depths and recent digests."""
+
+    @abc.abstractmethod
+    def configure(self, limits: Limits) -> None:
+        """Use new limits from now on (config reload)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and stop."""
+
+    @abc.abstractmethod
+    def append(
+        self, tenant: str, body: bytes, signature: str, received_at: int
+    ) -> asyncio.Future[Delivery | None]:
+        """Queue a webhook. The future gives the delivery once committed, or None for a retry.
+
+        Raises :class:`QueueFull` at once when the tenant is at its cap; the
+        future fails with :class:`StoreError` if the commit fails.
+        """
+
+    @abc.abstractmethod
+    async def pending(
+        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
+    ) -> list[Delivery]:
+        """Up to ``limit`` unacked webhooks of ``tenant`` with ``seq > after``, oldest first.
+
+        With ``max_bytes``, the page ends with the webhook whose body takes it
+        to that many bytes or past (so it holds at least one), and a queue of
+        large bodies is read back in pages of bounded memory. A page shorter
+        than ``limit`` and under ``max_bytes`` is therefore the end of the queue.
+        """
+
+    @abc.abstractmethod
+    def mark_sent(self, seqs: Sequence[int]) -> None:
+        """Record one more attempt for each row (written with the next batch)."""
+
+    @abc.abstractmethod
+    def ack(self, tenant: str, seq: int) -> None:
+        """Mark the row delivered (written with the next batch); unknown and already
+        acked rows are ignored, so an ack may safely be repeated."""
+
+    @abc.abstractmethod
+    async def expire(self, older_than: int) -> list[Expired]:
+        """Mark unacked rows received before ``older_than`` (ms) expired; returns them."""
+
+    @abc.abstractmethod
+    async def prune(self, older_than: int) -> int:
+        """Delete acked and expired rows received before ``older_than`` (ms); returns the count."""
+
+    @abc.abstractmethod
+    async def purge(self, tenant: str, received_before: int | None = None) -> int:
+        """Delete the rows of ``tenant`` (received before ``received_before`` ms, if
+        given); returns how many of them were still unacked."""
+
+    @abc.abstractmethod
+    def depth(self, tenant: str) -> int:
+        """Unacked webhooks of ``tenant`` (committed or being committed)."""
+
+    @abc.abstractmethod
+    def depths(self) -> dict[str, int]:
+        """Unacked webhooks per tenant with any."""
+
+    @abc.abstractmethod
+    def oldest(self) -> dict[str, int]:
+        """When (ms) the oldest committed unacked webhook of each tenant with any was received.
+
+        Read at every metrics scrape, so it costs one index search per tenant
+        with something queued. Raises :class:`StoreError` if the store cannot
+        be read.
+        """
+
+    @abc.abstractmethod
+    def subscribe(self, on_commit: CommitListener) -> None:
+        """Call ``on_commit`` on the loop with each batch of newly committed webhooks."""

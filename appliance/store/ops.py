@@ -1,0 +1,80 @@
+"""The operations a store batches, as types: what each carries and who waits for it.
+
+Writes the relay does not wait for (attempt marks, acks) carry no future;
+everything else is answered through its future once its batch is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from appliance.store.records import Delivery, Expired
+
+
+@dataclass(slots=True)
+class Append:
+    """Queue a webhook; answered with its delivery once durable."""
+
+    tenant: str
+    body: bytes
+    signature: str
+    digest: bytes
+    received_at: int
+    future: asyncio.Future[Delivery | None]
+
+
+@dataclass(slots=True)
+class MarkSent:
+    """One more attempt for each of these rows."""
+
+    seqs: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Ack:
+    """A bridge acked this row of this tenant."""
+
+    tenant: str
+    seq: int
+
+
+@dataclass(slots=True)
+class ReadPending:
+    """A page of a tenant's unacked webhooks (see :meth:`Store.pending`)."""
+
+    tenant: str
+    after: int
+    limit: int
+    max_bytes: int | None
+    future: asyncio.Future[list[Delivery]]
+
+
+@dataclass(slots=True)
+class Expire:
+    """Mark unacked rows received before ``older_than`` (ms) expired."""
+
+    older_than: int
+    future: asyncio.Future[list[Expired]]
+
+
+@dataclass(slots=True)
+class Prune:
+    """Delete acked and expired rows received before ``older_than`` (ms)."""
+
+    older_than: int
+    future: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class Purge:
+    """Delete a tenant's rows (received before ``received_before`` ms, if given)."""
+
+    tenant: str
+    received_before: int | None
+    future: asyncio.Future[int]
+
+
+Op = Append | MarkSent | Ack | ReadPending | Expire | Prune | Purge
+#: Reads and maintenance: run in the batch's transaction, answered through their future.
+Query = ReadPending | Expire | Prune | Purge
