@@ -50,7 +50,7 @@ class Verdict(enum.Enum):
     #: No (valid) credentials: 401, or the login page for a browser.
     LOGIN = "login"
     #: A wrong Bearer token: 401, and counted against the client's address.
-    BAD_TOKEN = "bad_token"
+    BAD_TOKEN = "bad_token"  # noqa: S105 (a verdict, not a password)
     #: Another site's request, or a post without its CSRF token: 403.
     FORBIDDEN = "forbidden"
     #: A Host that is not this machine's on a listener that needs no token: 403.

@@ -14,6 +14,7 @@ active connection's ack count, and the rate is the change over the last
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -81,6 +82,11 @@ class Bucket:
     high: float  # inf for the last bar
     count: int
     over_budget: bool
+
+    @property
+    def open_ended(self) -> bool:
+        """The last bar: everything slower than the largest bound."""
+        return self.high == math.inf
 
 
 @dataclass(frozen=True, slots=True)
