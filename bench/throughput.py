@@ -130,6 +130,7 @@ class Relay:
             args += ["--config", str(work / "relay.toml")]
         self.proc = pinned(SERVER_CORE, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
+        self.admin = f"http://127.0.0.1:{admin}"
         self.base = f"https://127.0.0.1:{self.port}"
         self.bridge_url = f"wss://127.0.0.1:{self.port}/bridge"
         self.ca = EmbeddedPKI(self.state.pki).root

@@ -87,13 +87,18 @@ class ConsoleDB:
 
     Used on the relay's event loop: every call is one indexed statement on a
     small file (the admin listener's requests only, never a webhook's).
+    ``fsync=False`` (the relay's) commits without waiting for the disk: an fsync
+    on the event loop stalls every webhook behind it while the store keeps the
+    disk busy, and a login lost to a power cut is only a login again. The CLI
+    keeps ``fsync=True``, so a new admin token is on disk when it is printed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fsync: bool = True) -> None:
         # Private before a digest is written into it.
         create_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._version = -1

@@ -56,7 +56,7 @@ def install(app: Quart, relay: Relay, loopback: bool) -> None:
     ``loopback``: whether the admin listener takes connections from this
     machine only (then, with ``admin_auth = "auto"``, no token is needed).
     """
-    db = ConsoleDB(StateDir(relay.config.state_dir).console)
+    db = ConsoleDB(StateDir(relay.config.state_dir).console, fsync=False)
     guard = Guard(db, lambda: relay.config.admin_auth == "token" or not loopback)
     app.before_request(guard.check)
     app.after_request(guard.finish)
@@ -107,7 +107,14 @@ class Console:
 
     def _context(self) -> dict[str, object]:
         access: Access | None = g.get("console")
-        return {"access": access, "csrf_field": CSRF_FIELD, "poll_ms": POLL_MS}
+        now = time.time()
+        return {
+            "access": access,
+            "csrf_field": CSRF_FIELD,
+            "poll_ms": POLL_MS,
+            "now": now,
+            "now_ms": int(now * 1000),
+        }
 
     # -- the overview ---------------------------------------------------------
 
@@ -148,23 +155,18 @@ class Console:
             state=state,
             states=list(WebhookState),
             records=records,
-            now_ms=_now_ms(),
         )
 
     async def tenant_fragment(self, tenant: str) -> ResponseReturnValue:
         """One tenant's queue and bridge alone."""
-        return await render_template(
-            "console/_tenant.html", tenant=self._tenant_view(tenant), now=time.time()
-        )
+        return await render_template("console/_tenant.html", tenant=self._tenant_view(tenant))
 
     async def webhooks_fragment(self, tenant: str) -> ResponseReturnValue:
         """One tenant's recent webhooks alone."""
         self._tenant_view(tenant)
         state = _state_filter()
         records = await self.relay.webhooks.list(tenant=tenant, state=state, limit=RECENT)
-        return await render_template(
-            "console/_webhooks.html", records=records, tenant=tenant, now_ms=_now_ms()
-        )
+        return await render_template("console/_webhooks.html", records=records, tenant=tenant)
 
     # -- one webhook --------------------------------------------------------------
 
@@ -179,14 +181,12 @@ class Console:
                 "console: webhook body shown",
                 extra={"delivery": delivery, "tenant": record.tenant, "client": _client()},
             )
-        return await render_template(
-            "console/webhook.html", record=record, body=body, now_ms=_now_ms()
-        )
+        return await render_template("console/webhook.html", record=record, body=body)
 
     async def webhook_fragment(self, delivery: str) -> ResponseReturnValue:
         """One webhook's record alone (never its body)."""
         record = await self.relay.webhooks.show(delivery)
-        return await render_template("console/_webhook.html", record=record, now_ms=_now_ms())
+        return await render_template("console/_webhook.html", record=record)
 
     async def replay(self, delivery: str) -> ResponseReturnValue:
         """Queue the webhook again (same bytes, new id, ``"replay": true``); go to the copy."""
@@ -260,10 +260,6 @@ def _state_filter() -> WebhookState | None:
 
 def _client() -> str:
     return address_key(request.remote_addr or "")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # -- template filters -----------------------------------------------------------

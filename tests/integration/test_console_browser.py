@@ -162,8 +162,10 @@ def test_an_operator_logs_in_watches_tenants_opens_and_replays_a_webhook(
             post_webhook(harness, waiting, f"queued {n}")
         until(
             browser,
-            lambda d: "connected" in row(d, bridged.id).text
-            and row(d, waiting.id).find_element(By.CSS_SELECTOR, ".depth").text == "2",
+            lambda d: (
+                "connected" in row(d, bridged.id).text
+                and row(d, waiting.id).find_element(By.CSS_SELECTOR, ".depth").text == "2"
+            ),
             "the bridge connected and the queue at 2",
         )
         post_webhook(harness, waiting, "queued 2")
@@ -181,7 +183,10 @@ def test_an_operator_logs_in_watches_tenants_opens_and_replays_a_webhook(
         click(browser, By.LINK_TEXT, bridged.id)
         until(
             browser,
-            lambda d: "delivered" in d.find_element(By.CSS_SELECTOR, f'[data-delivery="{first["id"]}"]').text,
+            lambda d: (
+                "delivered"
+                in d.find_element(By.CSS_SELECTOR, f'[data-delivery="{first["id"]}"]').text
+            ),
             "the webhook listed as delivered",
         )
         shot(browser, "03-tenant")
