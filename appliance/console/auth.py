@@ -151,16 +151,17 @@ def host_of(host_header: str) -> str:
 def is_cross_site(origin: str | None, fetch_site: str | None, host_header: str) -> bool:
     """Whether ``Origin`` or ``Sec-Fetch-Site`` say the request came from another site.
 
-    A same-origin form post from the console carries ``Origin`` equal to its
-    own scheme and host; ``Sec-Fetch-Site`` (sent by current browsers) says
-    ``same-origin``, or ``none`` when the operator typed the address.
+    ``Sec-Fetch-Site`` (sent by current browsers) says ``same-origin`` for the
+    console's own requests, or ``none`` when the operator typed the address.
+    ``Origin`` names the page's scheme and host, except that a form post from
+    a page served with ``Referrer-Policy: no-referrer`` (the console's) says
+    ``null``, as does a sandboxed frame: ``null`` decides nothing, and the
+    CSRF token and the SameSite=Strict cookie still stand.
     """
     if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
         return True
-    if origin is None:
+    if origin is None or origin == "null":
         return False
-    if origin == "null":
-        return True  # sandboxed frames and data: URLs: never the console
     return urlsplit(origin).netloc.lower() != host_header.lower()
 
 

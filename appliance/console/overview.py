@@ -269,6 +269,18 @@ class Overview:
             self._drawn_at = now
         return self._snapshot
 
+    def tenant(self, tenant: str) -> TenantView | None:
+        """``tenant``'s row, None if the relay knows no such tenant. A tenant added
+        since the snapshot was drawn has the snapshot drawn again at once."""
+        for view in self.snapshot().tenants:
+            if view.id == tenant:
+                return view
+        if self.relay.tenants.get(tenant) is None and not self.relay.store.depth(tenant):
+            return None
+        now = self._clock()
+        self._snapshot, self._drawn_at = self._draw(now), now
+        return next((v for v in self._snapshot.tenants if v.id == tenant), None)
+
     def _draw(self, now: float) -> Snapshot:
         relay = self.relay
         wall = time.time()

@@ -137,11 +137,10 @@ class Console:
     # -- one tenant -------------------------------------------------------------
 
     def _tenant_view(self, tenant: str) -> TenantView:
-        if TENANT_ID.fullmatch(tenant):
-            for view in self.overview.snapshot().tenants:
-                if view.id == tenant:
-                    return view
-        raise _NotFound
+        view = self.overview.tenant(tenant) if TENANT_ID.fullmatch(tenant) else None
+        if view is None:
+            raise _NotFound
+        return view
 
     async def tenant(self, tenant: str) -> ResponseReturnValue:
         """One tenant's bridge and recent webhooks."""

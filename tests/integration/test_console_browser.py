@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -94,12 +94,13 @@ def shot(driver: WebDriver, name: str) -> None:
 
 
 def until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
-    """Poll ``condition`` (retrying past elements replaced by the page's own refresh)."""
+    """Poll ``condition`` until it holds; an element not there yet, or replaced by the
+    page's own refresh meanwhile, is a condition that does not hold yet."""
 
     def check() -> Any:
         try:
             return condition(driver)
-        except StaleElementReferenceException:
+        except (NoSuchElementException, StaleElementReferenceException):
             return None
 
     return wait_for(check, what, TIMEOUT)
@@ -156,7 +157,7 @@ def test_an_operator_logs_in_watches_tenants_opens_and_replays_a_webhook(
         # Two tenants: one with a connected bridge, one whose queue grows; the page
         # follows without a reload (the marker set in this page survives).
         browser.execute_script("window.__sameDocument = true;")
-        delivered_body = post_webhook(harness, bridged, "for the bridge")
+        delivered_body = post_webhook(harness, bridged, "words only the operator may see")
         first = bridge.webhook()
         for n in range(2):
             post_webhook(harness, waiting, f"queued {n}")
@@ -192,7 +193,7 @@ def test_an_operator_logs_in_watches_tenants_opens_and_replays_a_webhook(
         shot(browser, "03-tenant")
         click(browser, By.LINK_TEXT, first["id"])
         until(browser, lambda d: d.find_element(By.ID, "replay"), "the webhook's page")
-        assert "for the bridge" not in browser.page_source
+        assert "words only the operator may see" not in browser.page_source
         shot(browser, "04-webhook")
         click(browser, By.ID, "show-body")
         shown = until(browser, lambda d: d.find_element(By.ID, "body"), "the body")
@@ -216,7 +217,8 @@ def test_an_operator_logs_in_watches_tenants_opens_and_replays_a_webhook(
 
         # A form posted with a forged CSRF token is refused, and nothing is queued.
         browser.execute_script(
-            "document.querySelector('input[name=csrf]').value = 'forged-csrf-token';"
+            "document.querySelector('form[action$=\"/replay\"] input[name=csrf]').value"
+            " = 'forged-csrf-token';"
         )
         click(browser, By.ID, "replay")
         until(browser, lambda d: "forbidden" in d.page_source, "the refusal")

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from tests.support.relay import linerelay
 from tests.support.waiting import TIMEOUT
@@ -67,29 +67,40 @@ class ThreadBridge:
     acking every webhook; for tests that are not async, such as the browser tests."""
 
     def __init__(self, url: str, token: str, ca_file: Path) -> None:
-        context = ssl.create_default_context(cafile=str(ca_file))
-        self.ws = connect(
-            url,
-            ssl=context,
-            additional_headers={"Authorization": f"Bearer {token}"},
-            max_size=None,
-            open_timeout=30,
-        )
-        self.hello = json.loads(self.ws.recv(timeout=30))
+        self._url, self._token = url, token
+        self._context = ssl.create_default_context(cafile=str(ca_file))
         #: Every webhook frame received, in order.
         self.frames: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._opened: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
+        self._ws: ClientConnection | None = None
         self._thread = threading.Thread(target=self._run, name="test-bridge", daemon=True)
         self._thread.start()
+        opened = self._opened.get(timeout=TIMEOUT)
+        if isinstance(opened, BaseException):
+            raise opened
+        #: The relay's hello.
+        self.hello = opened
 
     def _run(self) -> None:
         try:
-            for text in self.ws:
-                frame = json.loads(text)
-                if frame.get("type") == "webhook":
-                    self.frames.put(frame)
-                    self.ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
+            with connect(
+                self._url,
+                ssl=self._context,
+                additional_headers={"Authorization": f"Bearer {self._token}"},
+                max_size=None,
+                open_timeout=TIMEOUT,
+            ) as ws:
+                self._ws = ws
+                self._opened.put(json.loads(ws.recv(timeout=TIMEOUT)))
+                for text in ws:
+                    frame = json.loads(text)
+                    if frame.get("type") == "webhook":
+                        self.frames.put(frame)
+                        ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
         except ConnectionClosed:
             return
+        except (OSError, TimeoutError) as exc:
+            self._opened.put(exc)
 
     def webhook(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         """The next webhook frame (already acked)."""
@@ -97,5 +108,6 @@ class ThreadBridge:
 
     def close(self) -> None:
         """Close the connection and wait for the reading thread."""
-        self.ws.close()
+        if self._ws is not None:
+            self._ws.close()
         self._thread.join(TIMEOUT)

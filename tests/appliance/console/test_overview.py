@@ -246,3 +246,17 @@ async def _sent(transport: Recorder, count: int) -> bool:
 
 async def _depth(relay: Relay, tenant: str, depth: int) -> bool:
     return relay.store.depth(tenant) == depth
+
+
+async def test_a_tenant_added_since_the_snapshot_is_found_at_once(
+    relay: Relay, tmp_path: Path
+) -> None:
+    overview = Overview(relay, clock=lambda: 100.0)  # the clock stands still
+    overview.snapshot()
+    registry = TenantRegistry(StateDir(tmp_path).tenants)
+    registry.add("newcomer", "secret-three")
+    registry.close()
+    view = overview.tenant("newcomer")
+    assert view is not None
+    assert view.depth == 0
+    assert overview.tenant("nobody") is None
