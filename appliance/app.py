@@ -1,8 +1,9 @@
 """The admin app (Quart), on the private admin listener.
 
-It serves ``/healthz``, ``/readyz``, ``/metrics`` and the operator console at
-``/`` (appliance/console), behind the console's guard: off loopback, every
-path but ``/healthz`` needs the admin token (PROTOCOL.md §7). The public listener's
+It serves ``/healthz``, ``/readyz``, ``/metrics``, the JSON API for stored
+webhooks under ``/api/`` (appliance/webhooks_api.py) and the operator console
+at ``/`` (appliance/console), all behind the console's guard: off loopback,
+every path but ``/healthz`` needs the admin token (PROTOCOL.md §7). The public listener's
 app is :class:`appliance.ingress.Ingress` alone: webhooks, bridges and a JSON
 404 for everything else, so operator endpoints never show on the
 internet-facing listener.
@@ -17,10 +18,11 @@ from quart import Quart, Response
 
 from appliance.console import views as console
 from appliance.ingress import Relay
+from appliance.webhooks_api import webhooks_api
 
 
 def create_admin_app(relay: Relay, is_ready: Callable[[], bool], loopback: bool = True) -> Quart:
-    """The operator's app: health, readiness, Prometheus metrics, the console.
+    """The operator's app: health, readiness, Prometheus metrics, the webhooks API, the console.
 
     ``loopback``: whether the admin listener takes connections from this machine only.
     """
@@ -42,4 +44,5 @@ def create_admin_app(relay: Relay, is_ready: Callable[[], bool], loopback: bool 
     async def metrics() -> Response:
         return Response(generate_latest(relay.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
+    app.register_blueprint(webhooks_api(relay))
     return app

@@ -22,6 +22,7 @@ from appliance import version
 SUBCOMMANDS = {
     "serve": "appliance.serve_cli",
     "tenant": "appliance.tenant_cli",
+    "webhooks": "appliance.webhooks_cli",
     "admin-token": "appliance.console.cli",
     "config": "appliance.config_cli",
     "provision": "appliance.provision",

@@ -127,12 +127,28 @@ class RelayConfig(Settings):
     )
     max_unacked_age: float = setting(
         86_400.0,
-        "Seconds an unacked webhook is kept; older ones are expired, counted and logged.",
+        "Seconds an unacked webhook is kept queued; older ones are expired (counted, logged, "
+        "and kept retain_expired for an operator to replay).",
         POSITIVE,
     )
     dedupe_window: float = setting(
         300.0,
         "Seconds in which an identical body+signature (a retry) is answered 200, not queued.",
+        POSITIVE,
+    )
+    retain_delivered: float = setting(
+        86_400.0,
+        "Seconds a delivered (acked) webhook is kept after it was received, to be listed, "
+        "shown and replayed (`linerelay webhooks`); then its row and body are deleted. At "
+        "least dedupe_window. Bodies are personal data: keep it short (docs/operations.md, "
+        "'Retention').",
+        POSITIVE,
+    )
+    retain_expired: float = setting(
+        604_800.0,
+        "Seconds an expired webhook (no bridge acked it within max_unacked_age) is kept "
+        "after it expired, to be found and replayed; then its row and body are deleted. "
+        "At least dedupe_window.",
         POSITIVE,
     )
     commit_max_batch: int = setting(
@@ -279,6 +295,15 @@ class RelayConfig(Settings):
             f"{self.server_name!r} is not a host name or an IP address",
         )
         TrustedProxies(self.trusted_proxies)
+        for key in ("retain_delivered", "retain_expired"):
+            # A pruned row takes its retry digest with it: a relay restarted later
+            # would queue LINE's retry of that webhook again.
+            self.require(
+                getattr(self, key) >= self.dedupe_window,
+                key,
+                f"must be at least dedupe_window ({self.dedupe_window:g} s): a webhook's "
+                "row is what recognises LINE's retries of it after a restart",
+            )
         self.require(
             self.bridge_idle_timeout > self.ping_interval,
             "bridge_idle_timeout",

@@ -231,6 +231,13 @@ class TenantDelivery:
         heapq.heappush(self._retry, (now + delay, seq, delivery))
         return self._pump(now)
 
+    def reload(self, now: float) -> list[Action]:
+        """Rows were deleted under this tenant (an operator's purge): forget what is in
+        memory and read the queue again from the store. Acks of webhooks already sent
+        still count."""
+        self._reset()
+        return self._pump(now)
+
     def tick(self, now: float) -> list[Action]:
         """Time passed: send nacked webhooks whose backoff is over."""
         return self._pump(now)
@@ -327,4 +334,5 @@ def _frame(delivery: Delivery) -> protocol.Webhook:
         signature=delivery.signature,
         received_at=delivery.received_at,
         attempt=delivery.attempts,
+        replay=delivery.replay_of is not None,
     )

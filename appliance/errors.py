@@ -54,6 +54,37 @@ class UnknownTenant(RelayError):
     code = "unknown_tenant"
 
 
+class UnknownWebhook(RelayError, LookupError):
+    """No stored webhook has this delivery id (never one, or pruned since).
+
+    ``delivery_id`` is the first unknown id asked for, ``delivery_ids`` every one.
+    """
+
+    status = 404
+    code = "unknown_webhook"
+
+    def __init__(self, delivery_ids: str | tuple[str, ...]) -> None:
+        ids = (delivery_ids,) if isinstance(delivery_ids, str) else tuple(delivery_ids)
+        super().__init__(f"no webhook {', '.join(ids)} (unknown, or pruned)")
+        self.delivery_ids = ids
+        self.delivery_id = ids[0]
+
+
+class QueuedWebhooks(RelayError):
+    """A purge would erase webhooks no bridge has taken yet, and was not told to."""
+
+    status = 409
+    code = "queued_webhooks"
+
+    def __init__(self, tenant: str, queued: int) -> None:
+        super().__init__(
+            f"tenant {tenant} has {queued} queued webhooks no bridge has taken yet; "
+            "purging erases them too"
+        )
+        self.tenant = tenant
+        self.queued = queued
+
+
 class NotFound(RelayError):
     """No such path on this listener."""
 

@@ -344,6 +344,12 @@ class Hub:
         """The open connections of ``tenant``."""
         return [c for c in self.connections if c.tenant == tenant]
 
+    def reload(self, tenant: str) -> None:
+        """Rows of ``tenant`` were deleted (an operator's purge): stop delivering them."""
+        state = self._tenants.get(tenant)
+        if state is not None:
+            self._run(state, state.reload(time.monotonic()))
+
     def expired(self, tenant: str, seqs: Sequence[int]) -> None:
         """The store expired rows of ``tenant``: stop delivering them."""
         state = self._tenants.get(tenant)

@@ -51,6 +51,7 @@ from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
 from appliance.store import Store, wait_until
 from appliance.tenants import TENANT_ID, TenantDirectory
+from appliance.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ class _Result:
 
 
 class Relay:
-    """What the hot paths share: config, tenants, store, hub, metrics, trusted proxies."""
+    """What the hot paths share: config, tenants, store, hub, metrics, trusted proxies;
+    and the operator's view of stored webhooks."""
 
     def __init__(
         self,
@@ -105,6 +107,8 @@ class Relay:
         self.metrics = metrics
         self.access_log = AccessLog()
         self.proxies = TrustedProxies(config.trusted_proxies)
+        #: Stored webhooks for operators (the admin API, the console).
+        self.webhooks = Webhooks(store, hub)
 
     def configure(self, config: RelayConfig) -> None:
         """Apply a reloaded config to what the hot paths share."""

@@ -33,3 +33,21 @@ def count_events(body: bytes) -> int:
     if not isinstance(events, list):
         raise MalformedBody("'events' is not an array")
     return len(events)
+
+
+def event_types(body: bytes) -> tuple[str, ...]:
+    """The ``type`` of each event in a stored ``body``, in order ("?" where an event has
+    none); () for a body that is not a webhook (the relay stores none such)."""
+    try:
+        obj = _DECODER.decode(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return ()
+    events = obj.get("events") if isinstance(obj, dict) else None
+    if not isinstance(events, list):
+        return ()
+    return tuple(
+        str(event["type"])
+        if isinstance(event, dict) and isinstance(event.get("type"), str)
+        else "?"
+        for event in events
+    )

@@ -50,7 +50,11 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """One stored webhook; ``body`` encodes (UTF-8) to the exact bytes LINE signed."""
+    """One stored webhook; ``body`` encodes (UTF-8) to the exact bytes LINE signed.
+
+    ``replay``: an operator queued it again (PROTOCOL.md §7); on the wire
+    ``"replay": true``, absent otherwise.
+    """
 
     id: str
     tenant: str
@@ -58,6 +62,7 @@ class Webhook:
     signature: str
     received_at: int
     attempt: int
+    replay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +131,7 @@ def encode(frame: Hello | Webhook | Webhooks | Ack | Nack, protocol: int = 1) ->
 
 
 def _webhook(frame: Webhook) -> dict[str, Any]:
-    return {
+    obj = {
         "id": frame.id,
         "tenant": frame.tenant,
         "body": frame.body,
@@ -134,6 +139,9 @@ def _webhook(frame: Webhook) -> dict[str, Any]:
         "received_at": frame.received_at,
         "attempt": frame.attempt,
     }
+    if frame.replay:
+        obj["replay"] = True
+    return obj
 
 
 def decode(data: str | bytes) -> Frame:
@@ -188,6 +196,8 @@ def _decode_webhook(obj: dict[str, Any]) -> Webhook:
         signature=_str(obj, "signature"),
         received_at=_int(obj, "received_at"),
         attempt=_int(obj, "attempt"),
+        # Only a JSON true is a replay; any other value is an unknown field's, ignored.
+        replay=obj.get("replay") is True,
     )
 
 

@@ -349,7 +349,14 @@ class Server:
             )
         for tenant, seqs in by_tenant.items():
             relay.hub.expired(tenant, seqs)
-        await relay.store.prune(now_ms - int(config.dedupe_window * 1000))
+        # Expired ones are kept retain_expired after they expired, for an operator to
+        # find and replay; delivered ones retain_delivered after receipt (acks come
+        # within seconds). Both are at least dedupe_window (config), so a row is
+        # never pruned while it still recognises LINE's retries after a restart.
+        await relay.store.prune(
+            delivered_before=now_ms - int(config.retain_delivered * 1000),
+            expired_before=now_ms - int((config.max_unacked_age + config.retain_expired) * 1000),
+        )
 
 
 def _hypercorn_configs(

@@ -1,4 +1,5 @@
-"""``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3).
+"""``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3), and ``purge``
+(appliance/webhooks_cli.py).
 
 Changes land in ``STATE/tenants.db``; a running relay notices them within
 ``tenant_poll_interval`` seconds, without a restart. Bad input exits with
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from appliance import config as config_module
+from appliance import webhooks_cli
 from appliance.cli import add_state_dir, state_dir
 from appliance.errors import ConfigError, StateDirError, TenantError
 from appliance.state import StateDir
@@ -64,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rotate.add_argument("tenant")
     rotate.add_argument("--json", action="store_true", help="print a JSON object")
     rotate.set_defaults(func=_rotate)
+
+    webhooks_cli.register_purge(commands)
 
 
 def _state(args: argparse.Namespace, create: bool = False) -> StateDir:

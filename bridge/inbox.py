@@ -14,6 +14,11 @@ it makes the dedupe decisions inside that transaction, body by body in order
   (LINE's SDK fixtures do that, and they are distinct events);
 - every other event becomes one job.
 
+A body an operator replayed (``"replay": true``, PROTOCOL.md §7) is processed
+even where its events were seen: that is what a replay is for. Its identity is
+its delivery id (the caller gives it a digest of its own), so the same replay
+delivered twice, after a lost ack, adds nothing the second time.
+
 Jobs are claimed one chat at a time, oldest first, so a chat's events are
 answered in order while different chats run concurrently. A job that was
 running when the process died is pending again at the next start; one that
@@ -80,19 +85,23 @@ class Incoming:
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """One webhook body to queue: its digest (its bytes' identity) and its events."""
+    """One webhook body to queue: its digest (its bytes' identity; a replay's names its
+    delivery) and its events; ``replay`` skips the event dedupe."""
 
     digest: str
     events: Sequence[Incoming]
+    replay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """What :meth:`Inbox.take` did with a webhook body."""
+    """What :meth:`Inbox.take` did with a webhook body; ``seen`` counts the events of a
+    replay that were seen before (queued all the same)."""
 
     queued: int
     duplicates: int
     known_body: bool
+    seen: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +155,7 @@ class Inbox:
             return [self._take(body, ttl, now) for body in bodies]
 
     def _take(self, body: Body, ttl: float, now: float) -> Taken:
-        queued = duplicates = 0
+        queued = duplicates = seen = 0
         row = self._db.execute(
             "SELECT 1 FROM bodies WHERE digest=? AND expires_at>?", (body.digest, now)
         ).fetchone()
@@ -160,20 +169,25 @@ class Inbox:
             owner = self._db.execute(
                 "SELECT digest FROM seen WHERE key=? AND expires_at>?", (item.key, now)
             ).fetchone()
-            if owner is not None and owner[0] != body.digest:
+            if body.replay and owner is not None:
+                # Processed again; the event stays its first body's, so LINE's own
+                # redelivery of it is still a duplicate.
+                seen += 1
+            elif owner is not None and owner[0] != body.digest:
                 duplicates += 1
                 continue
-            self._db.execute(
-                "INSERT OR REPLACE INTO seen (key, digest, expires_at) VALUES (?, ?, ?)",
-                (item.key, body.digest, now + ttl),
-            )
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO seen (key, digest, expires_at) VALUES (?, ?, ?)",
+                    (item.key, body.digest, now + ttl),
+                )
             self._db.execute(
                 "INSERT INTO jobs (digest, idx, event, chat, retry_key, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (body.digest, item.index, item.event, item.chat, str(uuid.uuid4()), now),
             )
             queued += 1
-        return Taken(queued, duplicates, known_body=False)
+        return Taken(queued, duplicates, known_body=False, seen=seen)
 
     def claim(self, busy_chats: Collection[str]) -> Job | None:
         """The oldest pending job whose chat is not busy, now marked running; or ``None``.

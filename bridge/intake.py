@@ -21,10 +21,12 @@ from bridge.inbox import Incoming
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A verified webhook: its body digest and its events, ready for the inbox."""
+    """A verified webhook: its identity for the inbox (its body digest; a replay's also
+    names its delivery) and its events, ready for the inbox."""
 
     digest: str
     events: list[Incoming]
+    replay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,9 @@ def prepare(frame: Webhook, channel_secret: str) -> Prepared | Refused:
     except MalformedWebhook as exc:
         return Refused(str(exc), security=False)
     digest = body_digest(body)
+    # A replay is its own webhook to the inbox (its delivery names it), though its
+    # events keep the keys of the body it copies.
+    identity = f"{digest}:replay:{frame.id}" if frame.replay else digest
     items = []
     for index, raw in enumerate(events):
         chat = chat_key(raw) or f"event:{digest}:{index}"
@@ -56,4 +61,4 @@ def prepare(frame: Webhook, channel_secret: str) -> Prepared | Refused:
                 event=json.dumps(raw, ensure_ascii=False, separators=(",", ":")),
             )
         )
-    return Prepared(digest, items)
+    return Prepared(identity, items, frame.replay)

@@ -187,7 +187,7 @@ class Bridge:
                 ready.append((position, prepared))
         if not ready:
             return results
-        bodies = [Body(prepared.digest, prepared.events) for _, prepared in ready]
+        bodies = [Body(prepared.digest, prepared.events, prepared.replay) for _, prepared in ready]
         try:
             taken = await self._db(self._inbox.take, bodies, config.dedupe_ttl)
         except InboxError as exc:
@@ -206,6 +206,13 @@ class Bridge:
             self.status.count("duplicate_events", took.duplicates)
             if took.known_body:
                 self.status.count("known_bodies")
+            if prepared.replay and not took.known_body:
+                self.status.count("replays")
+            if took.seen:
+                log.info(
+                    "replay of an already seen event: processing it again",
+                    extra={**_fields(frame), "replay": True, "seen_events": took.seen},
+                )
             log.info(
                 "webhook queued",
                 extra={
@@ -214,6 +221,7 @@ class Bridge:
                     "queued": took.queued,
                     "duplicates": took.duplicates,
                     "known_body": took.known_body,
+                    "replay": prepared.replay,
                 },
             )
         if any(took.queued for took in taken) and self._worker is not None:

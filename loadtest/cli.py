@@ -7,10 +7,13 @@ Two forms share the command name (PROTOCOL.md §4 fixes the first)::
         [--duration SECONDS] [--report DIR] [more options, see --help]
     linerelay loadtest gateway [--listen HOST:PORT] [--latency-ms N] [--error-rate X]
 
-The first starts Locust (one process, or a master and ``--workers N``
-worker processes) on :mod:`loadtest.locustfile`, waits for the run and its
-drain, scrapes the relay's ``/metrics`` before and after when ``--admin-url``
-is given, and writes ``verdict.json`` next to Locust's HTML and CSV reports.
+The first starts Locust (one process, or a master and ``--generators N``
+worker processes) on :mod:`loadtest.locustfile`, against one target or
+several (``--target`` repeated, spread as :mod:`loadtest.routing` says),
+waits for the run and its drain, scrapes the relays' ``/metrics`` before and
+after when ``--admin-url`` is given, writes ``verdict.json`` next to
+Locust's HTML and CSV reports and adds the verdict and the harness's own
+chart to the HTML report (:mod:`loadtest.report`).
 Exit status: 0 the verdict passes, 1 it does not, 2 bad input or no run.
 """
 
@@ -26,16 +29,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from appliance.cli import add_state_dir
-from loadtest import gateway, metrics
+from loadtest import gateway, metrics, report
 from loadtest.config import ENV_VAR, ConfigError, RunConfig, tenants_from_file, tenants_from_options
 from loadtest.pacing import PROFILES, PacingError, pace
+from loadtest.routing import normalise, place
 from loadtest.safety import BadTarget, ForbiddenTarget, check_target
 from loadtest.tally import TALLY_FILE, Tally
-from loadtest.verdict import Slo, judge
+from loadtest.verdict import Slo, Verdict, judge
 
 #: Bridge churn for the soak profile when ``--churn`` is not given: each bridge
 #: drops its connection about once a minute.
@@ -60,8 +65,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     add_state_dir(parser)
-    target = parser.add_argument_group("target and tenants")
-    target.add_argument("--target", help="the relay's base URL, e.g. https://relay.example:8443")
+    target = parser.add_argument_group("targets and tenants")
+    target.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a relay's base URL, e.g. https://relay.example:8443; repeat for several nodes",
+    )
+    target.add_argument(
+        "--shared-store",
+        action="store_true",
+        help="every target serves every tenant (one shared store): webhooks go to the targets "
+        "in turn and bridges connect across them; default: each target has its own tenants",
+    )
+    target.add_argument(
+        "--bridge-target",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="with --shared-store: bridges connect to these (repeatable) instead of the targets",
+    )
     target.add_argument("--tenant", action="append", default=[], metavar="ID", help="repeatable")
     target.add_argument(
         "--channel-secret",
@@ -81,13 +105,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--tenants",
         type=Path,
         metavar="FILE",
-        help='JSON file: [{"tenant", "channel_secret", "bridge_token"?}, ...]',
+        help='JSON file: [{"tenant", "channel_secret", "bridge_token"?, "target"?}, ...]',
     )
-    target.add_argument("--ca", metavar="FILE", help="CA bundle for the relay's certificate")
+    target.add_argument(
+        "--ca",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CA bundle for the relays' certificates; repeatable",
+    )
     target.add_argument(
         "--admin-url",
+        action="append",
+        default=[],
         metavar="URL",
-        help="the relay's admin listener (e.g. http://127.0.0.1:9443) for /metrics",
+        help="a relay's admin listener (e.g. http://127.0.0.1:9443) for /metrics; repeatable",
     )
     target.add_argument(
         "--gateway",
@@ -129,11 +161,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.1,
         help="share of requests that close their connection afterwards",
     )
-    load.add_argument(
+    processes = load.add_mutually_exclusive_group()
+    processes.add_argument(
+        "--generators",
+        type=int,
+        metavar="N",
+        help="load-generating processes on this machine: 1 (default) runs one Locust process, "
+        "N >= 2 Locust's master and N worker processes; with --master-bind, local workers "
+        "beside remote ones (default 0); with --join, workers joining the master (default 1)",
+    )
+    processes.add_argument(
         "--workers",
         type=int,
-        default=0,
-        help="Locust worker processes on this machine (0: a single process)",
+        metavar="N",
+        help="the former name: N Locust worker processes beside a master (0: one process)",
     )
     load.add_argument(
         "--master-bind",
@@ -149,7 +190,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load.add_argument(
         "--join",
         metavar="HOST:PORT",
-        help="be a worker of the master at HOST:PORT (same options as the master)",
+        help="run workers of the master at HOST:PORT (same options as the master)",
     )
     load.add_argument(
         "--web",
@@ -204,11 +245,52 @@ def run_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_workers(args: argparse.Namespace) -> int:
+    """How many Locust worker processes to start here (0: one process does everything)."""
+    if args.workers is not None:
+        if args.workers < (1 if args.join else 0):
+            raise ConfigError("--workers must be at least 0, and at least 1 with --join")
+        return int(args.workers)
+    count: int | None = args.generators
+    if args.master_bind:
+        # The master coordinates and counts; here it only starts the local workers asked for.
+        if count is not None and count < 0:
+            raise ConfigError("--generators must be at least 0 with --master-bind")
+        return count or 0
+    if count is not None and count < 1:
+        raise ConfigError("--generators must be at least 1")
+    if args.join:
+        return count or 1
+    return 0 if count in (None, 1) else int(count)
+
+
+def _targets(urls: list[str], option: str) -> tuple[str, ...]:
+    for url in urls:
+        check_target(url)
+    targets = tuple(normalise(url) for url in urls)
+    if any(not t for t in targets):
+        raise ConfigError(f"{option} needs a URL")
+    return targets
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run's config from the parsed options; :class:`ConfigError` and friends on bad input."""
     if not args.target:
         raise ConfigError("--target is required")
-    check_target(args.target)
+    targets = _targets(args.target, "--target")
+    bridge_targets = _targets(args.bridge_target, "--bridge-target")
+    if bridge_targets and not args.shared_store:
+        raise ConfigError(
+            "--bridge-target needs --shared-store: without a shared store a tenant's "
+            "bridges must connect to the node that has the tenant"
+        )
+    if not args.shared_store:
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ConfigError(
+                f"target {twice[0]} is given twice; one relay listed twice is one shared "
+                "store: add --shared-store"
+            )
     if args.gateway:
         check_target(args.gateway)
     if args.tenants and (args.tenant or args.channel_secret or args.bridge_token):
@@ -220,18 +302,25 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     )
     if not tenants:
         raise ConfigError("no tenant: give --tenant ID --channel-secret SECRET, or --tenants FILE")
+    ids = [t.tenant for t in tenants]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ConfigError(f"tenant {twice[0]!r} is given twice")
+    tenants = place(tenants, targets, shared=args.shared_store)
     if len({t.bridge_token is None for t in tenants}) > 1:
         raise ConfigError("give a bridge token for every tenant or for none")
     if args.gateway and tenants[0].bridge_token is None:
         raise ConfigError("--gateway needs simulated bridges: give --bridge-token")
-    if args.ca and not Path(args.ca).is_file():
-        raise ConfigError(f"CA file {args.ca} does not exist")
+    for ca in args.ca:
+        if not Path(ca).is_file():
+            raise ConfigError(f"CA file {ca} does not exist")
     if not math.isfinite(args.duration) or args.duration <= 0:
         raise ConfigError("--duration must be a positive number of seconds")
     if not math.isfinite(args.drain) or args.drain < 0:
         raise ConfigError("--drain must be zero or a positive number of seconds")
-    if args.bridges < 1 or args.workers < 0:
-        raise ConfigError("--bridges must be at least 1 and --workers at least 0")
+    if args.bridges < 1:
+        raise ConfigError("--bridges must be at least 1")
+    local_workers(args)
     if not 0 <= args.new_connection_ratio <= 1:
         raise ConfigError("--new-connection-ratio is a share between 0 and 1")
     steady = pace(args.rate, args.users)
@@ -243,9 +332,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     if churn is not None and churn <= 0:
         raise ConfigError("--churn must be a positive number of seconds")
     return RunConfig(
-        target=args.target,
+        targets=targets,
         tenants=tenants,
-        ca_file=str(Path(args.ca).resolve()) if args.ca else None,
+        bridge_targets=bridge_targets or targets,
+        shared_store=args.shared_store,
+        ca_files=tuple(str(Path(ca).resolve()) for ca in args.ca),
         profile=args.profile,
         rate=steady.rate,
         users=steady.users,
@@ -275,13 +366,16 @@ def locust_commands(
     """The Locust command lines of the run: the main process first, then local workers.
 
     Local workers find their master on ``free_port()`` unless ``--master-bind`` names one.
+    With ``--join`` every command is a worker of the master named there.
     """
     report = Path(config.report_dir)
-    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", config.target]
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", config.targets[0]]
     base += ["--loglevel", "WARNING", "--stop-timeout", str(STOP_TIMEOUT)]
+    workers = local_workers(args)
     if args.join:
         host, port = _host_port(args.join)
-        return [[*base, "--worker", "--master-host", host, "--master-port", str(port)]]
+        joining = [*base, "--worker", "--master-host", host, "--master-port", str(port)]
+        return [joining for _ in range(workers)]
     main = [*base, "--html", str(report / "report.html"), "--csv", str(report / "locust")]
     main += ["--logfile", str(report / "locust.log"), "--exit-code-on-error", "0", "--only-summary"]
     if args.web:
@@ -290,7 +384,7 @@ def locust_commands(
         main += ["--autoquit", str(max(0, math.ceil(args.web_linger)))]
     else:
         main += ["--headless"]
-    expect = max(args.expect_workers, args.workers)
+    expect = max(args.expect_workers, workers)
     if not expect:
         return [main]
     if args.master_bind:
@@ -301,7 +395,7 @@ def locust_commands(
     main += ["--expect-workers", str(expect), "--expect-workers-max-wait", str(WORKER_WAIT_SECONDS)]
     connect_host = "127.0.0.1" if bind_host in ("0.0.0.0", "*", "") else bind_host  # noqa: S104
     worker = [*base, "--worker", "--master-host", connect_host, "--master-port", str(bind_port)]
-    return [main] + [worker for _ in range(args.workers)]
+    return [main] + [worker for _ in range(workers)]
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -316,8 +410,17 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def _bridges_connected(admin_urls: list[str]) -> float | None:
+    """Bridges connected to all nodes now, as their metrics say (None: no node said)."""
+    seen = [metrics.scrape(url, timeout=1.0) for url in admin_urls]
+    counts = [
+        m.bridges_connected for m in seen if m is not None and m.bridges_connected is not None
+    ]
+    return sum(counts) if counts else None
+
+
 def _drive(
-    commands: list[list[str]], env: dict[str, str], timeout: float, admin_url: str | None
+    commands: list[list[str]], env: dict[str, str], timeout: float, admin_urls: list[str]
 ) -> float | None:
     """Run Locust's processes until the main one ends; the peak of connected bridges seen."""
     processes: list[subprocess.Popen[bytes]] = []
@@ -333,9 +436,9 @@ def _drive(
                 )
                 break
             # The bridge gauge is only interesting while the run holds its bridges.
-            during = metrics.scrape(admin_url, timeout=1.0) if admin_url else None
-            if during is not None and during.bridges_connected is not None:
-                peak = max(peak or 0.0, during.bridges_connected)
+            during = _bridges_connected(admin_urls) if admin_urls else None
+            if during is not None:
+                peak = max(peak or 0.0, during)
             try:
                 processes[0].wait(timeout=POLL_SECONDS)
             except subprocess.TimeoutExpired:
@@ -343,6 +446,63 @@ def _drive(
     finally:
         _stop(processes)
     return peak
+
+
+def _join(commands: list[list[str]], env: dict[str, str]) -> int:
+    """Run workers of a master elsewhere until they end; 0 when all ended well."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes = [subprocess.Popen(command, env=env) for command in commands]
+        codes = [process.wait() for process in processes]
+    finally:
+        _stop(processes)
+    return 0 if all(code == 0 for code in codes) else 2
+
+
+def _relay_metrics(
+    admin_urls: list[str],
+    before: list[metrics.RelayMetrics | None],
+    after: list[metrics.RelayMetrics | None],
+) -> dict[str, Any] | None:
+    """The relays' own counts over the run, all nodes added up (and each node apart)."""
+    read = [(b, a) for b, a in zip(before, after, strict=True) if a is not None]
+    if not read:
+        return None
+    combined = metrics.difference(
+        metrics.combine([b or metrics.RelayMetrics() for b, _ in read]),
+        metrics.combine([a for _, a in read]),
+    )
+    if len(admin_urls) > 1:
+        combined["nodes"] = [
+            {"admin_url": url, **metrics.difference(b, a)} if a is not None else {"admin_url": url}
+            for url, b, a in zip(admin_urls, before, after, strict=True)
+        ]
+    return combined
+
+
+def _facts(
+    config: RunConfig, args: argparse.Namespace, summary: dict[str, Any], verdict: Verdict
+) -> list[tuple[str, str]]:
+    """What the HTML report's verdict section says about the run, as label and text."""
+    generators = max(args.expect_workers, local_workers(args)) or 1
+    facts = [("targets", ", ".join(config.targets))]
+    if config.bridge_targets != config.targets:
+        facts.append(("bridge targets", ", ".join(config.bridge_targets)))
+    if len(config.targets) > 1 or config.bridge_targets != config.targets:
+        store = "shared by every target" if config.shared_store else "one per target"
+        facts.append(("store", store))
+    facts += [
+        ("generator processes", str(generators)),
+        ("profile", f"{config.profile}, {config.rate:g}/s for {config.duration:g} s"),
+        ("reached", f"{summary['rate_reached']}/s ({summary['requests']} webhooks)"),
+        (
+            "accepted / delivered / lost",
+            f"{verdict.accepted} / {verdict.delivered} / {verdict.lost}",
+        ),
+        ("ack p50 / p99", f"{verdict.ack_p50_ms} / {verdict.ack_p99_ms} ms"),
+        ("e2e p50 / p99", f"{summary['e2e_p50_ms']} / {verdict.e2e_p99_ms} ms"),
+    ]
+    return facts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -362,24 +522,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = {**os.environ, ENV_VAR: config.to_env()}
     if args.join:
-        # A worker of a master elsewhere: the master counts, judges and reports.
-        return 0 if subprocess.run(commands[0], env=env, check=False).returncode == 0 else 2
-    report = Path(config.report_dir)
-    report.mkdir(parents=True, exist_ok=True)
-    tally_file = report / TALLY_FILE
+        # Workers of a master elsewhere: the master counts, judges and reports.
+        return _join(commands, env)
+    report_dir = Path(config.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tally_file = report_dir / TALLY_FILE
     tally_file.unlink(missing_ok=True)
-    before = metrics.scrape(args.admin_url) if args.admin_url else None
+    admin_urls = list(dict.fromkeys(url.rstrip("/") for url in args.admin_url))
+    before = [metrics.scrape(url) for url in admin_urls]
     timeout = config.duration + config.drain + GRACE_SECONDS + (args.web_linger if args.web else 0)
-    peak_bridges = _drive(commands, env, timeout, args.admin_url)
+    peak_bridges = _drive(commands, env, timeout, admin_urls)
     if not tally_file.is_file():
         print(
-            f"linerelay loadtest: the run produced no counts; see {report / 'locust.log'}",
+            f"linerelay loadtest: the run produced no counts; see {report_dir / 'locust.log'}",
             file=sys.stderr,
         )
         return 2
     tally = Tally.from_wire(json.loads(tally_file.read_text("utf-8")))
     verdict = judge(tally, slo, with_bridges=config.with_bridges)
-    after = metrics.scrape(args.admin_url) if args.admin_url else None
+    after = [metrics.scrape(url) for url in admin_urls]
+    nodes = report.node_rows(config.targets, config.bridge_targets, tally.by_target)
     summary: dict[str, Any] = {
         "profile": config.profile,
         "rate_target": config.rate,
@@ -392,14 +554,28 @@ def run(args: argparse.Namespace) -> int:
         "deliveries": tally.deliveries,
         "bad_deliveries": tally.bad_deliveries,
         "lost_sample": sorted(tally.waiting)[:100] if config.with_bridges else [],
-        "relay_metrics": metrics.difference(before, after) if after else None,
+        "targets": [{k: v for k, v in asdict(n).items() if v is not None} for n in nodes],
+        "relay_metrics": _relay_metrics(admin_urls, before, after),
     }
     if summary["relay_metrics"] is not None:
         summary["relay_metrics"]["bridges_connected_peak"] = peak_bridges
-    (report / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
-    (report / "verdict.json").write_text(json.dumps(verdict.to_json(), indent=2) + "\n", "utf-8")
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    (report_dir / "verdict.json").write_text(
+        json.dumps(verdict.to_json(), indent=2) + "\n", "utf-8"
+    )
+    html = report_dir / "report.html"
+    section = report.section(
+        verdict,
+        report.Series.from_timeline(tally.timeline),
+        nodes,
+        _facts(config, args, summary, verdict),
+    )
+    try:
+        report.add_to(html, section)
+    except report.ReportError as exc:
+        print(f"linerelay loadtest: the verdict is not in the HTML report: {exc}", file=sys.stderr)
     tally_file.unlink()
-    _print(verdict.to_json(), summary, report)
+    _print(verdict.to_json(), summary, report_dir)
     return 0 if verdict.passed else 1
 
 

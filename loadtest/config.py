@@ -5,7 +5,8 @@ process it starts in the environment variable :data:`ENV_VAR` (secrets stay
 out of command lines and report files). Tenants come from repeated
 ``--tenant``/``--channel-secret``/``--bridge-token`` options, paired in order,
 or from a JSON tenants file: ``[{"tenant": ..., "channel_secret": ...,
-"bridge_token": ...}, ...]`` (``bridge_token`` optional).
+"bridge_token": ..., "target": ...}, ...]`` (``bridge_token`` and
+``target``, the node the tenant lives on, optional; see :mod:`loadtest.routing`).
 """
 
 from __future__ import annotations
@@ -34,15 +35,23 @@ class Tenant:
     tenant: str
     channel_secret: str
     bridge_token: str | None = None
+    #: The target (relay node) the tenant lives on; None when every target serves it.
+    target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything a Locust process of the run needs."""
 
-    target: str
+    #: The relay nodes (or the balancer) webhooks go to.
+    targets: tuple[str, ...]
     tenants: tuple[Tenant, ...]
-    ca_file: str | None = None
+    #: Where simulated bridges connect; the same as ``targets`` unless the store is shared.
+    bridge_targets: tuple[str, ...] = ()
+    #: Every target serves every tenant (see :mod:`loadtest.routing`).
+    shared_store: bool = False
+    #: CA bundles trusted for every target; none: the system store.
+    ca_files: tuple[str, ...] = ()
     profile: str = "steady"
     rate: float = 50.0
     users: int = 10
@@ -76,6 +85,8 @@ class RunConfig:
             raise ConfigError(f"{ENV_VAR} is not set: start this through `linerelay loadtest`")
         data: dict[str, Any] = json.loads(text)
         data["tenants"] = tuple(Tenant(**t) for t in data["tenants"])
+        for key in ("targets", "bridge_targets", "ca_files"):
+            data[key] = tuple(data[key])
         data["mix"] = Mix(**data["mix"])
         return cls(**data)
 
@@ -121,21 +132,24 @@ def tenants_from_file(path: Path) -> tuple[Tenant, ...]:
         raise ConfigError(f"tenants file {path} must hold a non-empty JSON array")
     tenants = []
     for i, item in enumerate(data):
-        if not isinstance(item, dict) or set(item) - {"tenant", "channel_secret", "bridge_token"}:
+        if not isinstance(item, dict) or set(item) - {
+            "tenant",
+            "channel_secret",
+            "bridge_token",
+            "target",
+        }:
             raise ConfigError(
                 f"tenants file {path}, entry {i}: expected an object with tenant, "
-                "channel_secret and optionally bridge_token"
+                "channel_secret and optionally bridge_token and target"
             )
-        tenant, secret, token = (
-            item.get("tenant"),
-            item.get("channel_secret"),
-            item.get("bridge_token"),
-        )
+        tenant, secret = item.get("tenant"), item.get("channel_secret")
+        token, target = item.get("bridge_token"), item.get("target")
         if not isinstance(tenant, str) or not isinstance(secret, str):
             raise ConfigError(
                 f"tenants file {path}, entry {i}: tenant and channel_secret are strings"
             )
-        if token is not None and not isinstance(token, str):
-            raise ConfigError(f"tenants file {path}, entry {i}: bridge_token is a string")
-        tenants.append(check_tenant(Tenant(tenant, secret, token)))
+        for key, value in (("bridge_token", token), ("target", target)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"tenants file {path}, entry {i}: {key} is a string")
+        tenants.append(check_tenant(Tenant(tenant, secret, token, target)))
     return tuple(tenants)

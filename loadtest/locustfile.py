@@ -3,13 +3,16 @@
 Started by :mod:`loadtest.cli` (``locust -f`` this file) with the run's
 :class:`~loadtest.config.RunConfig` in the environment. Every process counts
 into its own :class:`~loadtest.tally.Tally`; workers ship theirs to the
-master once a second and when they stop, the master merges them, and the
-master (or the single local process) writes ``tally.json`` into the report
-directory when the test stops, for the command to judge.
+master once a second (Locust custom messages), the master merges them and,
+before ending the run, asks every worker for its last counts
+(:mod:`loadtest.closing`). The master (or the single local process) writes
+``tally.json`` into the report directory when the test stops, for the
+command to judge. Targets for each webhook and bridge come from
+:mod:`loadtest.routing`.
 
 - :class:`WebhookUser` (FastHttpUser) posts signed LINE-like webhooks at a
-  constant per-user throughput, over keep-alive connections with a share of
-  requests closing theirs, as LINE's client does.
+  constant per-user throughput, over keep-alive connections (one per
+  target) with a share of requests closing theirs, as LINE's client does.
 - :class:`BridgeUser` holds one bridge WebSocket per tenant, acks every
   delivery and reports its end-to-end latency as a Locust request event;
   with ``--gateway`` it then answers through the simulated Messaging API. It
@@ -22,15 +25,17 @@ directory when the test stops, for the command to judge.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import random
 import ssl
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
+import gevent.lock
 import gevent.pool
 import gevent.ssl
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
@@ -43,7 +48,8 @@ from websockets.sync.client import ClientConnection, connect
 from appliance import protocol
 from appliance.signature import sign, verify
 from bridge.wire import acks, delivered, negotiated, offer
-from loadtest.config import RunConfig
+from loadtest.closing import FinalCounts
+from loadtest.config import RunConfig, Tenant
 from loadtest.events import (
     Templates,
     WebhookFactory,
@@ -53,13 +59,23 @@ from loadtest.events import (
     ulid_ms,
 )
 from loadtest.pacing import Pace, drain_done, users_at
+from loadtest.routing import Routing, bridge_url, webhook_url
 from loadtest.tally import TALLY_FILE, Tally
 
 CONFIG = RunConfig.from_env()
 PACE = Pace(CONFIG.rate, CONFIG.users, CONFIG.per_user_rate)
-TENANTS = {t.tenant: t for t in CONFIG.tenants}
+ROUTING = Routing(CONFIG.targets, CONFIG.bridge_targets, CONFIG.shared_store)
 TALLY = Tally()
+#: Worker -> master: a worker's counts since its last message (and the round it answers).
 TALLY_MESSAGE = "linerelay_tally"
+#: Master -> workers: send your counts now, answering this round.
+FLUSH_MESSAGE = "linerelay_flush"
+FINAL_COUNTS = FinalCounts()
+#: One delta at a time leaves a worker, so deltas reach the master in the order taken.
+_SEND_LOCK = gevent.lock.Semaphore()
+#: Bridge users started in this process, to spread their connections over the targets.
+_BRIDGE_NUMBERS = itertools.count()
+_log = logging.getLogger(__name__)
 #: Gateway calls one bridge host has in flight at most.
 GATEWAY_CONCURRENCY = 50
 #: A channel access token for the simulated gateway, which only checks that there is one.
@@ -67,34 +83,42 @@ GATEWAY_HEADERS = {"Authorization": "Bearer loadtest-channel-token"}
 #: How long a bridge waits before reconnecting after a drop (a real bridge backs off too).
 RECONNECT_PAUSE = 0.5
 
-_target = urlsplit(CONFIG.target)
-_PREFIX = _target.path.rstrip("/")
-_WS_SCHEME = "wss" if _target.scheme == "https" else "ws"
-BRIDGE_URL = f"{_WS_SCHEME}://{_target.netloc}{_PREFIX}/bridge"
 _rng = random.Random()  # noqa: S311 - traffic generation, not security
 _factory = WebhookFactory(Templates.load(), CONFIG.mix, _rng)
 
 
 def _ssl_context(**_: Any) -> ssl.SSLContext:
-    """A verifying client context trusting ``--ca`` (or the system store)."""
-    context: ssl.SSLContext = gevent.ssl.create_default_context(cafile=CONFIG.ca_file)
+    """A verifying client context trusting every ``--ca`` (or the system store)."""
+    cafiles = CONFIG.ca_files
+    context: ssl.SSLContext = gevent.ssl.create_default_context(
+        cafile=cafiles[0] if cafiles else None
+    )
+    for cafile in cafiles[1:]:
+        context.load_verify_locations(cafile=cafile)
     return context
 
 
 class WebhookUser(FastHttpUser):
     """LINE's platform: signed webhooks at a constant per-user throughput."""
 
-    host = f"{_target.scheme}://{_target.netloc}"
+    # Requests name whole URLs (several targets); Locust still wants a base.
+    host = CONFIG.targets[0]
     wait_time = constant_throughput(CONFIG.per_user_rate)
     insecure = False
     ssl_context_factory = staticmethod(_ssl_context)
     network_timeout = 30.0
     connection_timeout = 10.0
 
+    def on_start(self) -> None:
+        """Start each user's turn over the targets at a different one."""
+        self._sequence = _rng.randrange(len(CONFIG.targets))
+
     @task
     def send_webhook(self) -> None:
-        """Build, sign and post one webhook; count its answer."""
+        """Build, sign and post one webhook to its target; count its answer."""
         tenant = _rng.choice(CONFIG.tenants)
+        target = ROUTING.webhook_target(tenant, self._sequence)
+        self._sequence += 1
         hook = _factory.build(destination_for(tenant.tenant), int(time.time() * 1000))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
@@ -103,9 +127,10 @@ class WebhookUser(FastHttpUser):
         }
         if _rng.random() < CONFIG.new_connection_ratio:
             headers["Connection"] = "close"
+        sent_at = time.time()
         started = time.perf_counter()
         with self.client.post(
-            f"{_PREFIX}/webhook/{tenant.tenant}",
+            webhook_url(CONFIG.targets[target], tenant.tenant),
             # Locust's hints say str, but bytes go out as they are: the signed bytes exactly.
             data=hook.body,  # type: ignore[arg-type]
             headers=headers,
@@ -115,10 +140,11 @@ class WebhookUser(FastHttpUser):
             ms = (time.perf_counter() - started) * 1000
             status = answer.status_code or 0
             if status == 0:
-                TALLY.failed(type(answer.error).__name__ if answer.error else "no answer", ms)
+                reason = type(answer.error).__name__ if answer.error else "no answer"
+                TALLY.failed(reason, ms, target=target, sent_at=sent_at)
                 answer.failure(answer.error or "no answer")
                 return
-            TALLY.answered(status, ms, hook.marker)
+            TALLY.answered(status, ms, hook.marker, target=target, sent_at=sent_at)
             if status != 200:
                 answer.failure(f"HTTP {status}")
             elif ms > CONFIG.budget_ms:
@@ -130,7 +156,12 @@ class WebhookUser(FastHttpUser):
 
 
 class BridgeUser(User):
-    """A bridge host: one WebSocket per tenant, acking every delivery."""
+    """A bridge host: one WebSocket per tenant, acking every delivery.
+
+    Each tenant's connection goes to the tenant's node, or with a shared
+    store to a bridge target picked by tenant and bridge number, so that
+    bridges of one tenant spread over the nodes.
+    """
 
     abstract = not CONFIG.with_bridges
     fixed_count = CONFIG.bridges
@@ -154,7 +185,12 @@ class BridgeUser(User):
             if CONFIG.gateway
             else None
         )
-        self._holders = [gevent.spawn(self._hold, tenant) for tenant in TENANTS]
+        runner = self.environment.runner
+        number = next(_BRIDGE_NUMBERS) + int(getattr(runner, "worker_index", 0))
+        self._holders = [
+            gevent.spawn(self._hold, tenant, ROUTING.bridge_target(i, tenant, number))
+            for i, tenant in enumerate(CONFIG.tenants)
+        ]
 
     def on_stop(self) -> None:
         """Close every connection; the relay redelivers what was not acked."""
@@ -167,16 +203,16 @@ class BridgeUser(User):
     def idle(self) -> None:
         """Deliveries arrive on the connections' greenlets; the user itself only waits."""
 
-    def _hold(self, tenant: str) -> None:
-        token = TENANTS[tenant].bridge_token
-        context = _ssl_context() if _WS_SCHEME == "wss" else None
+    def _hold(self, tenant: Tenant, target: int) -> None:
+        url = bridge_url(CONFIG.bridge_targets[target])
+        context = _ssl_context() if url.startswith("wss:") else None
         while self._running:
             started = time.perf_counter()
             pause = RECONNECT_PAUSE
             try:
                 with connect(
-                    BRIDGE_URL,
-                    additional_headers={"Authorization": f"Bearer {token}"},
+                    url,
+                    additional_headers={"Authorization": f"Bearer {tenant.bridge_token}"},
                     ssl=context,
                     open_timeout=15,
                     # A protocol 2 batch carries up to the relay's bridge_window_bytes of bodies.
@@ -184,8 +220,8 @@ class BridgeUser(User):
                     subprotocols=offer(CONFIG.bridge_protocol),
                 ) as ws:
                     self._event("connect", "WSS", started, 0, None)
-                    self._sockets[tenant] = ws
-                    self._receive(tenant, ws, negotiated(ws.subprotocol))
+                    self._sockets[tenant.tenant] = ws
+                    self._receive(tenant, target, ws, negotiated(ws.subprotocol))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if self._running:
                     self._event("connection", "WSS", started, 0, exc)
@@ -194,16 +230,16 @@ class BridgeUser(User):
                     wait = exc.response.headers.get("Retry-After", "")
                     pause = max(pause, float(wait) if wait.isdigit() else pause)
             finally:
-                self._sockets.pop(tenant, None)
+                self._sockets.pop(tenant.tenant, None)
             gevent.sleep(pause)
 
-    def _receive(self, tenant: str, ws: ClientConnection, version: int) -> None:
+    def _receive(self, tenant: Tenant, target: int, ws: ClientConnection, version: int) -> None:
         churn_at = (
             time.monotonic() + CONFIG.churn_seconds * _rng.uniform(0.5, 1.5)
             if CONFIG.churn_seconds
             else None
         )
-        secret = TENANTS[tenant].channel_secret.encode()
+        secret = tenant.channel_secret.encode()
         opened = time.perf_counter()
         while True:
             if churn_at is not None and time.monotonic() >= churn_at:
@@ -221,14 +257,16 @@ class BridgeUser(User):
                 continue
             hooks = delivered(frame)
             if hooks:
-                ours = [hook for hook in hooks if self._deliver(hook, secret)]
+                ours = [hook for hook in hooks if self._deliver(hook, secret, target)]
                 for ack in acks([hook.id for hook in hooks], version):
                     ws.send(ack)
                 if self._api is not None:
                     for hook in ours:
                         self._answers.spawn(self._answer, hook.body)
-            elif isinstance(frame, protocol.Hello) and frame.tenant != tenant:
-                wrong = ValueError(f"hello for tenant {frame.tenant!r} on {tenant!r}'s token")
+            elif isinstance(frame, protocol.Hello) and frame.tenant != tenant.tenant:
+                wrong = ValueError(
+                    f"hello for tenant {frame.tenant!r} on {tenant.tenant!r}'s token"
+                )
                 self._event("bad frame", "WSS", time.perf_counter(), len(text), wrong)
 
     def _answer(self, body: str) -> None:
@@ -238,13 +276,14 @@ class BridgeUser(User):
             name = "gateway reply" if path.endswith("/reply") else "gateway loading"
             self._api.post(path, json=payload, headers=GATEWAY_HEADERS, name=name)
 
-    def _deliver(self, frame: protocol.Webhook, secret: bytes) -> bool:
+    def _deliver(self, frame: protocol.Webhook, secret: bytes, target: int) -> bool:
         """Count one delivery; whether the body was ours, with a valid signature."""
         body = frame.body.encode("utf-8")
         marker = marker_of(body) if verify(secret, body, frame.signature) else None
         sent_ms = ulid_ms(marker) if marker else None
-        e2e = time.time() * 1000 - sent_ms if sent_ms is not None else None
-        TALLY.delivered_one(marker, e2e)
+        now = time.time()
+        e2e = now * 1000 - sent_ms if sent_ms is not None else None
+        TALLY.delivered_one(marker, e2e, redelivery=frame.attempt > 1, target=target, at=now)
         name = "e2e delivery" if frame.attempt == 1 else "e2e redelivery"
         error = None if marker else ValueError("delivered body is not ours or fails its signature")
         self.environment.events.request.fire(
@@ -277,16 +316,35 @@ class _ProfileShape(LoadTestShape):
     profile = "steady"
 
     def tick(self) -> tuple[int, float] | None:
-        """The user count now, or None once the drain is done."""
+        """The user count now, or None once the drain is done and every count is in."""
         t: float = self.get_run_time()  # type: ignore[no-untyped-call]
         pending = TALLY.pending if CONFIG.with_bridges else 0
         bridges = CONFIG.bridges if CONFIG.with_bridges else 0
         # Webhook users told to stop still finish the request they are in; its answer counts.
-        senders = max(0, self.runner.user_count - bridges) if self.runner else 0
-        if drain_done(t, CONFIG.duration, CONFIG.drain, pending, senders):
-            return None
-        senders = users_at(self.profile, t, PACE, CONFIG.duration)
-        return senders + bridges, max(50.0, 10.0 * PACE.users)
+        running = max(0, self.runner.user_count - bridges) if self.runner else 0
+        users = users_at(self.profile, t, PACE, CONFIG.duration) + bridges
+        shape = (users, max(50.0, 10.0 * PACE.users))
+        if not drain_done(t, CONFIG.duration, CONFIG.drain, pending, running):
+            FINAL_COUNTS.cancel()
+            return shape
+        return None if self._counts_in() else shape
+
+    def _counts_in(self) -> bool:
+        """Whether every worker's counts are in; asks for them the first time."""
+        runner = self.runner
+        if not isinstance(runner, MasterRunner):
+            return True
+        clock = time.monotonic()
+        if not FINAL_COUNTS.is_open:
+            workers = runner.clients.ready + runner.clients.spawning + runner.clients.running
+            number = FINAL_COUNTS.open([w.id for w in workers], clock)
+            runner.send_message(FLUSH_MESSAGE, {"round": number})
+            return False
+        if not FINAL_COUNTS.settled(clock):
+            return False
+        if FINAL_COUNTS.missing():
+            _log.warning("workers %s sent no final counts", sorted(FINAL_COUNTS.missing()))
+        return True
 
 
 class SteadyShape(_ProfileShape):
@@ -310,11 +368,15 @@ class SoakShape(_ProfileShape):
     profile = "soak"
 
 
-def _flush(environment: Environment) -> None:
-    """A worker's delta to the master."""
-    delta = TALLY.take()
-    if environment.runner is not None and (delta.requests or delta.deliveries):
-        environment.runner.send_message(TALLY_MESSAGE, delta.to_wire())
+def _flush(environment: Environment, round_number: int | None = None) -> None:
+    """A worker's delta to the master; sent even when empty if it answers a round."""
+    with _SEND_LOCK:
+        delta = TALLY.take()
+        if environment.runner is None:
+            return
+        if round_number is not None or delta.requests or delta.deliveries:
+            data = {"tally": delta.to_wire(), "round": round_number}
+            environment.runner.send_message(TALLY_MESSAGE, data)
 
 
 def _flusher(environment: Environment) -> None:
@@ -323,14 +385,21 @@ def _flusher(environment: Environment) -> None:
         _flush(environment)
 
 
+def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
+    _flush(environment, int(msg.data["round"]))
+
+
 def _on_tally(environment: Environment, msg: Any, **_: Any) -> None:
-    TALLY.merge(Tally.from_wire(msg.data))
+    TALLY.merge(Tally.from_wire(msg.data["tally"]))
+    if msg.data["round"] is not None:
+        FINAL_COUNTS.answered(msg.node_id, int(msg.data["round"]))
 
 
 def _on_init(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(TALLY_MESSAGE, _on_tally)
     elif isinstance(environment.runner, WorkerRunner):
+        environment.runner.register_message(FLUSH_MESSAGE, _on_flush)
         gevent.spawn(_flusher, environment)
 
 

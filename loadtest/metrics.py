@@ -4,7 +4,9 @@ The harness scrapes the admin listener before and after a run and reports
 the difference: how many webhooks the relay counted by outcome, its own
 acknowledgement-time histogram (server side, so without the network and
 the load generator's queueing) and how many bridges it saw connected.
-Parsing and differencing are pure; :func:`scrape` is the only I/O.
+With several nodes their counters are added up (:func:`combine`) before the
+difference is taken, so the percentile comes from all nodes' buckets.
+Parsing, adding and differencing are pure; :func:`scrape` is the only I/O.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def parse(text: str) -> RelayMetrics:
             elif sample.name == BRIDGES_CONNECTED:
                 bridges = (bridges or 0.0) + sample.value
     return RelayMetrics(buckets, count, webhooks, bridges)
+
+
+def combine(nodes: list[RelayMetrics]) -> RelayMetrics:
+    """Several nodes' counters as one relay's: every count and gauge added up."""
+    buckets: dict[float, float] = {}
+    webhooks: dict[str, float] = {}
+    bridges: float | None = None
+    for node in nodes:
+        for le, n in node.ack_buckets.items():
+            buckets[le] = buckets.get(le, 0.0) + n
+        for outcome, n in node.webhooks.items():
+            webhooks[outcome] = webhooks.get(outcome, 0.0) + n
+        if node.bridges_connected is not None:
+            bridges = (bridges or 0.0) + node.bridges_connected
+    return RelayMetrics(buckets, sum(n.ack_count for n in nodes), webhooks, bridges)
 
 
 def difference(before: RelayMetrics | None, after: RelayMetrics) -> dict[str, Any]:

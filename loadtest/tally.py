@@ -5,7 +5,10 @@ master as deltas (:meth:`Tally.take` and :meth:`Tally.to_wire`), which the
 master merges, so accepted and delivered markers are compared across all
 workers and a delivery that lands on another worker than its sender still
 counts once. Latencies go into millisecond histograms: exact enough for a
-one-second budget, small enough to ship every second.
+one-second budget, small enough to ship every second. What happened when,
+and on which node, goes into :class:`Buckets`: the per-second series the
+report charts (webhooks posted apart from deliveries to bridges) and the
+counts per target.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from typing import Any
 
 #: The file in the report directory where the master leaves the merged tally for the command.
 TALLY_FILE = "tally.json"
+
+#: Series of :attr:`Tally.timeline`, counted by the Unix second they happened in.
+POSTED = "posted"  # webhook requests sent (by the second they were sent)
+FAILED = "failed"  # of those, the ones not answered 200
+DELIVERED = "delivered"  # first deliveries a bridge received (attempt 1)
+REDELIVERED = "redelivered"  # deliveries the relay sent again (attempt > 1)
+SERIES = (POSTED, FAILED, DELIVERED, REDELIVERED)
+#: Counts of :attr:`Tally.by_target`, by a target's index in the run's target lists.
+ACCEPTED = "accepted"
 
 
 @dataclass(slots=True)
@@ -66,6 +78,48 @@ class Histogram:
 
 
 @dataclass(slots=True)
+class Buckets:
+    """Counts by name and by an integer key: a Unix second, or a target's index."""
+
+    counts: dict[str, Counter[int]] = field(default_factory=dict)
+
+    def add(self, name: str, key: int, n: int = 1) -> None:
+        """Count ``n`` more under ``name`` and ``key``."""
+        self.counts.setdefault(name, Counter())[key] += n
+
+    def get(self, name: str, key: int) -> int:
+        """The count under ``name`` and ``key`` (0 when none)."""
+        return self.counts.get(name, Counter())[key]
+
+    def total(self, name: str) -> int:
+        """Everything counted under ``name``."""
+        return sum(self.counts.get(name, Counter()).values())
+
+    def keys(self) -> list[int]:
+        """Every key counted under any name, in order."""
+        return sorted({key for counter in self.counts.values() for key in counter})
+
+    def merge(self, other: Buckets) -> None:
+        """Add ``other``'s counts to these."""
+        for name, counter in other.counts.items():
+            self.counts.setdefault(name, Counter()).update(counter)
+
+    def to_wire(self) -> dict[str, dict[str, int]]:
+        """A JSON-able form (keys are strings in JSON)."""
+        return {name: {str(k): n for k, n in c.items()} for name, c in self.counts.items()}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, dict[str, int]]) -> Buckets:
+        """The inverse of :meth:`to_wire`."""
+        return cls(
+            {
+                str(name): Counter({int(k): int(n) for k, n in counter.items()})
+                for name, counter in data.items()
+            }
+        )
+
+
+@dataclass(slots=True)
 class Tally:
     """One process's (or the merged) counts of a run.
 
@@ -87,33 +141,71 @@ class Tally:
     unmatched: set[str] = field(default_factory=set)
     deliveries: int = 0
     bad_deliveries: int = 0
+    #: :data:`SERIES` by Unix second.
+    timeline: Buckets = field(default_factory=Buckets)
+    #: Webhooks posted and accepted by the target they went to, deliveries by
+    #: the bridge target they came from (indexes into the run's target lists).
+    by_target: Buckets = field(default_factory=Buckets)
 
-    def answered(self, status: int, ms: float, marker: str) -> None:
-        """Record an HTTP answer: a 200 accepts ``marker``, anything else is an error."""
+    def answered(
+        self, status: int, ms: float, marker: str, *, target: int = 0, sent_at: float | None = None
+    ) -> None:
+        """Record an HTTP answer: a 200 accepts ``marker``, anything else is an error.
+
+        ``target`` is the index of the target the request went to; ``sent_at``
+        the Unix time it was sent, for the timeline (None: not charted).
+        """
         self.requests += 1
         self.statuses[str(status)] += 1
         self.ack.add(ms)
+        self._posted(target, sent_at, ok=status == 200)
         if status == 200:
             self.accepted += 1
             self._accept(marker)
         else:
             self.errors += 1
 
-    def failed(self, reason: str, ms: float) -> None:
+    def failed(
+        self, reason: str, ms: float, *, target: int = 0, sent_at: float | None = None
+    ) -> None:
         """Record a request that got no HTTP answer at all (connection error, timeout)."""
         self.requests += 1
         self.errors += 1
         self.statuses[reason] += 1
         self.ack.add(ms)
+        self._posted(target, sent_at, ok=False)
 
-    def delivered_one(self, marker: str | None, e2e_ms: float | None) -> None:
+    def _posted(self, target: int, sent_at: float | None, *, ok: bool) -> None:
+        self.by_target.add(POSTED, target)
+        if ok:
+            self.by_target.add(ACCEPTED, target)
+        if sent_at is not None:
+            self.timeline.add(POSTED, int(sent_at))
+            if not ok:
+                self.timeline.add(FAILED, int(sent_at))
+
+    def delivered_one(
+        self,
+        marker: str | None,
+        e2e_ms: float | None,
+        *,
+        redelivery: bool = False,
+        target: int = 0,
+        at: float | None = None,
+    ) -> None:
         """Record a delivery a bridge received; ``marker`` None means the body was not ours.
 
         The end-to-end time counts for the first delivery of a marker this
         tally sees; a redelivery of an already matched marker is kept apart
-        in ``unmatched`` (it never counts as a loss).
+        in ``unmatched`` (it never counts as a loss). ``redelivery`` says the
+        relay marked it ``attempt > 1``, ``target`` is the index of the bridge
+        target it came through, ``at`` the Unix time it arrived (None: not
+        charted).
         """
         self.deliveries += 1
+        self.by_target.add(DELIVERED, target)
+        if at is not None:
+            self.timeline.add(REDELIVERED if redelivery else DELIVERED, int(at))
         if marker is None:
             self.bad_deliveries += 1
             return
@@ -146,6 +238,8 @@ class Tally:
         self.matched += other.matched
         self.deliveries += other.deliveries
         self.bad_deliveries += other.bad_deliveries
+        self.timeline.merge(other.timeline)
+        self.by_target.merge(other.by_target)
         for marker in other.waiting:
             self._accept(marker)
         for marker in other.unmatched:
@@ -165,6 +259,8 @@ class Tally:
             self.unmatched,
             self.deliveries,
             self.bad_deliveries,
+            self.timeline,
+            self.by_target,
         )
         self.requests = self.errors = self.accepted = self.matched = 0
         self.deliveries = self.bad_deliveries = 0
@@ -173,6 +269,8 @@ class Tally:
         self.e2e = Histogram()
         self.waiting = set()
         self.unmatched = set()
+        self.timeline = Buckets()
+        self.by_target = Buckets()
         return delta
 
     @property
@@ -194,6 +292,8 @@ class Tally:
             "unmatched": sorted(self.unmatched),
             "deliveries": self.deliveries,
             "bad_deliveries": self.bad_deliveries,
+            "timeline": self.timeline.to_wire(),
+            "by_target": self.by_target.to_wire(),
         }
 
     @classmethod
@@ -211,4 +311,6 @@ class Tally:
             unmatched=set(data["unmatched"]),
             deliveries=int(data["deliveries"]),
             bad_deliveries=int(data["bad_deliveries"]),
+            timeline=Buckets.from_wire(data["timeline"]),
+            by_target=Buckets.from_wire(data["by_target"]),
         )

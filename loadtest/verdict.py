@@ -3,8 +3,9 @@
 The relay holds its service levels when every webhook was answered within
 the one-second budget (p99 under it and none over it), no webhook that got a
 200 was lost on the way to a bridge, and errors stayed under 0.1 %. All four
-limits are configurable; :func:`judge` applies them and :meth:`Verdict.to_json`
-gives ``verdict.json`` exactly as PROTOCOL.md §4 shapes it.
+limits are configurable; :func:`judge` applies them, one :class:`Check` per
+objective (what the HTML report shows), and :meth:`Verdict.to_json` gives
+``verdict.json`` exactly as PROTOCOL.md §4 shapes it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,27 @@ class Slo:
 
 
 @dataclass(frozen=True, slots=True)
+class Check:
+    """One objective of the verdict: what it asks, what the run showed, and whether it held."""
+
+    objective: str
+    limit: str
+    observed: str
+    passed: bool
+    #: Why it failed, in words (``verdict.json``'s ``slo.failures``), for when it did not hold.
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form."""
+        return {
+            "objective": self.objective,
+            "limit": self.limit,
+            "observed": self.observed,
+            "pass": self.passed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """The outcome of a run against its SLO, with the reasons it failed."""
 
@@ -56,7 +78,12 @@ class Verdict:
     e2e_p99_ms: int | None
     error_rate: float
     slo: Slo
-    failures: tuple[str, ...]
+    checks: tuple[Check, ...]
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """Why the run failed, one reason per objective that did not hold."""
+        return tuple(c.reason for c in self.checks if not c.passed)
 
     def to_json(self) -> dict[str, Any]:
         """``verdict.json``: the PROTOCOL.md §4 keys; the SLO, observed figures and reasons in ``slo``."""
@@ -77,9 +104,12 @@ class Verdict:
         }
 
 
+def _ms(value: int | None) -> str:
+    return "none" if value is None else f"{value} ms"
+
+
 def judge(tally: Tally, slo: Slo, *, with_bridges: bool) -> Verdict:
     """Judge a finished run's merged ``tally``; delivery counts only ``with_bridges``."""
-    failures: list[str] = []
     accepted = tally.accepted
     ack_p99 = tally.ack.percentile(99)
     over_budget = tally.ack.count_over(slo.budget_ms)
@@ -88,32 +118,54 @@ def judge(tally: Tally, slo: Slo, *, with_bridges: bool) -> Verdict:
     lost: int | None = None
     e2e_p99: int | None = None
 
-    if tally.requests == 0:
-        failures.append("no webhook was sent")
-    elif accepted == 0:
-        failures.append("no webhook was accepted")
-    if ack_p99 is not None and ack_p99 >= slo.ack_p99_ms:
-        failures.append(f"ack p99 {ack_p99} ms is not below {slo.ack_p99_ms:g} ms")
-    if over_budget > slo.max_over_budget:
-        failures.append(
+    sent = Check(
+        "webhooks accepted",
+        "at least one",
+        f"{accepted} of {tally.requests} sent",
+        accepted > 0,
+        "no webhook was sent" if tally.requests == 0 else "no webhook was accepted",
+    )
+    checks = [
+        sent,
+        Check(
+            "ack p99",
+            f"below {slo.ack_p99_ms:g} ms",
+            _ms(ack_p99),
+            ack_p99 is None or ack_p99 < slo.ack_p99_ms,
+            f"ack p99 {ack_p99} ms is not below {slo.ack_p99_ms:g} ms",
+        ),
+        Check(
+            "answers over budget",
+            f"at most {slo.max_over_budget} over {slo.budget_ms:g} ms",
+            str(over_budget),
+            over_budget <= slo.max_over_budget,
             f"{over_budget} answers took longer than {slo.budget_ms:g} ms "
-            f"(at most {slo.max_over_budget} allowed)"
-        )
-    if tally.requests and error_rate >= slo.max_error_rate:
-        failures.append(
+            f"(at most {slo.max_over_budget} allowed)",
+        ),
+        Check(
+            "error rate",
+            f"below {slo.max_error_rate:.4%}",
+            f"{error_rate:.4%} ({tally.errors} of {tally.requests})",
+            not tally.requests or error_rate < slo.max_error_rate,
             f"error rate {error_rate:.4%} is not below {slo.max_error_rate:.4%} "
-            f"({tally.errors} of {tally.requests} requests)"
-        )
+            f"({tally.errors} of {tally.requests} requests)",
+        ),
+    ]
     if with_bridges:
         delivered = tally.matched
         lost = tally.pending
         e2e_p99 = tally.e2e.percentile(99)
-        if lost > slo.max_lost:
-            failures.append(
-                f"{lost} accepted webhooks never reached a bridge (at most {slo.max_lost} allowed)"
+        checks.append(
+            Check(
+                "accepted webhooks lost",
+                f"at most {slo.max_lost}",
+                f"{lost} ({delivered} of {accepted} delivered)",
+                lost <= slo.max_lost,
+                f"{lost} accepted webhooks never reached a bridge (at most {slo.max_lost} allowed)",
             )
+        )
     return Verdict(
-        passed=not failures,
+        passed=all(c.passed for c in checks),
         requests=tally.requests,
         accepted=accepted,
         delivered=delivered,
@@ -124,5 +176,5 @@ def judge(tally: Tally, slo: Slo, *, with_bridges: bool) -> Verdict:
         e2e_p99_ms=e2e_p99,
         error_rate=error_rate,
         slo=slo,
-        failures=tuple(failures),
+        checks=tuple(checks),
     )

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING
 
 from appliance.store.futures import wait_until
 from appliance.store.interface import BatchListener, CommitListener, Store
-from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
+from appliance.store.records import (
+    Delivery,
+    Expired,
+    Limits,
+    Record,
+    WebhookState,
+    new_delivery_id,
+    retry_digest,
+)
 from appliance.store.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -28,8 +36,10 @@ __all__ = [
     "Delivery",
     "Expired",
     "Limits",
+    "Record",
     "SQLiteStore",
     "Store",
+    "WebhookState",
     "create_store",
     "new_delivery_id",
     "retry_digest",

@@ -1,4 +1,5 @@
-"""The store interface the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry.
+"""The store interface the relay needs: append with retry dedupe, per-tenant FIFO, acks, expiry,
+and the operator's view: records kept after delivery or expiry, read back and replayed.
 
 :class:`Store` is written against by the ingress, the hub and the tests
 (tests/appliance/test_store.py runs the same behaviour against every
@@ -11,7 +12,7 @@ import abc
 import asyncio
 from collections.abc import Callable, Sequence
 
-from appliance.store.records import Delivery, Expired, Limits
+from appliance.store.records import Delivery, Expired, Limits, Record, WebhookState
 
 CommitListener = Callable[[Sequence[Delivery]], None]
 BatchListener = Callable[[int, float], None]
@@ -74,8 +75,33 @@ class Store(abc.ABC):
         """Mark unacked rows received before ``older_than`` (ms) expired; returns them."""
 
     @abc.abstractmethod
-    async def prune(self, older_than: int) -> int:
-        """Delete acked and expired rows received before ``older_than`` (ms); returns the count."""
+    async def prune(self, delivered_before: int, expired_before: int) -> int:
+        """Delete delivered (acked) rows received before ``delivered_before`` (ms) and
+        expired ones received before ``expired_before``; returns the count. Queued
+        rows are never pruned."""
+
+    @abc.abstractmethod
+    async def records(
+        self, tenant: str | None, state: WebhookState | None, limit: int
+    ) -> list[Record]:
+        """Up to ``limit`` stored webhooks, newest first, of ``tenant`` and in ``state``
+        (None: any)."""
+
+    @abc.abstractmethod
+    async def record(self, delivery_id: str) -> tuple[Record, bytes, str] | None:
+        """The webhook ``delivery_id``: its record, body and signature; None if unknown
+        or pruned."""
+
+    @abc.abstractmethod
+    async def replay(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        """Queue these webhooks again for their tenants; the new deliveries, same order.
+
+        Each copy has the same body and signature, a new id, ``replay_of`` set and
+        ``received_at`` now; it is not subject to retry dedupe but is to the queue
+        cap (:class:`QueueFull`), is committed with the next batch and is given to
+        commit listeners like any new webhook. All or nothing: an id unknown or
+        pruned raises :class:`UnknownWebhook` and nothing is queued.
+        """
 
     @abc.abstractmethod
     async def purge(self, tenant: str, received_before: int | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from appliance.store.records import Delivery, Expired
+from appliance.store.records import Delivery, Expired, Record, WebhookState
 
 
 @dataclass(slots=True)
@@ -60,10 +60,39 @@ class Expire:
 
 @dataclass(slots=True)
 class Prune:
-    """Delete acked and expired rows received before ``older_than`` (ms)."""
+    """Delete delivered rows received before ``delivered_before`` (ms) and expired ones
+    received before ``expired_before``."""
 
-    older_than: int
+    delivered_before: int
+    expired_before: int
     future: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class ReadRecords:
+    """Stored webhooks, newest first (see :meth:`Store.records`)."""
+
+    tenant: str | None
+    state: WebhookState | None
+    limit: int
+    future: asyncio.Future[list[Record]]
+
+
+@dataclass(slots=True)
+class ReadRecord:
+    """One stored webhook with its body and signature, or None."""
+
+    delivery_id: str
+    future: asyncio.Future[tuple[Record, bytes, str] | None]
+
+
+@dataclass(slots=True)
+class Replay:
+    """Queue stored webhooks again (see :meth:`Store.replay`); all or nothing."""
+
+    delivery_ids: tuple[str, ...]
+    received_at: int
+    future: asyncio.Future[list[Delivery]]
 
 
 @dataclass(slots=True)
@@ -75,6 +104,17 @@ class Purge:
     future: asyncio.Future[int]
 
 
-Op = Append | MarkSent | Ack | ReadPending | Expire | Prune | Purge
+Op = (
+    Append
+    | MarkSent
+    | Ack
+    | ReadPending
+    | Expire
+    | Prune
+    | Purge
+    | ReadRecords
+    | ReadRecord
+    | Replay
+)
 #: Reads and maintenance: run in the batch's transaction, answered through their future.
-Query = ReadPending | Expire | Prune | Purge
+Query = ReadPending | Expire | Prune | Purge | ReadRecords | ReadRecord | Replay

@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 
 DELIVERY_PREFIX = "d-"
 
@@ -40,7 +41,9 @@ def retry_digest(tenant: str, body: bytes, signature: str) -> bytes:
 class Delivery:
     """One queued webhook: ``seq`` orders the queue, ``id`` is what a bridge sees.
 
-    ``attempts`` counts the times it was sent to a bridge.
+    ``attempts`` counts the times it was sent to a bridge. ``replay_of`` is the
+    delivery id an operator replayed (its frame then says ``"replay": true``);
+    None for LINE's own webhooks.
     """
 
     seq: int
@@ -50,6 +53,34 @@ class Delivery:
     signature: str
     received_at: int
     attempts: int = 0
+    replay_of: str | None = None
+
+
+class WebhookState(StrEnum):
+    """Where a stored webhook is: waiting for a bridge, acked by one, or given up."""
+
+    QUEUED = "queued"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored webhook without its body and signature: what an operator lists.
+
+    ``size`` is the body's length in bytes; ``acked_at`` (ms) is set once a
+    bridge acked it; ``received_at`` (ms) of a replay is when it was replayed.
+    """
+
+    seq: int
+    id: str
+    tenant: str
+    state: WebhookState
+    received_at: int
+    attempts: int
+    size: int
+    acked_at: int | None
+    replay_of: str | None
 
 
 @dataclass(frozen=True, slots=True)

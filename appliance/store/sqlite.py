@@ -14,6 +14,11 @@ file before any webhook in the batch is answered. Row ids (``seq``) never
 repeat (AUTOINCREMENT) and order a tenant's queue; the delivery id a bridge
 sees is a separate random token, so it says nothing about other tenants'
 traffic (a global sequence would) and names one webhook forever.
+
+Rows stay after delivery (``state`` 1, with ``acked_at``) and after expiry
+(``state`` 2) until the housekeeping sweep prunes them (``retain_delivered``,
+``retain_expired``), so an operator can read and replay them. A replay is a new
+row copying the body and signature, with ``replay_of`` naming the original.
 """
 
 from __future__ import annotations
@@ -29,20 +34,36 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from appliance.errors import QueueFull, StoreError
+from appliance.errors import QueueFull, StoreError, UnknownWebhook
 from appliance.state import create_private
 from appliance.store import ops
 from appliance.store.batcher import Batcher
 from appliance.store.futures import follow, resolved
 from appliance.store.interface import BatchListener, CommitListener, Store
-from appliance.store.records import Delivery, Expired, Limits, new_delivery_id, retry_digest
+from appliance.store.records import (
+    Delivery,
+    Expired,
+    Limits,
+    Record,
+    WebhookState,
+    new_delivery_id,
+    retry_digest,
+)
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 # Row states.
 QUEUED, ACKED, EXPIRED = 0, 1, 2
+_STATE_CODES = {
+    WebhookState.QUEUED: QUEUED,
+    WebhookState.DELIVERED: ACKED,
+    WebhookState.EXPIRED: EXPIRED,
+}
+_STATES = {code: state for state, code in _STATE_CODES.items()}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -54,7 +75,9 @@ CREATE TABLE IF NOT EXISTS webhooks (
     digest BLOB NOT NULL,
     received_at INTEGER NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    state INTEGER NOT NULL DEFAULT 0
+    state INTEGER NOT NULL DEFAULT 0,
+    acked_at INTEGER,
+    replay_of TEXT
 );
 CREATE INDEX IF NOT EXISTS webhooks_queued ON webhooks (tenant, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
@@ -64,7 +87,19 @@ _MIGRATE_IDS = """
 ALTER TABLE webhooks ADD COLUMN id TEXT;
 UPDATE webhooks SET id = 'd-' || printf('%012d', seq);
 """
+# Stores from before retention: their rows get no ack time and are nobody's replay.
+_MIGRATE_COLUMNS = {
+    "acked_at": "ALTER TABLE webhooks ADD COLUMN acked_at INTEGER",
+    "replay_of": "ALTER TABLE webhooks ADD COLUMN replay_of TEXT",
+}
 _ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS webhooks_id ON webhooks (id)"
+# The operator's lists: a tenant's newest rows, and the (few) expired ones, are
+# each one index walk however many delivered rows are retained.
+_LIST_INDEXES = """
+CREATE INDEX IF NOT EXISTS webhooks_tenant ON webhooks (tenant, seq);
+CREATE INDEX IF NOT EXISTS webhooks_expired ON webhooks (seq) WHERE state = 2;
+"""
+_RECORD_COLUMNS = "seq, id, tenant, state, received_at, attempts, length(body), acked_at, replay_of"
 # One search of the webhooks_queued index per tenant named (a JSON array): the
 # head of each queue, however long the queues are.
 _OLDEST = (
@@ -203,9 +238,27 @@ class SQLiteStore(Store):
             self._depth[row.tenant] = max(0, self._depth[row.tenant] - 1)
         return expired
 
-    async def prune(self, older_than: int) -> int:
+    async def prune(self, delivered_before: int, expired_before: int) -> int:
         future: asyncio.Future[int] = self._future()
-        self._submit(ops.Prune(older_than, future))
+        self._submit(ops.Prune(delivered_before, expired_before, future))
+        return await future
+
+    async def records(
+        self, tenant: str | None, state: WebhookState | None, limit: int
+    ) -> list[Record]:
+        future: asyncio.Future[list[Record]] = self._future()
+        self._submit(ops.ReadRecords(tenant, state, limit, future))
+        return await future
+
+    async def record(self, delivery_id: str) -> tuple[Record, bytes, str] | None:
+        future: asyncio.Future[tuple[Record, bytes, str] | None] = self._future()
+        self._submit(ops.ReadRecord(delivery_id, future))
+        return await future
+
+    async def replay(self, delivery_ids: Sequence[str]) -> list[Delivery]:
+        future: asyncio.Future[list[Delivery]] = self._future()
+        received_at = int(self._clock() * 1000)
+        self._submit(ops.Replay(tuple(delivery_ids), received_at, future))
         return await future
 
     async def purge(self, tenant: str, received_before: int | None = None) -> int:
@@ -290,7 +343,8 @@ class SQLiteStore(Store):
             log.error("store fsync failed", extra={"error": str(error)})
             failure = StoreError(f"fsync failed: {error}")
             results = [
-                (op, None, failure if isinstance(op, ops.Append) else e) for op, _, e in results
+                (op, None, failure if isinstance(op, ops.Append | ops.Replay) else e)
+                for op, _, e in results
             ]
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
@@ -336,7 +390,8 @@ class SQLiteStore(Store):
     def _settle(self, results: list[_Result]) -> None:
         """Runs on the loop after each batch: resolve futures, then tell listeners."""
         committed: list[Delivery] = []
-        for op, result, error in results:
+        for op, result, failure in results:
+            error = failure
             if isinstance(op, ops.Append):
                 self._writing.pop(op.digest, None)
                 if error is None:
@@ -349,6 +404,12 @@ class SQLiteStore(Store):
                 self._acking.discard((op.tenant, op.seq))
                 if not result or error is not None:
                     self._depth[op.tenant] += 1
+            elif isinstance(op, ops.Replay) and isinstance(result, Exception):
+                error = result  # refused (unknown id, full queue): nothing was written
+            elif isinstance(op, ops.Replay) and error is None:
+                for copy in result:
+                    self._depth[copy.tenant] += 1
+                committed.extend(result)
             if isinstance(op, ops.MarkSent | ops.Ack) or op.future.done():
                 continue
             if error is not None:
@@ -378,7 +439,11 @@ class SQLiteStore(Store):
         columns = {row[1] for row in db.execute("PRAGMA table_info(webhooks)")}
         if "id" not in columns:
             db.executescript(_MIGRATE_IDS)
+        for column, statement in _MIGRATE_COLUMNS.items():
+            if column not in columns:
+                db.execute(statement)
         db.execute(_ID_INDEX)
+        db.executescript(_LIST_INDEXES)
         return db
 
     def _load(self, db: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[bytes, int]]]:
@@ -387,7 +452,9 @@ class SQLiteStore(Store):
         )
         since = int((self._clock() - self.limits.dedupe_window) * 1000)
         recent = db.execute(
-            "SELECT digest, received_at FROM webhooks WHERE received_at >= ? ORDER BY received_at",
+            # Replays are nobody's retry: their digests are not retry digests.
+            "SELECT digest, received_at FROM webhooks WHERE received_at >= ? "
+            "AND replay_of IS NULL ORDER BY received_at",
             (since,),
         ).fetchall()
         return depths, recent
@@ -397,7 +464,9 @@ class SQLiteStore(Store):
         # Attempt marks and acks are gathered and written as one statement each
         # (most of the writer's time went on them one row at a time), and
         # written before any read in the batch, so reads see them.
-        marks = _Marks()
+        marks = _Marks(int(self._clock() * 1000))
+        # Replays of this batch per tenant, not yet in the depths (counted at settle).
+        replayed: Counter[str] = Counter()
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -408,6 +477,9 @@ class SQLiteStore(Store):
                     marks.acks.setdefault(op.tenant, []).append(op.seq)
                 elif isinstance(op, ops.Append):
                     result = _insert(db, op)
+                elif isinstance(op, ops.Replay):
+                    marks.write(db)
+                    result = self._replay(db, op, replayed)
                 else:
                     marks.write(db)
                     result = _query(db, op)
@@ -436,9 +508,64 @@ class SQLiteStore(Store):
                 settled.append((op, result, error))
         return settled
 
+    def _replay(
+        self, db: sqlite3.Connection, op: ops.Replay, replayed: Counter[str]
+    ) -> list[Delivery] | UnknownWebhook | QueueFull:
+        """Copy the rows ``op`` names as new queued rows; the refusal, if any, instead."""
+        found = _originals(db, op.delivery_ids)
+        missing = tuple(i for i in op.delivery_ids if i not in found)
+        if missing:
+            return UnknownWebhook(missing)
+        wanted = Counter(found[i][0] for i in op.delivery_ids)
+        for tenant, count in wanted.items():
+            queued = self._depth[tenant] + replayed[tenant]
+            if queued + count > self.limits.queue_cap:
+                return QueueFull(f"tenant {tenant} has {queued} unacked webhooks")
+        replayed.update(wanted)
+        copies = []
+        for original in op.delivery_ids:
+            tenant, body, sig = found[original]
+            wire_id = new_delivery_id()
+            cursor = db.execute(
+                "INSERT INTO webhooks (id, tenant, body, signature, digest, received_at, "
+                "replay_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                # Never a retry digest (those are 32 bytes): LINE's retries of the
+                # original stay what they were, and the copy is nobody's retry.
+                (
+                    wire_id,
+                    tenant,
+                    body,
+                    sig,
+                    b"replay:" + wire_id.encode(),
+                    op.received_at,
+                    original,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            copies.append(
+                Delivery(cursor.lastrowid, wire_id, tenant, body, sig, op.received_at, 0, original)
+            )
+        return copies
+
 
 # Each operation with its result (typed by the operation) or its error.
 _Result = tuple[ops.Op, Any, BaseException | None]
+
+
+def _originals(
+    db: sqlite3.Connection, delivery_ids: Sequence[str]
+) -> dict[str, tuple[str, bytes, str]]:
+    """Tenant, body and signature of each stored row of ``delivery_ids``."""
+    found: dict[str, tuple[str, bytes, str]] = {}
+    unique = list(dict.fromkeys(delivery_ids))
+    for chunk in _chunks(unique):
+        rows = db.execute(
+            f"SELECT id, tenant, body, signature FROM webhooks WHERE id IN ({_marks(chunk)})",  # noqa: S608
+            chunk,
+        )
+        for wire_id, tenant, body, sig in rows:
+            found[wire_id] = (tenant, bytes(body), sig)
+    return found
 
 
 def _insert(db: sqlite3.Connection, op: ops.Append) -> Delivery:
@@ -464,10 +591,51 @@ def _query(db: sqlite3.Connection, op: ops.Query) -> object:
         return [Expired(*row) for row in rows]
     if isinstance(op, ops.Prune):
         cursor = db.execute(
-            "DELETE FROM webhooks WHERE state != ? AND received_at < ?", (QUEUED, op.older_than)
+            "DELETE FROM webhooks WHERE (state = ? AND received_at < ?) "
+            "OR (state = ? AND received_at < ?)",
+            (ACKED, op.delivered_before, EXPIRED, op.expired_before),
         )
         return cursor.rowcount
+    if isinstance(op, ops.ReadRecords):
+        return _records(db, op)
+    if isinstance(op, ops.ReadRecord):
+        return _record(db, op.delivery_id)
+    assert isinstance(op, ops.Purge)
     return _purge(db, op.tenant, op.received_before)
+
+
+def _to_record(row: tuple[Any, ...]) -> Record:
+    seq, wire_id, tenant, state, received_at, attempts, size, acked_at, replay_of = row
+    return Record(
+        seq, wire_id, tenant, _STATES[state], received_at, attempts, size, acked_at, replay_of
+    )
+
+
+def _records(db: sqlite3.Connection, op: ops.ReadRecords) -> list[Record]:
+    where: list[str] = []
+    params: list[object] = []
+    if op.tenant is not None:
+        where.append("tenant = ?")
+        params.append(op.tenant)
+    if op.state is not None:
+        # A constant, not a parameter: the planner picks the partial index for it.
+        where.append(f"state = {_STATE_CODES[op.state]}")
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = db.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM webhooks {clause}ORDER BY seq DESC LIMIT ?",  # noqa: S608
+        (*params, op.limit),
+    )
+    return [_to_record(row) for row in rows]
+
+
+def _record(db: sqlite3.Connection, delivery_id: str) -> tuple[Record, bytes, str] | None:
+    row = db.execute(
+        f"SELECT {_RECORD_COLUMNS}, body, signature FROM webhooks WHERE id = ?",  # noqa: S608
+        (delivery_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return _to_record(row[:9]), bytes(row[9]), row[10]
 
 
 def _pending(db: sqlite3.Connection, op: ops.ReadPending) -> list[Delivery]:
@@ -488,17 +656,19 @@ def _pending(db: sqlite3.Connection, op: ops.ReadPending) -> list[Delivery]:
         if last is None:
             return []
     rows = db.execute(
-        "SELECT seq, id, tenant, body, signature, received_at, attempts FROM webhooks "
+        "SELECT seq, id, tenant, body, signature, received_at, attempts, replay_of FROM webhooks "
         "WHERE tenant = ? AND state = 0 AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
         (op.tenant, op.after, last if last is not None else 2**62, op.limit),
     )
-    return [Delivery(s, i, t, bytes(b), sig, r, a) for s, i, t, b, sig, r, a in rows]
+    return [Delivery(s, i, t, bytes(b), sig, r, a, p) for s, i, t, b, sig, r, a, p in rows]
 
 
 @dataclass(slots=True)
 class _Marks:
     """Attempt marks and acks of one batch, written as one statement each."""
 
+    #: When (ms) this batch's acks are recorded as made.
+    now: int
     sent: list[int] = field(default_factory=list)
     acks: dict[str, list[int]] = field(default_factory=dict)
     #: (tenant, seq) of the rows the acks changed, over every write of the batch.
@@ -518,21 +688,21 @@ class _Marks:
         for tenant, seqs in self.acks.items():
             for chunk in _chunks(seqs):
                 changed = db.execute(
-                    f"UPDATE webhooks SET state = {ACKED} "  # noqa: S608
+                    f"UPDATE webhooks SET state = {ACKED}, acked_at = ? "  # noqa: S608
                     f"WHERE state = {QUEUED} AND tenant = ? AND seq IN ({_marks(chunk)}) "
                     "RETURNING seq",
-                    (tenant, *chunk),
+                    (self.now, tenant, *chunk),
                 )
                 self.acked.update((tenant, seq) for (seq,) in changed)
         self.sent.clear()
         self.acks.clear()
 
 
-def _chunks(seqs: list[int], size: int = 500) -> list[list[int]]:
-    return [seqs[i : i + size] for i in range(0, len(seqs), size)]
+def _chunks(values: list[_T], size: int = 500) -> list[list[_T]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
 
 
-def _marks(values: list[int]) -> str:
+def _marks(values: Sequence[object]) -> str:
     """``?, ?, ?``: placeholders only; the values go in as parameters."""
     return ", ".join("?" * len(values))
 

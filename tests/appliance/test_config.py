@@ -148,3 +148,10 @@ def test_trusted_proxies_come_as_a_toml_list_or_a_comma_separated_variable(
         config.load(write(tmp_path, "trusted_proxies = [1, 2]\n"))
     with pytest.raises(ConfigError, match="trusted_proxies"):
         config.load(None, {"LINERELAY_TRUSTED_PROXIES": "nope"})
+
+
+@pytest.mark.parametrize("key", ["retain_delivered", "retain_expired"])
+def test_retention_shorter_than_the_dedupe_window_is_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}: must be at least dedupe_window"):
+        config.load(None, {f"LINERELAY_{key.upper()}": "299", "LINERELAY_DEDUPE_WINDOW": "300"})
+    assert getattr(config.load(None, {f"LINERELAY_{key.upper()}": "300"}), key) == 300

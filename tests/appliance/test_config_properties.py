@@ -281,6 +281,8 @@ def coherent(values: dict[str, Any]) -> bool:
         merged["bridge_idle_timeout"] > merged["ping_interval"]
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
+        and merged["retain_delivered"] >= merged["dedupe_window"]
+        and merged["retain_expired"] >= merged["dedupe_window"]
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.errors import MalformedBody
-from appliance.payload import count_events
+from appliance.payload import count_events, event_types
 from tests.conftest import FIXTURES
 
 
@@ -43,3 +43,19 @@ def test_every_fixture_is_a_valid_webhook() -> None:
     counts = {f.name: count_events(f.read_bytes()) for f in files}
     assert counts["webhook.json"] == 28
     assert all(n >= 1 for n in counts.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "types"),
+    [
+        (b'{"events":[{"type":"message"},{"type":"follow"}]}', ("message", "follow")),
+        (b'{"events":[{"type":1},"x",{}]}', ("?", "?", "?")),
+        (b'{"events":[]}', ()),
+        (b'{"events":{}}', ()),
+        (b"[]", ()),
+        (b"\xff", ()),
+        (b"NaN", ()),
+    ],
+)
+def test_event_types_name_each_event_and_never_raise(body: bytes, types: tuple[str, ...]) -> None:
+    assert event_types(body) == types

@@ -61,6 +61,26 @@ def test_protocol_2_frames_match_protocol_md() -> None:
     assert json.loads(encode(Ack(("a",)), 1)) == {"type": "ack", "id": "a"}
 
 
+def test_a_replay_says_so_in_both_protocols_and_others_do_not() -> None:
+    replay = Webhook("d-9", "shop-42", '{"events":[]}', "c2ln", 1, 1, replay=True)
+    one = json.loads(encode(replay))
+    two = json.loads(encode(Webhooks((HOOK, replay)), 2))
+    assert one["replay"] is True
+    assert two["items"][1]["replay"] is True
+    assert "replay" not in two["items"][0]
+    assert "replay" not in json.loads(encode(HOOK))
+    assert decode(encode(replay)) == replay
+    assert decode(encode(Webhooks((HOOK, replay)), 2)) == Webhooks((HOOK, replay))
+
+
+@pytest.mark.parametrize("value", ["true", "1", '"yes"', "null", "false"])
+def test_only_a_json_true_marks_a_replay(value: str) -> None:
+    text = encode(HOOK)[:-1] + f',"replay":{value}}}'
+    frame = decode(text)
+    assert isinstance(frame, Webhook)
+    assert frame.replay is (value == "true")
+
+
 def test_protocol_1_cannot_say_batches() -> None:
     with pytest.raises(ValueError, match="batches"):
         encode(Webhooks((HOOK,)), 1)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import QueueFull
+from appliance.errors import QueueFull, UnknownWebhook
 from appliance.signature import sign
 from appliance.state import StateDir
-from appliance.store import Delivery, Limits, Store, wait_until
+from appliance.store import Delivery, Limits, Store, WebhookState, wait_until
 from appliance.store.sqlite import SQLiteStore, purge_file
 
 StoreFactory = Callable[[Limits], Store]
@@ -253,8 +253,180 @@ async def test_prune_deletes_only_acked_and_expired_rows(store: Store) -> None:
     await store.append("a", b"2", "s", 1_000)
     assert acked is not None
     store.ack("a", acked.seq)
-    assert await store.prune(older_than=5_000) == 1
+    assert await store.prune(delivered_before=5_000, expired_before=5_000) == 1
     assert len(await store.pending("a", 0, 10)) == 1
+
+
+async def test_prune_keeps_delivered_and_expired_rows_by_their_own_horizons(
+    store: Store,
+) -> None:
+    delivered_old = await store.append("a", b"d-old", "s", 1_000)
+    delivered_new = await store.append("a", b"d-new", "s", 3_000)
+    await store.append("a", b"e-old", "s", 1_000)
+    await store.append("a", b"e-new", "s", 3_000)
+    assert delivered_old is not None
+    assert delivered_new is not None
+    store.ack("a", delivered_old.seq)
+    store.ack("a", delivered_new.seq)
+    await store.expire(older_than=5_000)
+    # Delivered rows go before 2_000, expired ones are kept back to 500: only d-old goes.
+    assert await store.prune(delivered_before=2_000, expired_before=500) == 1
+    left = {(r.state, r.received_at) for r in await store.records(None, None, 10)}
+    assert left == {
+        (WebhookState.DELIVERED, 3_000),
+        (WebhookState.EXPIRED, 1_000),
+        (WebhookState.EXPIRED, 3_000),
+    }
+    assert await store.prune(delivered_before=0, expired_before=2_000) == 1
+    assert await store.prune(delivered_before=10_000, expired_before=10_000) == 2
+    assert await store.records(None, None, 10) == []
+
+
+async def test_queued_rows_are_never_pruned(store: Store) -> None:
+    await store.append("a", b"waiting", "s", 1_000)
+    assert await store.prune(delivered_before=10**15, expired_before=10**15) == 0
+    assert [d.body for d in await store.pending("a", 0, 10)] == [b"waiting"]
+
+
+async def test_a_delivered_webhook_is_kept_with_its_ack_time(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    stored = await put(store, "a", b'{"events":[1]}', "sig-a")
+    assert stored is not None
+    store.mark_sent([stored.seq])
+    store.ack("a", stored.seq)
+    await store.pending("a", 0, 10)  # a round trip: the ack is committed
+    found = await store.record(stored.id)
+    assert found is not None
+    record, body, sig = found
+    assert (record.id, record.tenant, record.state) == (stored.id, "a", WebhookState.DELIVERED)
+    assert (record.attempts, record.size, record.replay_of) == (1, 14, None)
+    assert record.received_at == stored.received_at
+    assert record.acked_at is not None
+    assert abs(record.acked_at - request.node.clock.now * 1000) < 1_000
+    assert (body, sig) == (b'{"events":[1]}', "sig-a")
+
+
+async def test_an_unknown_delivery_id_has_no_record(store: Store) -> None:
+    await put(store, "a", b"1")
+    assert await store.record("d-000000000000000000000000") is None
+
+
+async def test_records_are_newest_first_and_filtered_by_tenant_and_state(store: Store) -> None:
+    a1 = await put(store, "a", b"a1")
+    b1 = await put(store, "b", b"b1")
+    a2 = await put(store, "a", b"a2")
+    a3 = await store.append("a", b"a3", "s", 1_000)  # old: expires below
+    assert a1 is not None
+    assert b1 is not None
+    assert a2 is not None
+    assert a3 is not None
+    store.ack("a", a1.seq)
+    await store.expire(older_than=2_000)
+    everything = await store.records(None, None, 10)
+    assert [r.id for r in everything] == [a3.id, a2.id, b1.id, a1.id]
+    assert [r.id for r in await store.records("a", None, 10)] == [a3.id, a2.id, a1.id]
+    assert [r.id for r in await store.records(None, WebhookState.QUEUED, 10)] == [a2.id, b1.id]
+    assert [r.id for r in await store.records("a", WebhookState.QUEUED, 10)] == [a2.id]
+    assert [r.id for r in await store.records(None, WebhookState.DELIVERED, 10)] == [a1.id]
+    assert [r.id for r in await store.records(None, WebhookState.EXPIRED, 10)] == [a3.id]
+    assert [r.id for r in await store.records("b", WebhookState.EXPIRED, 10)] == []
+    assert [r.id for r in await store.records(None, None, 2)] == [a3.id, a2.id]
+    assert [r.size for r in everything] == [2, 2, 2, 2]
+
+
+async def test_a_replay_is_queued_like_a_new_webhook(store: Store) -> None:
+    seen: list[Delivery] = []
+    store.subscribe(seen.extend)
+    original = await put(store, "a", b"body-1", "sig-1")
+    assert original is not None
+    store.ack("a", original.seq)
+    (copy,) = await store.replay([original.id])
+    assert copy.id != original.id
+    assert copy.seq > original.seq
+    assert (copy.tenant, copy.body, copy.signature) == ("a", b"body-1", "sig-1")
+    assert (copy.replay_of, copy.attempts) == (original.id, 0)
+    assert [d.id for d in seen] == [original.id, copy.id]
+    assert seen[1].replay_of == original.id
+    (pending,) = await store.pending("a", 0, 10)
+    assert (pending.id, pending.replay_of, pending.body) == (copy.id, original.id, b"body-1")
+    assert store.depth("a") == 1
+    found = await store.record(copy.id)
+    assert found is not None
+    assert (found[0].state, found[0].replay_of) == (WebhookState.QUEUED, original.id)
+    assert found[1:] == (b"body-1", "sig-1")
+
+
+async def test_a_replay_is_never_a_retry_and_leaves_retry_dedupe_alone(store: Store) -> None:
+    original = await put(store, "a", b"x", "s")
+    assert original is not None
+    first, second = await store.replay([original.id, original.id])
+    (third,) = await store.replay([original.id])
+    assert len({first.id, second.id, third.id}) == 3
+    assert store.depth("a") == 4
+    # LINE's own retry of the original is still a known duplicate.
+    assert await put(store, "a", b"x", "s") is None
+
+
+async def test_an_expired_webhook_can_be_replayed(store: Store) -> None:
+    old = await store.append("a", b"late", "s", 1_000)
+    assert old is not None
+    await store.expire(older_than=2_000)
+    assert await store.pending("a", 0, 10) == []
+    (copy,) = await store.replay([old.id])
+    assert [d.id for d in await store.pending("a", 0, 10)] == [copy.id]
+    assert copy.received_at > old.received_at  # so the copy is not expired at once
+
+
+async def test_a_replay_naming_an_unknown_id_queues_nothing(store: Store) -> None:
+    known = await put(store, "a", b"1")
+    assert known is not None
+    store.ack("a", known.seq)
+    with pytest.raises(UnknownWebhook) as refused:
+        await store.replay([known.id, "d-nope"])
+    assert refused.value.delivery_id == "d-nope"
+    assert await store.pending("a", 0, 10) == []
+    assert store.depth("a") == 0
+    assert len(await store.records(None, None, 10)) == 1
+
+
+async def test_a_pruned_webhook_cannot_be_replayed(store: Store) -> None:
+    gone = await store.append("a", b"1", "s", 1_000)
+    assert gone is not None
+    store.ack("a", gone.seq)
+    await store.prune(delivered_before=2_000, expired_before=2_000)
+    assert await store.record(gone.id) is None
+    with pytest.raises(UnknownWebhook):
+        await store.replay([gone.id])
+
+
+async def test_a_replay_past_the_queue_cap_is_refused_whole(store: Store) -> None:
+    rows = [await put(store, "a", bytes([i])) for i in range(4)]
+    assert rows[0] is not None
+    with pytest.raises(QueueFull):
+        await store.replay([rows[0].id, rows[0].id])
+    assert store.depth("a") == 4
+    (copy,) = await store.replay([rows[0].id])
+    assert store.depth("a") == 5
+    assert copy.replay_of == rows[0].id
+
+
+async def test_a_replay_survives_a_restart_as_a_replay(make_store: StoreFactory) -> None:
+    first = make_store(Limits())
+    await first.open()
+    original = await put(first, "a", b"1")
+    assert original is not None
+    first.ack("a", original.seq)
+    (copy,) = await first.replay([original.id])
+    await first.close()
+    second = make_store(Limits())
+    await second.open()
+    try:
+        (pending,) = await second.pending("a", 0, 10)
+        assert (pending.id, pending.replay_of) == (copy.id, original.id)
+        assert second.depths() == {"a": 1}
+    finally:
+        await second.close()
 
 
 async def test_purge_drops_a_tenant_and_counts_its_unacked(store: Store) -> None:
@@ -312,7 +484,7 @@ async def test_delivery_ids_are_never_reused_after_pruning(make_store: StoreFact
     first = await store.append("a", b"1", "s", 1)
     assert first is not None
     store.ack("a", first.seq)
-    await store.prune(older_than=10)
+    await store.prune(delivered_before=10, expired_before=10)
     second = await store.append("a", b"2", "s", 20)
     await store.close()
     assert second is not None
@@ -344,6 +516,41 @@ async def test_a_store_from_before_opaque_ids_keeps_its_rows_and_ids(tmp_path: P
     assert (row.id, row.body) == ("d-000000000001", b"1")
     assert new is not None
     assert new.id != row.id
+
+
+async def test_a_store_from_before_retention_keeps_its_rows_and_gains_records(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE webhooks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, tenant TEXT NOT NULL,
+            body BLOB NOT NULL, signature TEXT NOT NULL, digest BLOB NOT NULL,
+            received_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            state INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO webhooks (id, tenant, body, signature, digest, received_at, state)
+            VALUES ('d-queued', 'a', x'31', 's', x'00', 1, 0),
+                   ('d-acked', 'a', x'3232', 's', x'01', 2, 1);
+        """
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        (queued,) = await store.pending("a", 0, 10)
+        records = await store.records("a", None, 10)
+        (copy,) = await store.replay(["d-acked"])
+    finally:
+        await store.close()
+    assert (queued.id, queued.replay_of) == ("d-queued", None)
+    assert [(r.id, r.state, r.size, r.acked_at) for r in records] == [
+        ("d-acked", WebhookState.DELIVERED, 2, None),
+        ("d-queued", WebhookState.QUEUED, 1, None),
+    ]
+    assert (copy.body, copy.replay_of) == (b"22", "d-acked")
 
 
 async def test_the_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:

@@ -530,16 +530,22 @@ class StoreMachine(RuleBasedStateMachine):
                 expected.append([seq, row.id, row.tenant, row.received_at])
         assert sorted(self.store.call("expire", older_than=older_than)) == expected
 
-    @rule(extra=st.sampled_from([0, 1, 5, 30]))
-    def prune(self, extra: int) -> None:
-        """Prune as the relay does: acked and expired rows older than the dedupe window."""
-        older_than = (self.clock - WINDOW - extra) * 1000
+    @rule(extra=st.sampled_from([0, 1, 5, 30]), longer=st.sampled_from([0, 10]))
+    def prune(self, extra: int, longer: int) -> None:
+        """Prune as the relay does: delivered rows older than their retention (at
+        least the dedupe window), expired ones older than theirs."""
+        delivered_before = (self.clock - WINDOW - extra) * 1000
+        expired_before = delivered_before - longer * 1000
         doomed = [
             seq
             for seq, r in self.rows.items()
-            if r.state != "queued" and r.received_at < older_than
+            if (r.state == "acked" and r.received_at < delivered_before)
+            or (r.state == "expired" and r.received_at < expired_before)
         ]
-        assert self.store.call("prune", older_than=older_than) == len(doomed)
+        pruned = self.store.call(
+            "prune", delivered_before=delivered_before, expired_before=expired_before
+        )
+        assert pruned == len(doomed)
         for seq in doomed:
             del self.rows[seq]
 

@@ -139,3 +139,35 @@ def test_a_batch_whose_commit_fails_queues_none_of_its_bodies(inbox: Inbox) -> N
     assert inbox.depth() == 0
     # Nothing of the first body was remembered either: it is new when it comes again.
     assert take(inbox, "d1", items("id:a"), now=101).queued == 1
+
+
+def replay(inbox: Inbox, digest: str, events: list[Incoming], now: float) -> Taken:
+    """Queue one replayed body (its digest names its delivery, as intake makes it)."""
+    (taken,) = inbox.take([Body(digest, events, replay=True)], TTL, now=now)
+    return taken
+
+
+def test_a_replay_of_seen_events_is_queued_again_and_says_so(inbox: Inbox) -> None:
+    take(inbox, "d1", items("id:a", "id:b"), now=100)
+    taken = replay(inbox, "d1:replay:r1", items("id:a", "id:b"), now=101)
+    assert (taken.queued, taken.duplicates, taken.seen, taken.known_body) == (2, 0, 2, False)
+    assert inbox.depth() == 4
+
+
+def test_the_same_replay_delivered_twice_is_queued_once(inbox: Inbox) -> None:
+    take(inbox, "d1", items("id:a"), now=100)
+    replay(inbox, "d1:replay:r1", items("id:a"), now=101)
+    again = replay(inbox, "d1:replay:r1", items("id:a"), now=102)
+    assert (again.queued, again.known_body) == (0, True)
+    # Another replay of the same webhook is another request to process it.
+    assert replay(inbox, "d1:replay:r2", items("id:a"), now=103).queued == 1
+    assert inbox.depth() == 3
+
+
+def test_line_redelivering_a_replayed_event_is_still_a_duplicate(inbox: Inbox) -> None:
+    replay(inbox, "d1:replay:r1", items("id:new"), now=100)  # never seen before the replay
+    taken = take(inbox, "d2", items("id:new"), now=101)
+    assert (taken.queued, taken.duplicates) == (0, 1)
+    take(inbox, "d3", items("id:b"), now=102)
+    replay(inbox, "d3:replay:r2", items("id:b"), now=103)
+    assert take(inbox, "d4", items("id:b"), now=104).duplicates == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -87,3 +88,21 @@ def test_stale_or_stopped_status_is_not_running(tmp_path: Path) -> None:
     assert not is_running(snapshot, now=time.time() + 60)
     assert not is_running({**snapshot, "connection": "stopped"})
     assert not is_running({**snapshot, "pid": 2**22 + 12345})
+
+
+def test_a_replay_is_its_own_webhook_to_the_inbox_with_the_events_keys_kept() -> None:
+    body = json.dumps(
+        {"events": [{"type": "message", "webhookEventId": "01A"}, {"type": "follow"}]}
+    )
+    original = prepare(frame(body), SECRET)
+    replays = [
+        prepare(dataclasses.replace(frame(body), id=i, replay=True), SECRET) for i in ("r1", "r2")
+    ]
+    assert isinstance(original, Prepared)
+    assert not original.replay
+    for replayed in replays:
+        assert isinstance(replayed, Prepared)
+        assert replayed.replay
+        assert replayed.digest != original.digest
+        assert [e.key for e in replayed.events] == [e.key for e in original.events]
+    assert len({r.digest for r in replays if isinstance(r, Prepared)}) == 2

@@ -5,74 +5,19 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import statistics
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.loadtest.report_html import read
+from tests.loadtest.runs import Run, bridge_protocols, common, stats_rows, tenant_options
 from tests.support.relay import RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
-
-Run = Callable[[list[str]], int]
-
-
-def tenant_options(relay: RelayProcess, prefix: str, count: int) -> list[str]:
-    options = []
-    for i in range(1, count + 1):
-        tenant = f"{prefix}-{i}"
-        token = relay.add_tenant(tenant, f"secret-{tenant}")
-        options += [
-            "--tenant",
-            tenant,
-            "--channel-secret",
-            f"secret-{tenant}",
-            "--bridge-token",
-            token,
-        ]
-    return options
-
-
-def common(relay: RelayProcess, report: Path) -> list[str]:
-    # These runs prove counting and delivery, not speed: on a shared 2-core machine a
-    # busy neighbour can push an answer past one second, so the budget is relaxed here
-    # (the default SLO is exercised by the verdict's unit tests and the slow-target run).
-    return [
-        "--budget-ms",
-        "10000",
-        "--slo-ack-p99-ms",
-        "10000",
-        "--target",
-        relay.base_url,
-        "--ca",
-        str(relay.ca_file),
-        "--admin-url",
-        relay.admin_url,
-        "--report",
-        str(report),
-        "--drain",
-        "20",
-    ]
-
-
-def bridge_protocols(relay: RelayProcess, prefix: str) -> set[int]:
-    """The protocols the relay logged for bridges of tenants named ``prefix-N``."""
-    found = set()
-    for line in relay.output().splitlines():
-        if '"bridge connected"' in line:
-            record = json.loads(line)
-            if record["tenant"].startswith(f"{prefix}-"):
-                found.add(record["protocol"])
-    return found
-
-
-def stats_rows(report: Path) -> dict[str, dict[str, Any]]:
-    with (report / "locust_stats.csv").open() as f:
-        return {row["Name"]: row for row in csv.DictReader(f)}
 
 
 def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
@@ -115,32 +60,65 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
         assert not any(secret in text for secret in secrets), path
 
 
-def test_worker_processes_count_accepted_and_delivered_across_processes_in_protocol_1(
+def test_two_generator_processes_count_exactly_what_the_relay_accepted_and_delivered(
     shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
 ) -> None:
     report = tmp_path / "report"
-    status = run_loadtest(
-        [
-            *common(shared_relay, report),
-            *tenant_options(shared_relay, "workers", 2),
-            "--rate",
-            "20",
-            "--duration",
-            "4",
-            "--workers",
-            "2",
-            "--bridges",
-            "2",
-            "--bridge-protocol",
-            "1",
-        ]
+    argv = [
+        *common(shared_relay, report),
+        *tenant_options(shared_relay, "generators", 2),
+        "--rate", "20", "--duration", "4", "--generators", "2",
+        "--bridges", "2", "--bridge-protocol", "1",
+    ]  # fmt: skip
+    status = run_loadtest(argv)
+    verdict = json.loads((report / "verdict.json").read_text())
+    summary = json.loads((report / "summary.json").read_text())
+    assert status == 0, verdict
+    # Every webhook was posted by one of two worker processes and delivered to a bridge
+    # user on either: the master's merged counts must equal the relay's own, exactly.
+    relay_accepted = summary["relay_metrics"]["webhooks_by_outcome"]["accepted"]
+    assert verdict["accepted"] == verdict["delivered"] == summary["requests"] == relay_accepted
+    assert verdict["accepted"] >= 20
+    assert summary["statuses"] == {"200": summary["requests"]}
+    assert verdict["lost"] == 0
+    drawn = read((report / "report.html").read_text())
+    assert sum(drawn["series"]["posted"]) == summary["requests"]
+    assert (
+        sum(drawn["series"]["delivered"]) + sum(drawn["series"]["redelivered"])
+        == summary["deliveries"]
     )
+    assert bridge_protocols(shared_relay, "generators") == {1}
+    assert int(stats_rows(report)["e2e delivery"]["Request Count"]) >= verdict["accepted"]
+
+
+def test_the_html_report_holds_the_verdict_and_charts_webhooks_apart_from_deliveries(
+    shared_relay: RelayProcess, run_loadtest: Run, tmp_path: Path
+) -> None:
+    report = tmp_path / "report"
+    rate = 20
+    argv = [
+        *common(shared_relay, report),
+        *tenant_options(shared_relay, "html", 1),
+        "--rate", str(rate), "--duration", "6",
+    ]  # fmt: skip
+    status = run_loadtest(argv)
     verdict = json.loads((report / "verdict.json").read_text())
     assert status == 0, verdict
-    assert verdict["accepted"] == verdict["delivered"] >= 20
-    assert verdict["lost"] == 0
-    assert bridge_protocols(shared_relay, "workers") == {1}
-    assert int(stats_rows(report)["e2e delivery"]["Request Count"]) >= verdict["accepted"]
+    drawn = read((report / "report.html").read_text())
+    assert drawn["sections"] == 1
+    assert drawn["locust_report"], "Locust's own report is still in the file"
+    assert drawn["verdict"] == verdict
+    assert set(drawn["check_rows"].values()) == {"true"}
+    assert "accepted webhooks lost" in drawn["check_rows"]
+    posted, delivered = drawn["series"]["posted"], drawn["series"]["delivered"]
+    assert {"posted", "delivered"} <= set(drawn["drawn_series"])
+    # Whole seconds of sending (the first and last are partial): about the rate, not twice it.
+    steady = statistics.median(posted[1:6])
+    assert 0.7 * rate <= steady <= 1.3 * rate, posted
+    assert max(posted) < 1.5 * rate, posted
+    assert sum(posted) == verdict["slo"]["requests"]
+    assert sum(delivered) == verdict["delivered"]
+    assert 0.7 * rate <= statistics.median(delivered[1:6]) <= 1.3 * rate, delivered
 
 
 def test_spike_profile_runs_ten_times_the_users_and_loses_nothing(

@@ -45,6 +45,19 @@ def test_tenants_file_is_read(tmp_path: Path) -> None:
     assert tenants_from_file(path) == (Tenant("a", "s", "t"),)
 
 
+def test_a_tenants_file_can_name_the_node_each_tenant_lives_on(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"tenant": "a", "channel_secret": "s", "target": "https://node-a:8443"},
+                {"tenant": "b", "channel_secret": "s"},
+            ]
+        )
+    )
+    assert [t.target for t in tenants_from_file(path)] == ["https://node-a:8443", None]
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -53,6 +66,7 @@ def test_tenants_file_is_read(tmp_path: Path) -> None:
         '{"tenant": "a"}',
         '[{"tenant": "a", "channel_secret": "s", "x": 1}]',
         '[{"tenant": "a", "channel_secret": 5}]',
+        '[{"tenant": "a", "channel_secret": "s", "target": 5}]',
     ],
 )
 def test_bad_tenants_files_are_refused_with_the_file_named(tmp_path: Path, content: str) -> None:
@@ -63,7 +77,14 @@ def test_bad_tenants_files_are_refused_with_the_file_named(tmp_path: Path, conte
 
 
 def test_config_round_trips_through_the_environment() -> None:
-    config = RunConfig(target="https://127.0.0.1:1", tenants=(Tenant("a", "s", "t"),), rate=7)
+    config = RunConfig(
+        targets=("https://127.0.0.1:1", "https://127.0.0.1:2"),
+        tenants=(Tenant("a", "s", "t", "https://127.0.0.1:2"),),
+        bridge_targets=("https://127.0.0.1:3",),
+        shared_store=True,
+        ca_files=("/ca/a.pem", "/ca/b.pem"),
+        rate=7,
+    )
     again = RunConfig.from_env({ENV_VAR: config.to_env()})
     assert again == config
     assert again.with_bridges

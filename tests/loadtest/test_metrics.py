@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.metrics import MetricsError, difference, parse
+from loadtest.metrics import MetricsError, combine, difference, parse
 
 BEFORE = """\
 # TYPE linerelay_webhook_ack_seconds histogram
@@ -61,3 +61,15 @@ def test_metrics_of_other_programs_leave_the_summary_empty() -> None:
 def test_text_that_is_not_prometheus_is_refused() -> None:
     with pytest.raises(MetricsError):
         parse("linerelay_webhooks_total{outcome= 3\n")
+
+
+def test_several_nodes_add_up_before_the_difference_is_taken() -> None:
+    one = parse(AFTER)
+    both = combine([one, parse(AFTER)])
+    assert both.ack_count == 420
+    assert both.webhooks == {"accepted": 410, "invalid_signature": 10}
+    assert both.bridges_connected == 4
+    diff = difference(combine([parse(BEFORE), parse(BEFORE)]), both)
+    assert diff["webhooks_by_outcome"]["accepted"] == 390
+    assert diff["ack_p99_le_s"] == 1.0
+    assert combine([]).bridges_connected is None

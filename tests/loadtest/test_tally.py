@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from loadtest.tally import Histogram, Tally
+from loadtest.tally import (
+    ACCEPTED,
+    DELIVERED,
+    FAILED,
+    POSTED,
+    REDELIVERED,
+    Buckets,
+    Histogram,
+    Tally,
+)
 
 
 def test_histogram_percentiles_are_nearest_rank_in_whole_milliseconds() -> None:
@@ -89,3 +98,57 @@ def test_deltas_merged_on_a_master_equal_one_tally_of_everything() -> None:
     assert master.e2e.total == 2
     assert sender.requests == 0
     assert not sender.waiting
+
+
+def test_webhooks_and_deliveries_are_counted_per_second_in_separate_series() -> None:
+    t = Tally()
+    t.answered(200, 10, "A", sent_at=1000.2)
+    t.answered(200, 10, "B", sent_at=1000.9)
+    t.answered(503, 10, "C", sent_at=1001.5)
+    t.failed("ConnectError", 3, sent_at=1001.7)
+    t.delivered_one("A", 40, at=1001.1)
+    t.delivered_one("B", 40, redelivery=True, at=1002.0)
+    assert t.timeline.get(POSTED, 1000) == 2
+    assert t.timeline.get(POSTED, 1001) == 2
+    assert t.timeline.get(FAILED, 1001) == 2
+    assert t.timeline.get(DELIVERED, 1001) == 1
+    assert t.timeline.get(REDELIVERED, 1002) == 1
+    assert t.timeline.total(DELIVERED) + t.timeline.total(REDELIVERED) == t.deliveries
+    assert t.timeline.keys() == [1000, 1001, 1002]
+
+
+def test_requests_are_counted_by_target_and_deliveries_by_bridge_target() -> None:
+    t = Tally()
+    t.answered(200, 1, "A", target=0)
+    t.answered(200, 1, "B", target=1)
+    t.answered(500, 1, "C", target=1)
+    t.delivered_one("A", 5, target=1)
+    assert (t.by_target.get(POSTED, 0), t.by_target.get(POSTED, 1)) == (1, 2)
+    assert (t.by_target.get(ACCEPTED, 0), t.by_target.get(ACCEPTED, 1)) == (1, 1)
+    assert t.by_target.get(DELIVERED, 1) == 1
+
+
+def test_series_and_target_counts_survive_deltas_merged_on_the_master() -> None:
+    worker_1, worker_2, master = Tally(), Tally(), Tally()
+    worker_1.answered(200, 1, "A", target=1, sent_at=50.5)
+    worker_2.delivered_one("A", 9, target=0, at=51.0)
+    worker_2.answered(200, 1, "B", target=0, sent_at=50.1)
+    for worker in (worker_1, worker_2):
+        master.merge(Tally.from_wire(json.loads(json.dumps(worker.take().to_wire()))))
+    assert master.timeline.get(POSTED, 50) == 2
+    assert master.timeline.get(DELIVERED, 51) == 1
+    assert master.by_target.get(POSTED, 1) == master.by_target.get(POSTED, 0) == 1
+    assert not worker_1.timeline.keys()
+    assert not worker_1.by_target.keys()
+
+
+def test_buckets_add_up_and_round_trip_through_json() -> None:
+    b = Buckets()
+    b.add("x", 3)
+    b.add("x", 3, 4)
+    b.add("y", 1)
+    assert b.get("x", 3) == 5
+    assert b.get("z", 3) == 0
+    assert b.total("x") == 5
+    again = Buckets.from_wire(json.loads(json.dumps(b.to_wire())))
+    assert again == b

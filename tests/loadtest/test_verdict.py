@@ -81,3 +81,29 @@ def test_a_run_that_sent_or_accepted_nothing_fails() -> None:
     t = Tally()
     t.answered(401, 3, "x")
     assert "no webhook was accepted" in judge(t, Slo(), with_bridges=False).failures
+
+
+def test_each_objective_is_a_check_with_its_limit_and_what_was_observed() -> None:
+    t = tally(delivered=998)
+    t.answered(200, 1500, "slow")
+    v = judge(t, Slo(), with_bridges=True)
+    checks = {c.objective: c for c in v.checks}
+    assert set(checks) == {
+        "webhooks accepted",
+        "ack p99",
+        "answers over budget",
+        "error rate",
+        "accepted webhooks lost",
+    }
+    assert checks["answers over budget"].passed is False
+    assert checks["answers over budget"].observed == "1"
+    assert checks["accepted webhooks lost"].observed == "3 (998 of 1001 delivered)"
+    assert checks["ack p99"].passed is True
+    assert checks["ack p99"].limit == "below 1000 ms"
+    assert list(v.failures) == [c.reason for c in v.checks if not c.passed]
+    assert len(v.failures) == 2
+
+
+def test_without_bridges_there_is_no_loss_objective() -> None:
+    objectives = [c.objective for c in judge(tally(), Slo(), with_bridges=False).checks]
+    assert "accepted webhooks lost" not in objectives

@@ -19,6 +19,7 @@ what a bridge says on the wire, which the real relay does not show.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class FakeRelay:
         self.protocol_2 = protocol_2
         self.sessions: list[Session] = []
         self._queued: list[Webhook] = []
+        # Every webhook ever queued, by id, as last sent.
+        self._every: dict[str, Webhook] = {}
         self._lock = threading.Lock()
         self._server: Server | None = None
 
@@ -84,21 +87,34 @@ class FakeRelay:
         assert self._server is not None
         return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}/bridge"
 
-    def queue(self, body: bytes, secret: str) -> str:
-        """Hold ``body``, signed with ``secret``, for the next connection; returns its id."""
+    def queue(self, body: bytes, secret: str, *, replay: bool = False) -> str:
+        """Hold ``body``, signed with ``secret``, for the next connection; returns its id.
+
+        ``replay``: an operator's replay (``"replay": true``, PROTOCOL.md §7).
+        """
         with self._lock:
-            delivery = f"d-{len(self._queued) + 1:012d}"
-            self._queued.append(
-                Webhook(
-                    delivery,
-                    self.tenant,
-                    body.decode("utf-8"),
-                    sign(secret.encode(), body),
-                    received_at=1763800000000 + len(self._queued),
-                    attempt=0,
-                )
+            delivery = f"d-{len(self._every) + 1:012d}"
+            hook = Webhook(
+                delivery,
+                self.tenant,
+                body.decode("utf-8"),
+                sign(secret.encode(), body),
+                received_at=1763800000000 + len(self._every),
+                attempt=0,
+                replay=replay,
             )
+            self._queued.append(hook)
+            self._every[delivery] = hook
         return delivery
+
+    def again(self, delivery: str) -> None:
+        """Send webhook ``delivery`` once more on the open connection, acked or not
+        (attempt raised), as a relay that lost the bridge's ack would."""
+        with self._lock:
+            hook = self._every[delivery]
+            hook = self._every[delivery] = dataclasses.replace(hook, attempt=hook.attempt + 1)
+            session = self.sessions[-1]
+        self._send(session, [hook])
 
     def flush(self) -> None:
         """Send the open connection the webhooks queued since it was given any."""
@@ -133,10 +149,8 @@ class FakeRelay:
         with self._lock:
             self.sessions.append(session)
             # Every webhook not acked goes again, attempt raised: at least once.
-            self._queued = [
-                Webhook(h.id, h.tenant, h.body, h.signature, h.received_at, h.attempt + 1)
-                for h in self._queued
-            ]
+            self._queued = [dataclasses.replace(h, attempt=h.attempt + 1) for h in self._queued]
+            self._every.update((h.id, h) for h in self._queued)
             pending = list(self._queued)
         try:
             ws.send(encode(Hello(self.tenant, WINDOW, protocol), protocol))

@@ -114,7 +114,7 @@ async def serve(store: SQLiteStore, clock: Clock) -> None:
                 lambda rows: [[e.seq, e.id, e.tenant, e.received_at] for e in rows],
             )
         elif op == "prune":
-            spawn(n, store.prune(req["older_than"]))
+            spawn(n, store.prune(req["delivered_before"], req["expired_before"]))
         elif op == "purge":
             spawn(n, store.purge(req["tenant"], req["before"]))
         elif op == "snapshot":
