@@ -139,11 +139,6 @@ class ConsoleDB:
             self._version = version
         return self._admin
 
-    def admin_token_set_at(self) -> int | None:
-        """When (Unix ms) the admin token was set, None if none is."""
-        row = self._db.execute("SELECT created_at FROM admin_token WHERE id = 1").fetchone()
-        return None if row is None else int(row[0])
-
     # -- sessions -----------------------------------------------------------
 
     def open_session(self, token_digest: bytes | None, now: int) -> tuple[str, Session]:
@@ -182,8 +177,3 @@ class ConsoleDB:
     def close_session(self, session: Session) -> None:
         """End ``session`` (logout)."""
         self._db.execute("DELETE FROM sessions WHERE digest = ?", (session.digest,))
-
-    def count_sessions(self) -> int:
-        """Sessions stored, expired ones included until the next login prunes them."""
-        count: int = self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
-        return count

@@ -34,7 +34,7 @@ from appliance.console.auth import CSRF_FIELD, safe_next
 from appliance.console.guard import Access, Guard
 from appliance.console.overview import Overview, TenantView
 from appliance.console.sessions import ConsoleDB
-from appliance.errors import UnknownWebhook
+from appliance.errors import QueueFull, RelayError, UnknownWebhook
 from appliance.ingress import Relay
 from appliance.limits import address_key
 from appliance.state import StateDir
@@ -87,6 +87,7 @@ class Console:
         bp.context_processor(self._context)
         bp.register_error_handler(UnknownWebhook, self._unknown_webhook)
         bp.register_error_handler(_NotFound, self._unknown_tenant)
+        bp.register_error_handler(RelayError, self._refused)
         routes = (
             ("/", self.index, ["GET"]),
             ("/fragments/tenants", self.tenants_fragment, ["GET"]),
@@ -239,10 +240,19 @@ class Console:
     async def _unknown_tenant(self, _: _NotFound) -> ResponseReturnValue:
         return await _not_found("No such tenant")
 
+    async def _refused(self, error: RelayError) -> ResponseReturnValue:
+        """What the relay refused (a replay into a full queue: 503), as a page."""
+        title = "The tenant's queue is full" if isinstance(error, QueueFull) else "Refused"
+        return await _error_page(title, error.status, str(error))
+
 
 async def _not_found(title: str) -> ResponseReturnValue:
-    html = await render_template("console/error.html", title=title)
-    return Response(html, status=404, content_type="text/html; charset=utf-8")
+    return await _error_page(title, 404)
+
+
+async def _error_page(title: str, status: int, detail: str = "") -> ResponseReturnValue:
+    html = await render_template("console/error.html", title=title, detail=detail)
+    return Response(html, status=status, content_type="text/html; charset=utf-8")
 
 
 class _NotFound(LookupError):

@@ -11,6 +11,7 @@ still need their CSRF token and the Host must be this machine's.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,8 @@ CONFIG = """
 ping_interval = 1.0
 bridge_idle_timeout = 3.0
 """
+#: The loopback relay's queue cap, small enough to fill.
+LOCAL_QUEUE_CAP = 3
 ADMIN_PATHS = ("/", "/metrics", "/readyz", "/fragments/tenants", "/tenants/x", "/api/webhooks")
 
 
@@ -64,7 +67,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    with console_relay(tmp_path_factory, "console-local", "127.0.0.1") as harness:
+    config = CONFIG + f"queue_cap = {LOCAL_QUEUE_CAP}\n"
+    with console_relay(tmp_path_factory, "console-local", "127.0.0.1", config) as harness:
         yield harness
 
 
@@ -444,6 +448,29 @@ async def test_no_page_shows_a_secret_token_signature_or_unasked_body(
             assert not shown, f"{path} shows part of a body nobody asked for"
 
 
+# -- the webhooks CLI through the guard ------------------------------------------------------
+
+
+async def test_the_webhooks_cli_needs_the_admin_token_off_loopback(secured: Harness) -> None:
+    tenant = secured.tenant()
+    await post_signed(secured, tenant, webhook_body("listed"))
+    relay = secured.relay
+    admin = ("--admin-listen", f"0.0.0.0:{relay.admin_port}")
+    listing = ("webhooks", "list", "--tenant", tenant.id, "--json", *admin)
+    refused = linerelay(*listing, state_dir=relay.state_dir, check=False)
+    assert refused.returncode == 2
+    assert "admin token" in refused.stderr
+    env = {**os.environ, "LINERELAY_ADMIN_TOKEN": token_of(secured)}
+    done = linerelay(*listing, state_dir=relay.state_dir, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    [record] = json.loads(done.stdout)["webhooks"]
+    replayed = linerelay(
+        "webhooks", "replay", record["id"], *admin, state_dir=relay.state_dir, env=env, check=False
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert token_of(secured) not in done.stdout + done.stderr + replayed.stdout + replayed.stderr
+
+
 # -- the admin token changes while the relay runs ------------------------------------------
 
 
@@ -491,6 +518,20 @@ async def test_on_loopback_a_replay_still_needs_the_pages_csrf_token(local: Harn
         assert browser.post(f"/webhooks/{delivery}/replay", data={"csrf": "x"}).status_code == 403
         answer = browser.post(f"/webhooks/{delivery}/replay", data={"csrf": csrf_of(listing.text)})
         assert answer.status_code == 303
+
+
+async def test_a_replay_into_a_full_queue_is_refused_with_a_page(local: Harness) -> None:
+    tenant = local.tenant()
+    for n in range(LOCAL_QUEUE_CAP):
+        await post_signed(local, tenant, webhook_body(f"filling {n}"))
+    with client(local) as browser:
+        listing = browser.get(f"/tenants/{tenant.id}")
+        delivery = re.search(r'data-delivery="(d-[^"]+)"', listing.text).group(1)  # type: ignore[union-attr]
+        answer = browser.post(f"/webhooks/{delivery}/replay", data={"csrf": csrf_of(listing.text)})
+        assert answer.status_code == 503
+        assert "queue is full" in answer.text
+        after = browser.get(f"/fragments/tenants/{tenant.id}/webhooks").text
+    assert after.count("data-delivery=") == LOCAL_QUEUE_CAP
 
 
 def test_admin_auth_token_needs_the_token_on_loopback_too(

@@ -47,7 +47,6 @@ def test_only_the_admin_tokens_digest_is_stored(db: ConsoleDB, tmp_path: Path) -
 
 def test_no_admin_token_until_one_is_set(db: ConsoleDB) -> None:
     assert db.admin_digest() is None
-    assert db.admin_token_set_at() is None
 
 
 def test_another_process_setting_the_token_is_seen_at_the_next_read(tmp_path: Path) -> None:
