@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from appliance.errors import StoreError
 from appliance.metrics import OUTCOMES
+from appliance.webhooks import WebhookRecord, WebhookState
 
 if TYPE_CHECKING:
     from appliance.ingress import Relay
@@ -119,6 +120,12 @@ class Snapshot:
     def bridges(self) -> int:
         """Tenants with a connected bridge."""
         return sum(1 for t in self.tenants if t.bridge is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    at: float
+    records: list[WebhookRecord]
 
 
 class AckRates:
@@ -252,7 +259,8 @@ def _bridge_view(relay: Relay, tenant: str, rates: AckRates, now: float) -> Brid
 
 
 class Overview:
-    """The console's view of the relay, drawn at most once per :data:`SNAPSHOT_SECONDS`."""
+    """The console's view of the relay, drawn at most once per :data:`SNAPSHOT_SECONDS`:
+    the snapshot, and each tenant's recent webhooks (a store read each)."""
 
     def __init__(self, relay: Relay, clock: Callable[[], float] = time.monotonic) -> None:
         self.relay = relay
@@ -260,6 +268,21 @@ class Overview:
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._drawn_at = 0.0
+        self._recent: dict[tuple[str, WebhookState | None, int], _Read] = {}
+
+    async def recent(
+        self, tenant: str, state: WebhookState | None, limit: int
+    ) -> list[WebhookRecord]:
+        """``tenant``'s latest webhooks (newest first), read again at most once a second."""
+        now = self._clock()
+        key = (tenant, state, limit)
+        read = self._recent.get(key)
+        if read is None or now - read.at >= SNAPSHOT_SECONDS:
+            # Expired reads go as new ones come: only what is being watched is kept.
+            self._recent = {k: r for k, r in self._recent.items() if now - r.at < SNAPSHOT_SECONDS}
+            records = await self.relay.webhooks.list(tenant=tenant, state=state, limit=limit)
+            read = self._recent[key] = _Read(now, records)
+        return read.records
 
     def snapshot(self) -> Snapshot:
         """The current snapshot, drawn again if the last is older than a second."""

@@ -148,7 +148,7 @@ class Console:
         self.guard.ensure_session()
         view = self._tenant_view(tenant)
         state = _state_filter()
-        records = await self.relay.webhooks.list(tenant=tenant, state=state, limit=RECENT)
+        records = await self.overview.recent(tenant, state, RECENT)
         return await render_template(
             "console/tenant.html",
             tenant=view,
@@ -165,7 +165,7 @@ class Console:
         """One tenant's recent webhooks alone."""
         self._tenant_view(tenant)
         state = _state_filter()
-        records = await self.relay.webhooks.list(tenant=tenant, state=state, limit=RECENT)
+        records = await self.overview.recent(tenant, state, RECENT)
         return await render_template("console/_webhooks.html", records=records, tenant=tenant)
 
     # -- one webhook --------------------------------------------------------------

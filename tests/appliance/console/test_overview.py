@@ -260,3 +260,18 @@ async def test_a_tenant_added_since_the_snapshot_is_found_at_once(
     assert view is not None
     assert view.depth == 0
     assert overview.tenant("nobody") is None
+
+
+async def test_recent_webhooks_are_read_once_a_second_however_often_asked(relay: Relay) -> None:
+    clock = [100.0]
+    overview = Overview(relay, clock=lambda: clock[0])
+    await queue(relay, "waiting", "a")
+    first = await overview.recent("waiting", None, 50)
+    assert len(first) == 1
+    await queue(relay, "waiting", "b")
+    clock[0] += SNAPSHOT_SECONDS / 2
+    assert await overview.recent("waiting", None, 50) is first
+    clock[0] += SNAPSHOT_SECONDS / 2
+    fresh = await overview.recent("waiting", None, 50)
+    assert [r.received_at for r in fresh] == [1, 1]
+    assert fresh[0].id != first[0].id  # newest first
