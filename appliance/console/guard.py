@@ -21,6 +21,7 @@ from quart import Response, g, redirect, request
 from quart.typing import ResponseReturnValue
 
 from appliance.console.auth import (
+    ALWAYS_OPEN,
     CSRF_FIELD,
     CSRF_HEADER,
     LOGIN_PATH,
@@ -100,6 +101,8 @@ class Guard:
 
     async def check(self) -> ResponseReturnValue | None:
         """Quart ``before_request``: None to serve the request, else the refusal."""
+        if request.path in ALWAYS_OPEN:
+            return None  # not even a lockout: probes must always get an answer
         needed = self.token_needed()
         client = address_key(request.remote_addr or "")
         token = bearer_token(request.headers.get("Authorization"))
@@ -112,6 +115,8 @@ class Guard:
         bearer = None if token is None else self.token_matches(token, admin)
         session = self._session(needed, admin)
         g.console = Access(needed, session, bool(bearer))
+        # A cookie whose session ended (expired, logged out, another token) goes.
+        g.console.clear_cookie = session is None and SESSION_COOKIE in request.cookies
         unsafe = request.method not in SAFE_METHODS
         host = request.headers.get("Host", "")
         facts = Facts(

@@ -241,7 +241,12 @@ def test_logout_ends_the_session(secured: Harness) -> None:
         assert answer.headers["location"] == "/login"
     with client(secured) as replayed:
         replayed.cookies.set(SESSION_COOKIE, session)
-        assert replayed.get("/").status_code == 401
+        answer = replayed.get("/")
+        assert answer.status_code == 401
+        # The ended session's cookie is cleared.
+        cleared = answer.headers["set-cookie"]
+        assert cleared.startswith(f"{SESSION_COOKIE}=;")
+        assert "Max-Age=0" in cleared
 
 
 def test_pages_carry_the_security_headers(secured: Harness) -> None:
