@@ -5,10 +5,11 @@ The relay runs pinned to core 0 (bench/throughput.py's ``Relay``), with an ackin
 protocol 2 bridge; wrk posts distinct signed 600-byte bodies on core 1, paced at
 ``--load`` of the maximum rate measured first, with the same pause for every run so
 each offers the same load. An open console is what the console's script does in a
-visible tab: the tenant's page once, then every ``--interval`` seconds the four
-fragments a page polls (the tenants table, the histogram, the loaded tenant's
-bridge and its recent webhooks), each console with its own session cookie; the
-consoles run in one process on core 1 beside wrk. Each run uses its own tenant.
+visible tab: the page once, then every ``--interval`` seconds the page's fragment;
+half the consoles show the overview (every tenant, the histogram), half the loaded
+tenant's page (its bridge and its 50 latest webhooks, which change all the time),
+each with its own session cookie. The consoles run in one process on core 1 beside
+wrk. Each run uses its own tenant.
 
     .venv/bin/python -m bench.console_cost [--duration 20] [--consoles 5 20] [--load 0.7]
 
@@ -40,39 +41,33 @@ from tests.support.processes import stop
 from tls.pki import EmbeddedPKI
 
 
-def fragments(tenant: str) -> list[str]:
-    """What one open console page polls (appliance/console/templates)."""
-    return [
-        "/fragments/tenants",
-        "/fragments/glance",
-        f"/fragments/tenants/{tenant}",
-        f"/fragments/tenants/{tenant}/webhooks",
-    ]
+def pages(tenant: str) -> list[tuple[str, str]]:
+    """The pages an open console may show, each with the fragment it polls
+    (appliance/console/templates)."""
+    return [("/", "/fragments/overview"), (f"/tenants/{tenant}", f"/fragments/tenants/{tenant}")]
 
 
 async def console(
-    admin: str, tenant: str, interval: float, stop_at: asyncio.Event, seen: list[float]
+    admin: str,
+    page: tuple[str, str],
+    interval: float,
+    stop_at: asyncio.Event,
+    seen: list[float],
 ) -> tuple[int, int]:
-    """One open console until ``stop_at``: the page once, then its fragments each
-    ``interval``; latencies (ms) go to ``seen``. Returns (requests, failures)."""
+    """One open console showing ``page`` until ``stop_at``: the page once, then its
+    fragment each ``interval``; latencies (ms) go to ``seen``. Returns (requests, failures)."""
     requests = failures = 0
+    path, fragment = page
     async with httpx.AsyncClient(base_url=admin, timeout=10) as client:
         await asyncio.sleep(random.uniform(0, interval))  # consoles opened at different times
-        await client.get(f"/tenants/{tenant}", headers={"Accept": "text/html"})
-        headers = {"X-Console-Fragment": "1"}
+        await client.get(path, headers={"Accept": "text/html"})
         while not stop_at.is_set():
             started = time.perf_counter()
-
-            async def one(path: str) -> int:
-                t0 = time.perf_counter()
-                answer = await client.get(path, headers=headers)
-                seen.append((time.perf_counter() - t0) * 1000)
-                return answer.status_code
-
-            statuses = await asyncio.gather(*(one(p) for p in fragments(tenant)))
-            requests += len(statuses)
-            # 404 only until the run's tenant exists (the first second).
-            failures += sum(1 for s in statuses if s not in (200, 404))
+            answer = await client.get(fragment, headers={"X-Console-Fragment": "1"})
+            seen.append((time.perf_counter() - started) * 1000)
+            requests += 1
+            # 404 only until the run's tenant exists (its first second).
+            failures += answer.status_code not in (200, 404)
             rest = interval - (time.perf_counter() - started)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_at.wait(), max(0.0, rest))
@@ -86,8 +81,9 @@ async def poll(admin: str, tenant: str, consoles: int, interval: float) -> dict[
     print(json.dumps({"polling": consoles}), flush=True)
     seen: list[float] = []
     started = time.monotonic()
+    shown = pages(tenant)
     counts = await asyncio.gather(
-        *(console(admin, tenant, interval, stop_at, seen) for _ in range(consoles))
+        *(console(admin, shown[i % 2], interval, stop_at, seen) for i in range(consoles))
     )
     elapsed = time.monotonic() - started
     return {
@@ -181,8 +177,9 @@ def main() -> None:
         delay = max(1.0, naive - (CONNECTIONS / trial["rps"] * 1000 - naive))
         print(json.dumps({"max_rps": top, "target_rps": round(rate), "delay_ms": round(delay, 1)}))
         # Each page's template is compiled at its first use: once per relay, not per console.
-        for path in ["/tenants/trial", *fragments("trial")]:
-            httpx.get(f"{relay.admin}{path}", timeout=10)
+        for page in pages("trial"):
+            for path in page:
+                httpx.get(f"{relay.admin}{path}", timeout=10)
         plan = [0]
         for n in args.consoles:
             plan += [n, 0]

@@ -1,9 +1,10 @@
 """The console's pages and fragments, its login, and replay (PROTOCOL.md §7).
 
 Server-rendered Jinja templates (autoescaped), one small stylesheet and one
-small script (appliance/console/static/): the script refreshes the parts of a
-page marked ``data-poll`` from their fragment URLs every two seconds, so a
-page updates without a reload, and stops while the tab is hidden.
+small script (appliance/console/static/): the script refreshes the part of a
+page marked ``data-poll`` from its fragment URL every two seconds (one request
+per page and poll), so a page updates without a reload; it stops while the tab
+is hidden.
 
 Pages:
 
@@ -90,11 +91,9 @@ class Console:
         bp.register_error_handler(RelayError, self._refused)
         routes = (
             ("/", self.index, ["GET"]),
-            ("/fragments/tenants", self.tenants_fragment, ["GET"]),
-            ("/fragments/glance", self.glance_fragment, ["GET"]),
+            ("/fragments/overview", self.overview_fragment, ["GET"]),
             ("/tenants/<tenant>", self.tenant, ["GET"]),
             ("/fragments/tenants/<tenant>", self.tenant_fragment, ["GET"]),
-            ("/fragments/tenants/<tenant>/webhooks", self.webhooks_fragment, ["GET"]),
             ("/webhooks/<delivery>", self.webhook, ["GET"]),
             ("/fragments/webhooks/<delivery>", self.webhook_fragment, ["GET"]),
             ("/webhooks/<delivery>/replay", self.replay, ["POST"]),
@@ -125,15 +124,10 @@ class Console:
         snapshot = self.overview.snapshot()
         return await render_template("console/overview.html", snapshot=snapshot)
 
-    async def tenants_fragment(self) -> ResponseReturnValue:
-        """The tenants table alone."""
+    async def overview_fragment(self) -> ResponseReturnValue:
+        """What the overview refreshes: the tenants table and the histogram."""
         snapshot = self.overview.snapshot()
-        return await render_template("console/_tenants.html", snapshot=snapshot)
-
-    async def glance_fragment(self) -> ResponseReturnValue:
-        """The answer-time histogram alone."""
-        snapshot = self.overview.snapshot()
-        return await render_template("console/_glance.html", glance=snapshot.glance)
+        return await render_template("console/_overview.html", snapshot=snapshot)
 
     # -- one tenant -------------------------------------------------------------
 
@@ -144,29 +138,23 @@ class Console:
         return view
 
     async def tenant(self, tenant: str) -> ResponseReturnValue:
-        """One tenant's bridge and recent webhooks."""
+        """One tenant's queue, bridge and recent webhooks."""
         self.guard.ensure_session()
-        view = self._tenant_view(tenant)
-        state = _state_filter()
-        records = await self.overview.recent(tenant, state, RECENT)
-        return await render_template(
-            "console/tenant.html",
-            tenant=view,
-            state=state,
-            states=list(WebhookState),
-            records=records,
-        )
+        return await render_template("console/tenant.html", **await self._tenant_parts(tenant))
 
     async def tenant_fragment(self, tenant: str) -> ResponseReturnValue:
-        """One tenant's queue and bridge alone."""
-        return await render_template("console/_tenant.html", tenant=self._tenant_view(tenant))
+        """What a tenant's page refreshes: all of it but the title."""
+        return await render_template("console/_tenant.html", **await self._tenant_parts(tenant))
 
-    async def webhooks_fragment(self, tenant: str) -> ResponseReturnValue:
-        """One tenant's recent webhooks alone."""
-        self._tenant_view(tenant)
+    async def _tenant_parts(self, tenant: str) -> dict[str, object]:
+        view = self._tenant_view(tenant)
         state = _state_filter()
-        records = await self.overview.recent(tenant, state, RECENT)
-        return await render_template("console/_webhooks.html", records=records, tenant=tenant)
+        return {
+            "tenant": view,
+            "state": state,
+            "states": list(WebhookState),
+            "records": await self.overview.recent(tenant, state, RECENT),
+        }
 
     # -- one webhook --------------------------------------------------------------
 

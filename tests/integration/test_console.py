@@ -36,7 +36,7 @@ bridge_idle_timeout = 3.0
 """
 #: The loopback relay's queue cap, small enough to fill.
 LOCAL_QUEUE_CAP = 3
-ADMIN_PATHS = ("/", "/metrics", "/readyz", "/fragments/tenants", "/tenants/x", "/api/webhooks")
+ADMIN_PATHS = ("/", "/metrics", "/readyz", "/fragments/overview", "/tenants/x", "/api/webhooks")
 
 
 @contextmanager
@@ -127,7 +127,7 @@ def test_a_browser_without_a_login_is_sent_to_the_login_page(secured: Harness) -
     assert 'name="token"' in page.text
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/", "/fragments/glance"])
+@pytest.mark.parametrize("path", ["/metrics", "/readyz", "/", "/fragments/overview"])
 def test_the_admin_token_as_a_bearer_header_opens_every_path(secured: Harness, path: str) -> None:
     with client(secured) as tool:
         answer = tool.get(path, headers={"Authorization": f"Bearer {token_of(secured)}"})
@@ -251,7 +251,7 @@ def test_logout_ends_the_session(secured: Harness) -> None:
 
 def test_pages_carry_the_security_headers(secured: Harness) -> None:
     with logged_in(secured) as browser:
-        for path in ("/", "/login", "/fragments/tenants"):
+        for path in ("/", "/login", "/fragments/overview"):
             headers = browser.get(path).headers
             csp = headers["content-security-policy"]
             assert "script-src 'self'" in csp
@@ -315,7 +315,7 @@ async def test_the_overview_shows_a_connected_bridge_and_a_growing_queue(
             await post_signed(secured, waiting, webhook_body(f"waiting {n}"))
 
         async def shown() -> str | None:
-            html = (await console.get("/fragments/tenants")).text
+            html = (await console.get("/fragments/overview")).text
             ready = "connected" in row_of(html, bridged.id) and "never" not in row_of(
                 html, bridged.id
             )
@@ -340,7 +340,7 @@ async def test_the_glance_shows_the_histogram_and_the_over_budget_count(
 ) -> None:
     tenant = secured.tenant()
     await post_signed(secured, tenant, webhook_body("count me"))
-    html = (await console.get("/fragments/glance")).text
+    html = (await console.get("/fragments/overview")).text
     answers = int(re.search(r'<span id="answers">(\d+)</span>', html).group(1))  # type: ignore[union-attr]
     assert answers >= 1
     assert "over the 1000 ms budget" in html
@@ -530,7 +530,7 @@ def test_on_loopback_the_console_needs_no_token(local: Harness) -> None:
 
 def test_on_loopback_a_host_that_is_not_this_machine_is_refused(local: Harness) -> None:
     with client(local) as rebound:
-        for path in ("/", "/metrics", "/fragments/tenants"):
+        for path in ("/", "/metrics", "/fragments/overview"):
             assert rebound.get(path, headers={"Host": "evil.example"}).status_code == 403
         assert rebound.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
         assert rebound.get("/", headers={"Host": "localhost:1"}).status_code == 200

@@ -241,5 +241,5 @@ def test_without_the_token_the_browser_gets_the_login_page_and_tools_get_401(
     until(browser, lambda d: d.find_element(By.ID, "login-failed"), "the refusal")
     shot(browser, "08-wrong-token")
     assert browser.get_cookie("linerelay_console") is None
-    for path in ("/", "/metrics", "/fragments/tenants"):
+    for path in ("/", "/metrics", "/fragments/overview"):
         assert httpx.get(f"{relay.admin_url}{path}", timeout=TIMEOUT).status_code == 401
