@@ -38,7 +38,11 @@ def create_admin_app(relay: Relay, is_ready: Callable[[], bool], loopback: bool 
     @app.get("/readyz")
     async def readyz() -> tuple[dict[str, object], int]:
         ready = is_ready()
-        return {"ready": ready, "bridges": len(relay.hub.connections)}, 200 if ready else 503
+        answer: dict[str, object] = {"ready": ready, "bridges": len(relay.hub.connections)}
+        problem = relay.store.health()
+        if problem is not None:
+            answer["store"] = problem
+        return answer, 200 if ready else 503
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -55,7 +55,7 @@ from appliance.listener import Connection, reset
 from appliance.logs import Throttle
 from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
-from appliance.tenants import TenantDirectory
+from appliance.tenants import TenantDirectory, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,11 @@ class BridgeEndpoint:
 
     # -- who may connect ------------------------------------------------------
 
-    def authenticate(self, path: str, authorization: str | None, client: str) -> str:
-        """The tenant a bridge upgrade serves; raises :class:`InvalidToken`, or
-        :class:`TooManyRequests` for an address locked out after repeated bad
-        tokens or a tenant reconnecting too often (PROTOCOL.md §2)."""
+    def authenticate(self, path: str, authorization: str | None, client: str) -> tuple[str, bytes]:
+        """The tenant a bridge upgrade serves, and the digest of the token it gave;
+        raises :class:`InvalidToken`, or :class:`TooManyRequests` for an address
+        locked out after repeated bad tokens or a tenant reconnecting too often
+        (PROTOCOL.md §2)."""
         key = address_key(client)
         now = time.monotonic()
         locked = self.auth_failures.blocked_for(key, now)
@@ -124,10 +125,16 @@ class BridgeEndpoint:
         if not self.connects.take(tenant.id, now):
             self.metrics.bridge_refused["reconnect_rate"].inc()
             raise TooManyRequests(retry_after(self.connects.blocked_for(tenant.id, now)))
-        return tenant.id
+        return tenant.id, hash_token(token)
 
     async def session(
-        self, tenant: str, transport: Any, peer: str, version: int, frames: Any
+        self,
+        tenant: str,
+        transport: Any,
+        peer: str,
+        version: int,
+        frames: Any,
+        token_hash: bytes = b"",
     ) -> None:
         """Serve one accepted bridge: attach it to the hub, feed it what it sends."""
         bridge = BridgeConnection(
@@ -137,6 +144,7 @@ class BridgeEndpoint:
             protocol=version,
             send_timeout=self.config.send_timeout,
             on_timeout=self.hub.send_timed_out,
+            token_hash=token_hash,
         )
         self.hub.attach(bridge)
         try:
@@ -205,7 +213,9 @@ class BridgeEndpoint:
             # connection's life (~1.5 KB a bridge, bench/idle_bridges.py); nothing reads it.
             ws.response = None
             version = 2 if ws.subprotocol == protocol.SUBPROTOCOL_V2 else 1
-            await self.session(ws.tenant, _WebsocketsTransport(ws), ws.peer, version, _frames(ws))
+            await self.session(
+                ws.tenant, _WebsocketsTransport(ws), ws.peer, version, _frames(ws), ws.token_hash
+            )
         except (TimeoutError, OSError, ConnectionClosed) as exc:
             log.debug("bridge connection ended", extra={"why": repr(exc)})
             ws.transport.abort()
@@ -221,7 +231,9 @@ class BridgeEndpoint:
         try:
             if not is_bridge_path(path):
                 raise _NotFound
-            ws.tenant = self.authenticate(path, request.headers.get("Authorization"), client)
+            ws.tenant, ws.token_hash = self.authenticate(
+                path, request.headers.get("Authorization"), client
+            )
         except RelayError as error:
             return _refusal(ws, error)
         return None
@@ -243,7 +255,7 @@ class BridgeEndpoint:
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1") or None
         try:
-            tenant = self.authenticate(scope["path"], authorization, client)
+            tenant, token_hash = self.authenticate(scope["path"], authorization, client)
         except RelayError as error:
             status, response_headers, body = response_for(error)
             response_headers.append((b"content-length", str(len(body)).encode()))
@@ -258,7 +270,7 @@ class BridgeEndpoint:
             accept["subprotocol"] = protocol.SUBPROTOCOL_V2
         await send(accept)
         transport = _ASGITransport(send, abort)
-        await self.session(tenant, transport, client, version, _asgi_frames(receive))
+        await self.session(tenant, transport, client, version, _asgi_frames(receive), token_hash)
 
 
 #: python-websockets' own lines (one per handshake and close) are debug detail.
@@ -293,6 +305,7 @@ class _BridgeSocket(ServerConnection):
         self.record = record
         self.peer = record.peer
         self.tenant: str | None = None
+        self.token_hash = b""
 
 
 class _WebsocketsTransport:

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from appliance.errors import ConfigError
 from appliance.proxies import TrustedProxies
-from appliance.settings import POSITIVE, Rule, Settings, between, one_of, setting
+from appliance.settings import POSITIVE, Rule, Settings, at_least, between, one_of, setting
 from tls import hostnames
 
 ENV_PREFIX = "LINERELAY_"
@@ -47,7 +48,16 @@ RESTART_KEYS = (
     "public_tls",
     "hypercorn_access_log",
     "tls_read_buffer",
+    "workers",
+    "sentry_dsn",
+    "store",
+    "redis_url",
+    "redis_lease_ttl",
 )
+#: The most processes ``workers`` may ask for (a typo's guard, not a tuning bound).
+MAX_WORKERS = 256
+#: ``store``: where webhooks, tenants, retry detection and bridge ownership live.
+STORES = ("sqlite", "redis")
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,22 @@ class RelayConfig(Settings):
         "X-Forwarded-For is believed and which the per-address limits do not apply to. "
         "In the environment: comma-separated.",
     )
+    proxy_protocol_from: tuple[str, ...] = setting(
+        (),
+        "Addresses or networks (and 'unix') of load balancers that open every connection "
+        "with a PROXY protocol header, v2 or v1 (HAProxy's send-proxy-v2; "
+        "docs/scale-out.md): the client address in it is believed, for the logs and the "
+        "per-address limits, which apply to that client and not to the balancer. A "
+        "connection from one of them without a valid header within 5 seconds is "
+        "dropped. Nobody else's header is believed. In the environment: comma-separated.",
+    )
+    workers: int = setting(
+        1,
+        "Relay processes on this machine sharing the listeners, each with its own event "
+        "loop (`linerelay serve --workers N`; docs/scale-out.md). More than 1 needs "
+        'store = "redis".',
+        between(1, MAX_WORKERS),
+    )
     max_body_bytes: int = setting(
         1024 * 1024, "Largest webhook body accepted; larger gets 413.", POSITIVE
     )
@@ -152,7 +178,41 @@ class RelayConfig(Settings):
         POSITIVE,
     )
     commit_max_batch: int = setting(
-        512, "Most writes grouped into one SQLite transaction (one fsync).", POSITIVE
+        512,
+        "Most writes grouped into one SQLite transaction (one fsync), or one Redis "
+        "pipeline (one round trip).",
+        POSITIVE,
+    )
+    store: str = setting(
+        "sqlite",
+        "'sqlite': one process, STATE/store.db and STATE/tenants.db. 'redis': queues, "
+        "tenants, retry detection and bridge ownership in Redis at redis_url, shared by "
+        "every process and node configured with it (docs/redis.md).",
+        one_of(STORES),
+    )
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "With store = 'redis': redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS). "
+        "Redis must run with appendonly yes and appendfsync always for a 200 to be "
+        "durable (docs/redis.md).",
+        Rule(
+            lambda value: value.startswith(("redis://", "rediss://", "unix://")),
+            "must be a redis://, rediss:// or unix:// URL",
+        ),
+    )
+    redis_min_replicas: int = setting(
+        0,
+        "With store = 'redis': a 200 also waits until this many replicas have the "
+        "webhook (WAIT); fewer within ack_deadline_ms is a 503.",
+        at_least(0),
+    )
+    redis_lease_ttl: float = setting(
+        10.0,
+        "With store = 'redis': seconds a relay process's hold on a tenant's bridges "
+        "lasts unrenewed. A process that dies is replaced by a standby bridge connection "
+        "on another process within about this long (a bridge that reconnects is served "
+        "at once).",
+        between(1, 300),
     )
     bridge_window: int = setting(
         64, "Webhooks in flight unacked on one protocol 1 bridge connection.", POSITIVE
@@ -268,9 +328,21 @@ class RelayConfig(Settings):
         "Also write Hypercorn's access log (one more line per request, bridge tokens "
         "in URLs redacted); the relay's own line per webhook is always written.",
     )
+    sentry_dsn: str = setting(
+        "",
+        "Send unexpected exceptions to Sentry: the project's DSN "
+        "(https://KEY@HOST/PROJECT; needs the `sentry` extra: pip install 'linerelay[sentry]'). "
+        "Reports carry no body, signature, secret or token (docs/operations.md, "
+        "'Error reports'). Empty: off, and sentry-sdk is not even imported.",
+        Rule(
+            lambda value: not value or _is_dsn(value),
+            "must be a Sentry DSN: https://KEY@HOST/PROJECT",
+        ),
+    )
 
     error = ConfigError
     lenient = True
+    secret_keys = frozenset({"sentry_dsn"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -295,6 +367,14 @@ class RelayConfig(Settings):
             f"{self.server_name!r} is not a host name or an IP address",
         )
         TrustedProxies(self.trusted_proxies)
+        TrustedProxies(self.proxy_protocol_from, "proxy_protocol_from")
+        self.require(
+            self.workers == 1 or self.store == "redis",
+            "workers",
+            f'{self.workers} processes need the shared store (store = "redis"): the '
+            "SQLite store's group commit and the hub's per-tenant order live in one "
+            "process (docs/scale-out.md)",
+        )
         for key in ("retain_delivered", "retain_expired"):
             # A pruned row takes its retry digest with it: a relay restarted later
             # would queue LINE's retry of that webhook again.
@@ -402,6 +482,21 @@ def load(
                 values[key] = env_value
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return RelayConfig.build(values)
+
+
+def _is_dsn(value: str) -> bool:
+    """Whether ``value`` has a Sentry DSN's shape: http(s), a public key, a host, a project."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    project = parts.path.rstrip("/").rpartition("/")[2]
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.username)
+        and bool(parts.hostname)
+        and project.isdigit()
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -177,6 +177,18 @@ class TenantError(ValueError):
     """A tenant command got bad input (invalid id, duplicate, unknown, empty secret)."""
 
 
+class LineAPIError(Exception):
+    """LINE's Messaging API refused a call or could not be reached.
+
+    ``status`` is LINE's HTTP status, or None when no answer came. The message
+    says what LINE said; it never holds the channel access token.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 #: Seconds LINE is asked to wait before retrying a 503.
 RETRY_AFTER_SECONDS = 1
 

@@ -15,6 +15,15 @@ the outbox only ever holds frames of webhooks in flight (bounded by
 ``window`` and ``window_bytes``), a connection that stops being active has
 its unsent frames dropped (its successor gets them), and a frame the peer
 does not take within ``send_timeout`` drops the connection.
+
+With a store shared by several processes (Redis), a tenant's bridges are
+served by one process at a time: the one where its newest connection landed
+(:meth:`appliance.store.Store.claim`). When another process takes the tenant
+over, this one's connections of it are *parked*: open, greeted, sent nothing.
+When that process gives the tenant up (its bridge went) or dies, the store
+hands it back and the parked connections are served again, the newest active,
+with every unacked webhook sent again in order. On one process (SQLite) no
+tenant is ever parked.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ class BridgeConnection:
         "redeliveries",
         "send_timeout",
         "tenant",
+        "token_hash",
         "transport",
     )
 
@@ -89,8 +99,12 @@ class BridgeConnection:
         protocol: int = 1,
         send_timeout: float = 10.0,
         on_timeout: Callable[[BridgeConnection], None] = lambda _: None,
+        token_hash: bytes = b"",
     ) -> None:
         self.tenant = tenant
+        #: The digest of the token the bridge logged in with: which of its tenant's
+        #: tokens it holds, checked again when they change (a rotation, a grace's end).
+        self.token_hash = token_hash
         self.transport = transport
         self.peer = peer
         self.protocol = protocol
@@ -182,11 +196,14 @@ class Hub:
         self.backoff = backoff
         self.connections: set[BridgeConnection] = set()
         self._tenants: dict[str, TenantDelivery] = {}
+        # Connections of tenants another process serves, oldest first.
+        self._parked: dict[str, list[BridgeConnection]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._bad_frames = Throttle(log, logging.INFO, "bad bridge frames")
         self._send_timeouts = Throttle(log, logging.INFO, "bridges dropped: not reading")
         store.subscribe(self._on_commit)
+        store.watch_ownership(self._ownership_changed)
 
     def configure(
         self, window: int, window_v2: int, window_bytes: int, backoff: float, send_timeout: float
@@ -231,6 +248,9 @@ class Hub:
         self.metrics.bridges_connected.inc()
         self.metrics.bridge_connects[connection.tenant] += 1
         state = self._state(connection.tenant)
+        # The newest connection anywhere is served: parked ones here stand by behind it.
+        state.connections[:0] = self._parked.pop(connection.tenant, [])
+        self.store.claim(connection.tenant)
         previous = state.active
         if isinstance(previous, BridgeConnection):
             # Its unsent frames go to the new connection; keeping them would
@@ -255,17 +275,24 @@ class Hub:
             return
         self.connections.discard(connection)
         self.metrics.bridges_connected.dec()
-        state = self._tenants.get(connection.tenant)
-        log.info(
-            "bridge disconnected", extra={"tenant": connection.tenant, "peer": connection.peer}
-        )
+        tenant = connection.tenant
+        state = self._tenants.get(tenant)
+        log.info("bridge disconnected", extra={"tenant": tenant, "peer": connection.peer})
+        parked = self._parked.get(tenant)
+        if parked is not None and connection in parked:
+            parked.remove(connection)
+            if not parked:
+                del self._parked[tenant]
+                self.store.release(tenant)
+            return
         if state is None:
             return
         actions = state.disconnect(connection, time.monotonic())
         state.window = self._window_of(state.active)
         self._run(state, actions)
         if not state.connections:
-            self._forget(connection.tenant)
+            self._forget(tenant)
+            self.store.release(tenant)
 
     def send_timed_out(self, connection: BridgeConnection) -> None:
         """``connection`` did not take a frame within its send timeout; it is being dropped."""
@@ -328,11 +355,15 @@ class Hub:
     def close_tenant(self, tenant: str, why: str) -> list[BridgeConnection]:
         """Stop serving ``tenant`` (removed or token rotated); returns its connections to close."""
         state = self._tenants.get(tenant)
-        if state is None:
+        parked = self._parked.pop(tenant, [])
+        if state is None and not parked:
             return []
         log.info("closing tenant bridges", extra={"tenant": tenant, "why": why})
-        connections = [c for c in state.connections if isinstance(c, BridgeConnection)]
+        connections = list(parked)
+        if state is not None:
+            connections += [c for c in state.connections if isinstance(c, BridgeConnection)]
         self._forget(tenant)
+        self.store.release(tenant)
         return connections
 
     def delivery_of(self, tenant: str) -> TenantDelivery | None:
@@ -355,6 +386,34 @@ class Hub:
         state = self._tenants.get(tenant)
         if state is not None:
             self._run(state, state.expired(seqs, time.monotonic()))
+
+    def _ownership_changed(self, tenant: str, serving: bool) -> None:
+        """Another process took ``tenant`` (park its connections here), or gave it
+        back (serve them again: the newest active, unacked webhooks resent in order)."""
+        if not serving:
+            state = self._tenants.get(tenant)
+            if state is None:
+                if tenant not in self._parked:
+                    self.store.release(tenant)  # nothing here to stand by
+                return
+            parked = [c for c in state.connections if isinstance(c, BridgeConnection)]
+            for connection in parked:
+                connection.drop_unsent()
+            self._forget(tenant)
+            if parked:
+                self._parked[tenant] = parked
+                log.info("bridges standing by", extra={"tenant": tenant, "count": len(parked)})
+            return
+        parked = self._parked.pop(tenant, [])
+        if not parked or tenant in self._tenants:
+            if not parked and tenant not in self._tenants:
+                self.store.release(tenant)  # they went meanwhile
+            return
+        state = self._state(tenant)
+        state.connections.extend(parked[:-1])
+        state.window = self._window_of(parked[-1])
+        log.info("bridges served again", extra={"tenant": tenant, "count": len(parked)})
+        self._run(state, state.connect(parked[-1], time.monotonic()))
 
     # -- store side ----------------------------------------------------------
 

@@ -139,6 +139,20 @@ class ConnectionCounter:
             self._by_key[key] = count - 1
         self.open = max(0, self.open - 1)
 
+    def move(self, old: str, new: str, per_address: bool = True) -> str | None:
+        """Count a connection admitted under ``old`` under ``new`` instead (a balancer's
+        connection, once its PROXY header names the client); returns why not, and then
+        the connection stays counted under ``old``."""
+        if old == new:
+            return None
+        count = self._by_key.get(new, 0)
+        if per_address and count >= self.per_address:
+            return "per_address"
+        self.release(old)
+        self._by_key[new] = count + 1
+        self.open += 1
+        return None
+
     def from_address(self, key: str) -> int:
         """Open connections under ``key``."""
         return self._by_key.get(key, 0)

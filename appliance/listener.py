@@ -15,6 +15,11 @@ for every connection too). In between, and before any TLS is spent on it:
   condition is logged once per interval, the waiting client is refused at
   once through a spare descriptor kept for the purpose, and accepting
   pauses for a moment.
+- **PROXY protocol.** A connection from a configured balancer
+  (``proxy_protocol_from``) must open with a PROXY header
+  (:mod:`appliance.proxyproto`) within ``proxy_header_timeout``; the client
+  it names is then the connection's peer, and the caps and the rate apply
+  to that client instead of the balancer. No one else's header is looked for.
 - **TLS** with a handshake deadline; failures are counted, not logged as errors.
 - **HTTP/2 guard** (:mod:`appliance.h2guard`) between the socket and
   Hypercorn: rapid resets and stream floods close the connection, which is
@@ -50,6 +55,8 @@ from appliance.limits import ConnectionCounter, KeyedBuckets, address_key
 from appliance.logs import Throttle
 from appliance.metrics import Metrics
 from appliance.proxies import UNIX_PEER, TrustedProxies
+from appliance.proxyproto import ProxyHeader, ProxyHeaderError
+from appliance.proxyproto import parse as parse_proxy_header
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,8 @@ RESET_GRACE = 1.0
 #: through if they fail (see ``_alert_copy``); part of the descriptors
 #: max_connections leaves aside, so a handshake flood cannot spend them all.
 ALERT_COPIES = 32
+#: Bytes looked at (not consumed) at a time while reading a PROXY header.
+PROXY_PEEK_BYTES = 4096
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -89,6 +98,9 @@ class ListenerLimits:
     h2_max_streams: int = 1000
     h2_reset_burst: float = 100.0
     h2_reset_rate: float = 10.0
+    #: Seconds a balancer's connection has to deliver its PROXY header (a balancer
+    #: writes it at once, before any byte of its client's).
+    proxy_header_timeout: float = 5.0
 
 
 @dataclass(eq=False, slots=True)
@@ -341,11 +353,13 @@ class PublicListener:
         metrics: Metrics,
         proxies: TrustedProxies | None = None,
         bridges: BridgeHandoff | None = None,
+        balancers: TrustedProxies | None = None,
     ) -> None:
         """``bridges`` takes over HTTP/1 connections that ask for ``/bridge``; without
-        it every connection goes to Hypercorn."""
+        it every connection goes to Hypercorn. ``balancers`` send PROXY headers."""
         self.sockets = sockets
         self.proxies = proxies or TrustedProxies()
+        self.balancers = balancers or TrustedProxies()
         self.bridges = bridges
         self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self.config = config
@@ -370,11 +384,22 @@ class PublicListener:
         # An attacker reconnects after each close: one line per connection would be
         # its log flood (750 lines in 40 s of rapid reset), not the operator's news.
         self._h2_closes = Throttle(log, logging.INFO, "HTTP/2 connections closed for abuse")
+        # A misconfigured balancer (or a port scan from its address) fails every
+        # connection: the operator needs the news once, with a count.
+        self._proxy_drops = Throttle(
+            log, logging.INFO, "balancer connections dropped without a valid PROXY header"
+        )
 
-    def configure(self, limits: ListenerLimits, proxies: TrustedProxies) -> None:
-        """Apply new limits and proxies to new connections (config reload)."""
+    def configure(
+        self,
+        limits: ListenerLimits,
+        proxies: TrustedProxies,
+        balancers: TrustedProxies | None = None,
+    ) -> None:
+        """Apply new limits, proxies and balancers to new connections (config reload)."""
         self.limits = limits
         self.proxies = proxies
+        self.balancers = balancers or TrustedProxies()
         self.counter.total = limits.max_connections
         self.counter.per_address = limits.max_connections_per_address
         rate = limits.connection_rate_per_address
@@ -438,18 +463,23 @@ class PublicListener:
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
         trusted = self.proxies.trusts(peer)
+        balanced = bool(self.balancers) and self.balancers.trusts(peer)
         key = address_key(peer)
-        # A trusted proxy carries many clients' connections: only the total cap applies.
-        why = None if trusted or self._rates.take(key, time.monotonic()) else "rate"
-        why = why or self.counter.admit(key, per_address=not trusted)
+        # A trusted proxy or a balancer carries many clients' connections: only the
+        # total cap applies (a balancer's client is limited once its header names it).
+        exempt = trusted or balanced
+        why = None if exempt or self._rates.take(key, time.monotonic()) else "rate"
+        why = why or self.counter.admit(key, per_address=not exempt)
         if why is not None:
             self.metrics.connections_refused[why].inc()
             _refuse(conn)
             return
         self.metrics.connections_open.inc()
-        self.metrics.connections_accepted.inc()
-        connection = Connection(peer, key, trusted, on_closed=lambda: self._release(key))
-        task = asyncio.get_running_loop().create_task(self._serve(conn, connection))
+        if not balanced:
+            self.metrics.connections_accepted.inc()
+        connection = Connection(peer, key, trusted)
+        connection.on_closed = lambda: self._release(connection.key)
+        task = asyncio.get_running_loop().create_task(self._serve(conn, connection, balanced))
         self._tasks[task] = connection
         task.add_done_callback(self._forget)
 
@@ -504,13 +534,16 @@ class PublicListener:
 
     # -- serving -------------------------------------------------------------
 
-    async def _serve(self, conn: socket.socket, connection: Connection) -> None:
+    async def _serve(self, conn: socket.socket, connection: Connection, balanced: bool) -> None:
         loop = asyncio.get_running_loop()
         if conn.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets this only on sockets whose proto says TCP, which an
             # accepted socket does not when its listener was made with proto 0;
             # without it an answer's second write waits for a delayed ACK (~40 ms).
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if balanced and not await self._believe_header(conn, connection):
+            connection.closed()
+            return
         spare = self._alert_copy(conn) if self.ssl_context is not None else None
         handed_over = False
         try:
@@ -568,6 +601,34 @@ class PublicListener:
             if not handed_over:
                 connection.closed()
 
+    async def _believe_header(self, conn: socket.socket, connection: Connection) -> bool:
+        """Read a balancer's PROXY header and make the client it names the connection's
+        peer, within that client's caps; False when the connection was refused."""
+        try:
+            header = await asyncio.wait_for(
+                read_proxy_header(conn), self.limits.proxy_header_timeout
+            )
+        except (ProxyHeaderError, OSError, TimeoutError) as exc:
+            self.metrics.connections_refused["proxy_protocol"].inc()
+            said = "timeout" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            self._proxy_drops(time.monotonic(), peer=connection.peer, why=said)
+            _refuse(conn)
+            return False
+        if header.source is not None:
+            client, key = header.source, address_key(header.source)
+            trusted = self.proxies.trusts(client)
+            why = None if trusted or self._rates.take(key, time.monotonic()) else "rate"
+            why = why or self.counter.move(connection.key, key, per_address=not trusted)
+            if why is not None:
+                self.metrics.connections_refused[why].inc()
+                _refuse(conn)
+                return False
+            connection.peer, connection.key, connection.trusted = client, key, trusted
+        # Without a source (a LOCAL header: the balancer's own health check) the
+        # connection stays the balancer's.
+        self.metrics.connections_accepted.inc()
+        return True
+
     async def _serve_http(
         self,
         transport: asyncio.BaseTransport,
@@ -624,6 +685,49 @@ class PublicListener:
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """Read a PROXY header from the non-blocking ``sock``, and not one byte past it.
+
+    What the peer sent is looked at with ``MSG_PEEK`` and only the header's
+    bytes are taken, so the TLS handshake (or HTTP) that follows finds its
+    first byte still in the socket. Raises :class:`ProxyHeaderError` for
+    anything else, :class:`ConnectionError` if the peer closes first.
+    """
+    loop = asyncio.get_running_loop()
+    received = b""
+    while True:
+        await _readable(loop, sock)
+        try:
+            peeked = sock.recv(PROXY_PEEK_BYTES, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        if not peeked:
+            raise ConnectionResetError("closed before its PROXY header")
+        header = parse_proxy_header(received + peeked)
+        if header is not None:
+            # The rest of the header is in the socket already: recv takes it whole.
+            sock.recv(header.length - len(received))
+            return header
+        sock.recv(len(peeked))  # all of it is header (parse's promise)
+        received += peeked
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Wait until ``sock`` has something to read (or its peer closed)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
 
 #: TLS alert descriptions (RFC 8446 §6.2) for the handshake failures a client
 #: should be told about, by OpenSSL's reason for them.

@@ -23,11 +23,19 @@ _BRIDGE_PATH = re.compile(r"(/bridge/)[^/?\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _SIGNATURE = re.compile(r"(?i)(x-line-signature[\"']?\s*[:=,]\s*[\"']?)[A-Za-z0-9+/=]+")
 REDACTED = "[redacted]"
+#: Fields every line of this process carries (:func:`tag`).
+_TAGS: dict[str, Any] = {}
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
+
+
+def tag(**fields: Any) -> None:
+    """Write ``fields`` into every line of this process from now on, access lines
+    included: ``worker=N`` in each of ``linerelay serve --workers``'s processes."""
+    _TAGS.update(fields)
 
 
 def redact(text: str) -> str:
@@ -46,6 +54,7 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": redact(record.getMessage()),
+            **_TAGS,
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
@@ -184,6 +193,7 @@ class AccessLog:
         if not self.enabled:
             return
         line = {"ts": round(time.time(), 3), "level": "info", "logger": self._name, "event": event}
+        line.update(_TAGS)
         line.update(fields)
         self._lines.append(json.dumps(line, separators=(",", ":")))
         if len(self._lines) >= self._max_lines:

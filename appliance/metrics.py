@@ -1,22 +1,35 @@
-"""Prometheus metrics of one relay process, on their own registry.
+"""Prometheus metrics of the relay, on their own registry.
 
 Served on the admin listener only. Label values are bound once here so the
 hot path does no label lookups.
+
+With several processes sharing the admin port (``linerelay serve --workers
+N``), a scrape reaches whichever process accepts it, so each must answer for
+all: prometheus-client's multiprocess mode. The supervisor sets
+``PROMETHEUS_MULTIPROC_DIR`` before this module's library is imported; every
+process then writes its counters, histograms and gauges to files there, and
+each process's registry serves the sum of the files (MultiProcessCollector)
+plus what is the same in every process (the build, the store's queues). The
+per-tenant bridge series, which only the process holding a bridge knows, are
+written to the files by every process each housekeeping round
+(:meth:`Metrics.publish_bridges`).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import platform
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from appliance import version
@@ -29,6 +42,9 @@ if TYPE_CHECKING:
     from appliance.tenants import TenantDirectory
 
 log = logging.getLogger(__name__)
+
+#: Where the processes of ``--workers`` write their samples (prometheus-client's name).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Buckets around the one-second budget, with detail where a healthy relay answers.
 ACK_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.0, 5.0)
@@ -55,7 +71,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        #: The directory shared by several processes' samples, or None for one process.
+        self.shared = os.environ.get(MULTIPROC_DIR_ENV) or None
+        # Shared: the metrics below live in the files, which the registry serves.
+        r = None if self.shared else self.registry
+        if self.shared:
+            MultiProcessCollector(self.registry, self.shared)  # type: ignore[no-untyped-call]
         self.ack_seconds = Histogram(
             "linerelay_webhook_ack_seconds",
             "Time from a webhook request's start to its answer.",
@@ -71,11 +92,16 @@ class Metrics:
             "Webhook answers slower than the budget (budget_ms).",
             registry=r,
         )
-        Info("linerelay_build", "The relay's version and the Python it runs on.", registry=r).info(
+        # The same in every process, and not kept in files: each process serves its own.
+        info = "The relay's version and the Python it runs on."
+        Info("linerelay_build", info, registry=self.registry).info(
             {"version": version(), "python": platform.python_version()}
         )
         self.bridges_connected = Gauge(
-            "linerelay_bridges_connected", "Bridge WebSockets currently open.", registry=r
+            "linerelay_bridges_connected",
+            "Bridge WebSockets currently open.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         #: Bridge connections accepted per tenant, exported by :meth:`track_tenants`.
         self.bridge_connects: defaultdict[str, int] = defaultdict(int)
@@ -119,7 +145,10 @@ class Metrics:
         )
         self.tls_reload = {k: reloads.labels(k) for k in ("ok", "failed")}
         self.connections_open = Gauge(
-            "linerelay_connections_open", "Public connections open.", registry=r
+            "linerelay_connections_open",
+            "Public connections open.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.connections_accepted = Counter(
             "linerelay_connections_accepted",
@@ -129,12 +158,13 @@ class Metrics:
         refused = Counter(
             "linerelay_connections_refused",
             "Public connections refused before TLS: over the total or per-address cap, "
-            "over the per-address rate, or out of file descriptors.",
+            "over the per-address rate, out of file descriptors, or from a load balancer "
+            "without a valid PROXY protocol header (proxy_protocol).",
             ["reason"],
             registry=r,
         )
         self.connections_refused = {
-            k: refused.labels(k) for k in ("total", "per_address", "rate", "fds")
+            k: refused.labels(k) for k in ("total", "per_address", "rate", "fds", "proxy_protocol")
         }
         self.tls_handshake_failures = Counter(
             "linerelay_tls_handshake_failures",
@@ -166,28 +196,63 @@ class Metrics:
         self.bridge_refused = {
             k: bridge_refused.labels(k) for k in ("auth_lockout", "reconnect_rate")
         }
-        self.certificate_expiry = Gauge(
-            "linerelay_tls_certificate_expiry_timestamp_seconds",
-            "When the leaf of the certificate the public listener serves expires, Unix "
-            "seconds (set at start and on every reload; absent without TLS).",
-            registry=None,
-        )
-        self._expiry_registered = False
+        self._registry = r
+        self.certificate_expiry: Gauge | None = None
+        if self.shared:
+            self._bridge_connected = Gauge(
+                "linerelay_bridge_connected",
+                _BRIDGE_CONNECTED,
+                ["tenant", "protocol"],
+                registry=None,
+                multiprocess_mode="livemax",
+            )
+            self._bridge_connects = Counter(
+                "linerelay_bridge_connects", _BRIDGE_CONNECTS, ["tenant"], registry=None
+            )
+            #: Each tenant's bridge_connects as last written to the files.
+            self._published: dict[str, int] = {}
 
     def served_certificate(self, not_after: datetime.datetime) -> None:
         """Export when the served certificate's leaf expires (start and every reload).
 
-        Registered at the first call: a relay serving plain HTTP behind a proxy
-        has no certificate, and a 0 would read as one that expired in 1970.
+        Made at the first call: a relay serving plain HTTP behind a proxy has no
+        certificate, and a 0 would read as one that expired in 1970.
         """
-        if not self._expiry_registered:
-            self.registry.register(self.certificate_expiry)
-            self._expiry_registered = True
+        if self.certificate_expiry is None:
+            self.certificate_expiry = Gauge(
+                "linerelay_tls_certificate_expiry_timestamp_seconds",
+                "When the leaf of the certificate the public listener serves expires, Unix "
+                "seconds (set at start and on every reload; absent without TLS).",
+                registry=self._registry,
+                multiprocess_mode="livemostrecent",
+            )
         self.certificate_expiry.set(not_after.timestamp())
 
     def track_tenants(self, tenants: TenantDirectory, store: Store, hub: Hub) -> None:
         """Export every known tenant's queue and bridges, read at each scrape."""
-        self.registry.register(_Tenants(tenants, store, hub, self.bridge_connects))
+        collector = _Tenants(tenants, store, hub, self.bridge_connects, bridges=not self.shared)
+        self.registry.register(collector)
+
+    def publish_bridges(
+        self, tenants: Iterable[str], connected: Collection[tuple[str, int]]
+    ) -> None:
+        """Write this process's per-tenant bridge series to the shared files (several
+        processes only): which (tenant, protocol) bridges it holds (``connected``), and
+        each tenant's connects."""
+        if not self.shared:
+            return
+        for tenant in {*tenants, *self.bridge_connects}:
+            for number in PROTOCOLS:
+                live = float((tenant, number) in connected)
+                self._bridge_connected.labels(tenant, str(number)).set(live)
+            count = self.bridge_connects.get(tenant, 0)
+            # Labelled even at zero, as one process's collector shows every tenant.
+            self._bridge_connects.labels(tenant).inc(count - self._published.get(tenant, 0))
+            self._published[tenant] = count
+
+    def track_store(self, store: Store) -> None:
+        """Export whether the store can be used now (``linerelay_store_up``), read at each scrape."""
+        self.registry.register(_StoreHealth(store))
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Record one store batch: its size and the time to write and fsync it."""
@@ -195,21 +260,47 @@ class Metrics:
         self.commit_seconds.observe(seconds)
 
 
+class _StoreHealth(Collector):
+    """``linerelay_store_up``: 1 while the store answers, 0 while it cannot be reached
+    (Redis down or restarting: webhooks are answered 503, ``/readyz`` says why)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "linerelay_store_up", "1 while the store can be used, else 0 (see /readyz)."
+        )
+        up.add_metric([], 0.0 if self._store.health() else 1.0)
+        yield up
+
+
+_BRIDGE_CONNECTED = "1 while a bridge of the tenant speaking the protocol is connected, else 0."
+_BRIDGE_CONNECTS = "Bridge connections accepted per tenant (a flapping bridge counts fast)."
+
+
 class _Tenants(Collector):
     """Per-tenant series, read at scrape time: one for every known tenant, zeros included.
 
     A series that vanished at zero could not tell an empty queue from a relay
     that stopped exporting it, and ``increase()`` misses a counter's first
-    step unless the counter was seen at 0 before it.
+    step unless the counter was seen at 0 before it. ``bridges=False`` (several
+    processes): the bridge series come from the shared files instead.
     """
 
     def __init__(
-        self, tenants: TenantDirectory, store: Store, hub: Hub, connects: dict[str, int]
+        self,
+        tenants: TenantDirectory,
+        store: Store,
+        hub: Hub,
+        connects: dict[str, int],
+        bridges: bool = True,
     ) -> None:
         self._tenants = tenants
         self._store = store
         self._hub = hub
         self._connects = connects
+        self._bridges = bridges
 
     def collect(self) -> Iterator[Metric]:
         depths = self._store.depths()
@@ -232,14 +323,10 @@ class _Tenants(Collector):
             labels=["tenant"],
         )
         bridge = GaugeMetricFamily(
-            "linerelay_bridge_connected",
-            "1 while a bridge of the tenant speaking the protocol is connected, else 0.",
-            labels=["tenant", "protocol"],
+            "linerelay_bridge_connected", _BRIDGE_CONNECTED, labels=["tenant", "protocol"]
         )
         connects = CounterMetricFamily(
-            "linerelay_bridge_connects",
-            "Bridge connections accepted per tenant (a flapping bridge counts fast).",
-            labels=["tenant"],
+            "linerelay_bridge_connects", _BRIDGE_CONNECTS, labels=["tenant"]
         )
         for tenant in names:
             depth.add_metric([tenant], depths.get(tenant, 0))
@@ -253,5 +340,6 @@ class _Tenants(Collector):
         yield depth
         if oldest is not None:
             yield age
-        yield bridge
-        yield connects
+        if self._bridges:
+            yield bridge
+            yield connects

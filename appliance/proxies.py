@@ -25,8 +25,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class TrustedProxies:
     """The proxies whose word on the client address is taken."""
 
-    def __init__(self, entries: Iterable[str] = ()) -> None:
-        """``entries``: addresses or networks (``10.0.0.0/8``, ``::1``), or ``unix``."""
+    def __init__(self, entries: Iterable[str] = (), key: str = "trusted_proxies") -> None:
+        """``entries``: addresses or networks (``10.0.0.0/8``, ``::1``), or ``unix``;
+        ``key``: the setting they come from, for the error message."""
         self.unix = False
         self.networks: list[Network] = []
         for entry in entries:
@@ -37,7 +38,7 @@ class TrustedProxies:
                 self.networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError as exc:
                 raise ConfigError(
-                    f"trusted_proxies: {entry!r} is not an address, a network or 'unix'"
+                    f"{key}: {entry!r} is not an address, a network or 'unix'"
                 ) from exc
 
     def __bool__(self) -> bool:

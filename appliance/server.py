@@ -7,6 +7,10 @@ anything is announced ready, and serves the public app over TLS (through
 Hypercorn serves them) and the admin app over plain HTTP (Hypercorn's own
 ``serve``) on one event loop, in one process.
 
+Under ``linerelay serve --workers N`` each of the N processes is a
+:class:`Server` given its :class:`Seat`: the listeners and the pid file are
+the supervisor's (appliance/workers.py).
+
 Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the certificate
 chain and key into the live TLS context (new handshakes get the new chain,
 open connections are kept) and re-reads the config file. The chain is judged
@@ -25,22 +29,24 @@ import signal
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
-from appliance import certcheck, logs, protocol, systemd, tuning
+from appliance import certcheck, error_reports, logs, protocol, systemd, tuning
 from appliance import config as config_module
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
 from appliance.console.auth import listener_is_loopback
-from appliance.errors import ConfigError, StoreError
+from appliance.errors import ConfigError, StoreError, TenantError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Ingress, Relay
 from appliance.listener import ListenerLimits, PublicListener
 from appliance.metrics import Metrics
+from appliance.proxies import TrustedProxies
 from appliance.state import StateDir
 from appliance.store import create_store, store_limits
 from appliance.tenants import TenantDirectory, hold_pid_file
@@ -55,12 +61,24 @@ log = logging.getLogger("appliance.server")
 RESERVED_FDS = 256
 
 
+@dataclass(frozen=True)
+class Seat:
+    """One of ``--workers``' processes: its number and the listeners the supervisor opened."""
+
+    index: int
+    public: socket.socket
+    admin: socket.socket
+
+
 class Server:
     """One relay process: builds the parts, serves, and tears down."""
 
-    def __init__(self, config: RelayConfig, config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: RelayConfig, config_path: Path | None = None, seat: Seat | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.seat = seat
         self.state = StateDir(config.state_dir)
         self._shutdown = asyncio.Event()
         self._ready = False
@@ -84,24 +102,35 @@ class Server:
         certcheck.enforce(verdict, config.tls_allow_refused_chain)
         return cert, key, verdict
 
+    def check_certificate(self) -> None:
+        """Judge the certificate as a start does (writing the dev PKI if it is missing),
+        without serving; raises :class:`policy.CertificateError` for one LINE would refuse."""
+        if self.config.public_tls:
+            self._checked_tls_files(self.config)
+
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         # Whatever the caller's umask: the state is private (appliance/state.py).
         os.umask(0o077)
+        # First, so that what goes wrong from here on is reported (when configured).
+        error_reports.start(self.config.sentry_dsn, self._secrets)
         config = self.config = _fit_connections(self.config, _raise_open_files_limit())
         # Before any TLS connection: asyncio sizes each one's buffer as it starts.
         tls_read_buffer = tuning.apply(config.tls_read_buffer)
         self.state.create()
-        # First of all: one relay per state dir, and the tenant CLI can find it.
-        pid_fd = hold_pid_file(self.state)
+        # First of all: one relay per state dir, and the tenant CLI can find it
+        # (a worker's supervisor holds it for all its workers).
+        pid_fd = hold_pid_file(self.state) if self.seat is None else None
         self.ssl_context: ssl.SSLContext | None = None
         served: certcheck.Verdict | None = None
         if config.public_tls:
             cert, key, served = self._checked_tls_files(config)
             self.ssl_context = policy.server_context(config.tls_policy, cert, key)
-        inherited = systemd.listen_fds(os.environ)
-        public_sock = _listen(config.listen, inherited.get("public"))
-        admin_sock = _listen(config.admin_listen, inherited.get("admin"))
+        inherited = systemd.listen_fds(os.environ) if self.seat is None else {}
+        if self.seat is None:
+            public_sock, admin_sock = open_listeners(config, inherited)
+        else:
+            public_sock, admin_sock = self.seat.public, self.seat.admin
 
         self.relay = relay = await self._open_relay(config)
         store, tenants = relay.store, relay.tenants
@@ -139,7 +168,7 @@ class Server:
             await asyncio.gather(
                 self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
-                    create_admin_app(relay, lambda: self._ready, admin_loopback),
+                    create_admin_app(relay, self._is_ready, admin_loopback),
                     admin_config,
                     shutdown_trigger=self._shutdown.wait,
                 ),
@@ -149,13 +178,29 @@ class Server:
             housekeeping.cancel()
             watchdog.cancel()
             relay.access_log.flush()
-            os.close(pid_fd)
+            if pid_fd is not None:
+                os.close(pid_fd)
             try:
                 await store.close()
             except (StoreError, OSError) as exc:
                 log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
             log.info("relay stopped")
+
+    def _secrets(self) -> list[bytes]:
+        """Every channel secret the relay holds (current and previous), for error reports
+        to redact."""
+        relay: Relay | None = getattr(self, "relay", None)
+        if relay is None:
+            return []  # an error before the relay was opened: no tenant is loaded yet
+        tenants = list(relay.tenants.by_id.values())
+        return [t.secret for t in tenants] + [
+            t.previous_secret for t in tenants if t.previous_secret is not None
+        ]
+
+    def _is_ready(self) -> bool:
+        """Serving, and the store usable (``/readyz``: a balancer sends nothing here otherwise)."""
+        return self._ready and self.relay.store.health() is None
 
     async def _open_public(
         self, config: RelayConfig, sock: socket.socket, hypercorn: HypercornConfig
@@ -176,6 +221,7 @@ class Server:
             relay.metrics,
             relay.proxies,
             self.bridges,
+            _balancers(config),
         )
 
     def _install_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -191,7 +237,7 @@ class Server:
         metrics = Metrics()
         store = create_store(config, self.state, on_batch=metrics.observe_batch)
         await store.open()
-        tenants = TenantDirectory(self.state.tenants)
+        tenants = _tenant_directory(config, self.state)
         hub = Hub(
             store,
             metrics,
@@ -201,6 +247,7 @@ class Server:
             window_v2=config.bridge_window_v2,
         )
         metrics.track_tenants(tenants, store, hub)
+        metrics.track_store(store)
         return Relay(config, tenants, store, hub, metrics)
 
     async def _serve_public(self, grace: float) -> None:
@@ -220,26 +267,7 @@ class Server:
     def reload(self) -> None:
         """Re-read the config and the certificate chain; on any error keep what serves."""
         self._notifier.reloading("reloading")
-        config = self.config
-        if self.config_path is not None:
-            try:
-                fresh = config_module.load(
-                    self.config_path,
-                    os.environ,
-                    {
-                        "state_dir": config.state_dir,
-                        "listen": config.listen,
-                        "admin_listen": config.admin_listen,
-                    },
-                )
-            except ConfigError as exc:
-                log.error("reload: config kept", extra={"why": str(exc)})
-            else:
-                changed = [k for k in RESTART_KEYS if getattr(fresh, k) != getattr(config, k)]
-                if changed:
-                    log.warning("reload: these keys need a restart", extra={"keys": changed})
-                    fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
-                config = fresh
+        config = reloaded(self.config, self.config_path)
         if self.ssl_context is not None:
             config = self._reload_chain(self.ssl_context, config)
         self._apply(config)
@@ -269,7 +297,7 @@ class Server:
         relay.configure(config)
         self.bridges.configure(config, relay.proxies)
         relay.store.configure(store_limits(config))
-        self.listener.configure(_listener_limits(config), relay.proxies)
+        self.listener.configure(_listener_limits(config), relay.proxies, _balancers(config))
         _apply_hypercorn_limits(self.public_config, config)
         logging.getLogger().setLevel(config.log_level.upper())
         relay.access_log.enabled = config.log_level in ("debug", "info")
@@ -296,6 +324,9 @@ class Server:
             await asyncio.sleep(self.config.tenant_poll_interval)
             try:
                 relay.tenants.refresh()
+                if relay.metrics.shared:
+                    connected = {(c.tenant, c.protocol) for c in relay.hub.connections}
+                    relay.metrics.publish_bridges(relay.tenants.by_id.keys(), connected)
                 await self._tenant_changes()
                 now = time.monotonic()
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
@@ -313,7 +344,8 @@ class Server:
         task.add_done_callback(self._background.discard)
 
     async def _tenant_changes(self) -> None:
-        """Close the bridges of removed or rotated tenants; purge removed ones' rows.
+        """Close the bridges of removed tenants, and those on a token no longer
+        valid (rotated, or its grace ended); purge removed tenants' rows.
 
         The caller has refreshed the tenant directory.
         """
@@ -327,9 +359,20 @@ class Server:
             discarded = await relay.store.purge(tenant, recreated_at)
             log.warning("tenant removed", extra={"tenant": tenant, "discarded": discarded})
         for tenant in rotated:
+            closed = 0
             for connection in relay.hub.of_tenant(tenant):
-                connection.terminate(CLOSE_TOKEN_ROTATED)
-            log.info("tenant token rotated", extra={"tenant": tenant})
+                if not relay.tenants.accepts(tenant, connection.token_hash):
+                    connection.terminate(CLOSE_TOKEN_ROTATED)
+                    closed += 1
+            log.info(
+                "tenant tokens changed",
+                extra={
+                    "tenant": tenant,
+                    "bridges_closed": closed,
+                    # When bridges still on the old token will be closed; 0: no grace runs.
+                    "grace_until_ms": relay.tenants.token_grace_until(tenant),
+                },
+            )
 
     async def _sweep(self) -> None:
         relay, config = self.relay, self.config
@@ -357,6 +400,44 @@ class Server:
             delivered_before=now_ms - int(config.retain_delivered * 1000),
             expired_before=now_ms - int((config.max_unacked_age + config.retain_expired) * 1000),
         )
+
+
+def reloaded(config: RelayConfig, path: Path | None) -> RelayConfig:
+    """``config`` with the file at ``path`` read again (SIGHUP), keeping the keys only a
+    restart changes; on a broken file, ``config`` itself. Logs what it kept and why."""
+    if path is None:
+        return config
+    try:
+        fresh = config_module.load(
+            path,
+            os.environ,
+            {
+                "state_dir": config.state_dir,
+                "listen": config.listen,
+                "admin_listen": config.admin_listen,
+                "workers": config.workers,
+            },
+        )
+    except ConfigError as exc:
+        log.error("reload: config kept", extra={"why": str(exc)})
+        return config
+    changed = [k for k in RESTART_KEYS if getattr(fresh, k) != getattr(config, k)]
+    if changed:
+        log.warning("reload: these keys need a restart", extra={"keys": changed})
+        fresh = fresh.replace(**{k: getattr(config, k) for k in changed})
+    return fresh
+
+
+def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
+    """The tenants where the configured store keeps them: STATE/tenants.db, or Redis."""
+    if config.store == "redis":
+        from appliance.tenants_redis import RedisTenantDirectory  # noqa: PLC0415 (only if used)
+
+        try:
+            return RedisTenantDirectory(config.redis_url)
+        except TenantError as exc:
+            raise StoreError(str(exc)) from exc
+    return TenantDirectory(state.tenants)
 
 
 def _hypercorn_configs(
@@ -407,6 +488,11 @@ def _listener_limits(config: RelayConfig) -> ListenerLimits:
     )
 
 
+def _balancers(config: RelayConfig) -> TrustedProxies:
+    """The load balancers whose PROXY protocol headers are believed."""
+    return TrustedProxies(config.proxy_protocol_from, "proxy_protocol_from")
+
+
 def _raise_open_files_limit() -> int:
     """Each bridge holds a socket: lift the soft limit to the hard one (often 1024 → 1M).
 
@@ -433,6 +519,20 @@ def _fit_connections(config: RelayConfig, open_files: int) -> RelayConfig:
         extra={"configured": config.max_connections, "used": room, "open_files": open_files},
     )
     return config.replace(max_connections=room)
+
+
+def open_listeners(
+    config: RelayConfig, inherited: dict[str, int]
+) -> tuple[socket.socket, socket.socket]:
+    """The public and admin listening sockets: systemd's (``inherited``, by name) or bound
+    here; raises :class:`ConfigError` if one cannot be bound."""
+    public = _listen(config.listen, inherited.get("public"))
+    try:
+        admin = _listen(config.admin_listen, inherited.get("admin"))
+    except ConfigError:
+        public.close()
+        raise
+    return public, admin
 
 
 def _listen(address: str, inherited: int | None = None) -> socket.socket:

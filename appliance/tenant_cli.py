@@ -1,9 +1,12 @@
-"""``linerelay tenant add|list|remove|rotate-token`` (PROTOCOL.md §3), and ``purge``
-(appliance/webhooks_cli.py).
+"""``linerelay tenant add|list|remove|rotate-token|rotate-secret|connect-line`` (PROTOCOL.md §3),
+and ``purge`` (appliance/webhooks_cli.py).
 
-Changes land in ``STATE/tenants.db``; a running relay notices them within
+Changes land in ``STATE/tenants.db`` (or, with ``store = "redis"`` in the
+``--config`` file or ``LINERELAY_STORE``, in Redis for every node:
+appliance/tenant_backend.py); a running relay notices them within
 ``tenant_poll_interval`` seconds, without a restart. Bad input exits with
-status 2 and changes nothing.
+status 2 and changes nothing. ``connect-line`` changes nothing here: it sets
+the channel's webhook URL in LINE and asks LINE to test it.
 """
 
 from __future__ import annotations
@@ -13,15 +16,23 @@ import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from appliance import config as config_module
 from appliance import webhooks_cli
-from appliance.cli import add_state_dir, state_dir
-from appliance.errors import ConfigError, StateDirError, TenantError
+from appliance.cli import add_state_dir as _add_state_dir
+from appliance.cli import state_dir
+from appliance.errors import ConfigError, LineAPIError, StateDirError, TenantError
+from appliance.line_channel import DEFAULT_API_BASE, ChannelAPI
 from appliance.state import StateDir
-from appliance.store.sqlite import count_unacked, purge_file
-from appliance.tenants import TenantRegistry, notify_relay, validate_id
+from appliance.tenant_backend import count_unacked, load_config, open_registry, purge
+from appliance.tenants import MAX_GRACE_SECONDS, notify_relay, validate_id
+
+GRACE_HELP = (
+    "keep the old {what} working for SECONDS more (at most {most}, a week): {then}; "
+    "default 0: it stops now"
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,17 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = commands.add_parser("add", help="add a tenant; prints its bridge token once")
     add_state_dir(add)
     add.add_argument("tenant", help="tenant id: [a-z0-9][a-z0-9-]{0,62}")
-    secret = add.add_mutually_exclusive_group(required=True)
-    secret.add_argument("--channel-secret", help="the LINE channel secret")
-    secret.add_argument(
-        "--channel-secret-file", help="read the channel secret from FILE ('-' for stdin)"
-    )
+    _secret_options(add)
     add.add_argument("--json", action="store_true", help="print a JSON object")
-    add.add_argument(
-        "--public-url",
-        help="base URL LINE reaches the relay at, for the printed webhook URL "
-        "(default: https://<listen address>)",
-    )
+    _public_url_option(add, "for the printed webhook URL")
     add.set_defaults(func=_add)
 
     listing = commands.add_parser("list", help="list tenants and their queue depth")
@@ -61,13 +64,102 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     remove.set_defaults(func=_remove)
 
-    rotate = commands.add_parser("rotate-token", help="issue a new bridge token; the old stops")
+    rotate = commands.add_parser(
+        "rotate-token", help="issue a new bridge token; the old stops now or after --grace"
+    )
     add_state_dir(rotate)
     rotate.add_argument("tenant")
+    rotate.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=GRACE_HELP.format(
+            what="token",
+            most=MAX_GRACE_SECONDS,
+            then="bridges still on it are disconnected when it stops",
+        ),
+    )
     rotate.add_argument("--json", action="store_true", help="print a JSON object")
     rotate.set_defaults(func=_rotate)
 
+    rotate_secret = commands.add_parser(
+        "rotate-secret",
+        help="take a new channel secret (LINE reissued it); the old one verifies "
+        "until --grace ends",
+    )
+    add_state_dir(rotate_secret)
+    rotate_secret.add_argument("tenant")
+    _secret_options(rotate_secret, "new ")
+    rotate_secret.add_argument(
+        "--grace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help=GRACE_HELP.format(
+            what="secret", most=MAX_GRACE_SECONDS, then="webhooks signed with it are accepted"
+        ),
+    )
+    rotate_secret.add_argument("--json", action="store_true", help="print a JSON object")
+    rotate_secret.set_defaults(func=_rotate_secret)
+
+    connect = commands.add_parser(
+        "connect-line",
+        help="set the channel's webhook URL to the tenant's in LINE, and have LINE test it",
+    )
+    add_state_dir(connect)
+    connect.add_argument("tenant")
+    connect.add_argument(
+        "--channel-access-token-file",
+        required=True,
+        metavar="FILE",
+        help="read the channel's access token from FILE ('-' for stdin); never printed",
+    )
+    _public_url_option(connect, "for the webhook URL set in LINE")
+    connect.add_argument(
+        "--api-base",
+        default=DEFAULT_API_BASE,
+        metavar="URL",
+        help=f"LINE's Messaging API (default: {DEFAULT_API_BASE})",
+    )
+    connect.add_argument("--json", action="store_true", help="print a JSON object")
+    connect.set_defaults(func=_connect_line)
+
     webhooks_cli.register_purge(commands)
+
+
+def _secret_options(parser: argparse.ArgumentParser, new: str = "") -> None:
+    """``--channel-secret`` or ``--channel-secret-file``, one of them required."""
+    secret = parser.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--channel-secret", help=f"the {new}LINE channel secret")
+    secret.add_argument(
+        "--channel-secret-file", help=f"read the {new}channel secret from FILE ('-' for stdin)"
+    )
+
+
+def _public_url_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--public-url",
+        help=f"base URL LINE reaches the relay at, {what} (default: https://<listen address>)",
+    )
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir``, and ``--config`` for the store it names, on a tenant command."""
+    _add_state_dir(parser)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="the relay's TOML config: with store = 'redis', tenants are changed in Redis",
+    )
+
+
+def _config(args: argparse.Namespace) -> config_module.RelayConfig:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise TenantError(str(exc)) from exc
 
 
 def _state(args: argparse.Namespace, create: bool = False) -> StateDir:
@@ -84,13 +176,22 @@ def _fail(message: str) -> int:
 def _read_secret(args: argparse.Namespace) -> str:
     if args.channel_secret is not None:
         return str(args.channel_secret)
-    source = args.channel_secret_file
+    return _read_file(args.channel_secret_file, "the channel secret")
+
+
+def _read_file(source: str, what: str) -> str:
+    """The text of file ``source`` (``-``: stdin); :class:`TenantError` if unreadable."""
     if source == "-":
         return sys.stdin.read()
     try:
         return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise TenantError(f"cannot read the channel secret from {source}: {exc}") from exc
+        raise TenantError(f"cannot read {what} from {source}: {exc}") from exc
+
+
+def _when(ms: int) -> str:
+    """Unix milliseconds as an ISO 8601 UTC time, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def _webhook_url(args: argparse.Namespace, tenant: str) -> str:
@@ -107,8 +208,9 @@ def _add(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
+        config = _config(args)
         state = _state(args, create=True)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             token = registry.add(args.tenant, secret)
         finally:
@@ -129,40 +231,50 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-    except StateDirError as exc:
+        registry = open_registry(config, state)
+        try:
+            tenants = registry.list()
+        finally:
+            registry.close()
+        rows = [
+            {
+                "tenant": t.id,
+                "created_at": t.created_at,
+                "rotated_at": t.rotated_at,
+                "queued": count_unacked(config, state, t.id),
+                # When the previous token and secret stop working; null: none is in a grace.
+                "token_grace_until": t.token_grace_until or None,
+                "secret_grace_until": t.secret_grace_until or None,
+            }
+            for t in tenants
+        ]
+    except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    registry = TenantRegistry(state.tenants)
-    try:
-        tenants = registry.list()
-    finally:
-        registry.close()
-    rows = [
-        {
-            "tenant": t.id,
-            "created_at": t.created_at,
-            "rotated_at": t.rotated_at,
-            "queued": count_unacked(state.store, t.id),
-        }
-        for t in tenants
-    ]
     if args.json:
         print(json.dumps(rows))
     else:
-        for row in rows:
-            print(f"{row['tenant']}\tqueued={row['queued']}")
+        for row, info in zip(rows, tenants, strict=True):
+            line = f"{row['tenant']}\tqueued={row['queued']}"
+            if info.token_grace_until:
+                line += f"\told token valid until {_when(info.token_grace_until)}"
+            if info.secret_grace_until:
+                line += f"\told secret valid until {_when(info.secret_grace_until)}"
+            print(line)
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
-            queued = count_unacked(state.store, args.tenant)
+            queued = count_unacked(config, state, args.tenant)
             if queued and not args.force:
                 raise TenantError(
                     f"tenant {args.tenant!r} has {queued} unacked webhooks; "
@@ -174,7 +286,10 @@ def _remove(args: argparse.Namespace) -> int:
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
-    discarded = purge_file(state.store, args.tenant)
+    try:
+        discarded = purge(config, state, args.tenant)
+    except TenantError as exc:
+        return _fail(str(exc))
     print(
         f"removed {args.tenant}"
         + (f"; {discarded} unacked webhooks discarded" if discarded else "")
@@ -184,18 +299,124 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
+        config = _config(args)
         state = _state(args)
-        registry = TenantRegistry(state.tenants)
+        registry = open_registry(config, state)
         try:
-            token = registry.rotate(args.tenant)
+            token, until = registry.rotate(args.tenant, args.grace)
         finally:
             registry.close()
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps({"tenant": args.tenant, "token": token}))
+        print(
+            json.dumps({"tenant": args.tenant, "token": token, "token_grace_until": until or None})
+        )
+        return 0
+    print(f"bridge token: {token}")
+    if until:
+        print(
+            f"The old token works until {_when(until)}: put the new one in the bridge's "
+            "relay_token before then. Bridges still on the old token are disconnected then."
+        )
     else:
-        print(f"bridge token: {token}")
         print("The old token no longer works; connected bridges are disconnected.")
     return 0
+
+
+def _rotate_secret(args: argparse.Namespace) -> int:
+    try:
+        validate_id(args.tenant)
+        secret = _read_secret(args)
+        config = _config(args)
+        state = _state(args)
+        registry = open_registry(config, state)
+        try:
+            until = registry.rotate_secret(args.tenant, secret, args.grace)
+        finally:
+            registry.close()
+        notify_relay(state)
+    except (TenantError, StateDirError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"tenant": args.tenant, "secret_grace_until": until or None}))
+        return 0
+    print(f"{args.tenant}: the new channel secret verifies webhooks now.")
+    if until:
+        print(f"Webhooks signed with the old one are accepted until {_when(until)}.")
+    else:
+        print("The old one no longer verifies.")
+    print(
+        "Bridges verify again: give the bridge the new channel_secret and the old one as "
+        "previous_channel_secret (docs/bridge.md, 'Rotating the channel secret')."
+    )
+    return 0
+
+
+def _connect_line(args: argparse.Namespace) -> int:
+    """Point the channel at the tenant's webhook URL and print LINE's test verdict.
+
+    Exit status 0: LINE reached the relay and got a 200. 1: LINE's test
+    failed, or LINE could not be reached or failed itself. 2: bad input,
+    LINE's refusals of it (an invalid token, a URL it does not take) included.
+    """
+    try:
+        validate_id(args.tenant)
+        config = _config(args)
+        state = _state(args)
+        registry = open_registry(config, state)
+        try:
+            if not registry.exists(args.tenant):
+                raise TenantError(f"no tenant {args.tenant!r}")
+        finally:
+            registry.close()
+        token = _read_file(args.channel_access_token_file, "the channel access token").strip()
+        if not token or any(c.isspace() or not c.isprintable() for c in token):
+            raise TenantError(
+                "the channel access token file must hold the token alone, on one line"
+            )
+    except (TenantError, StateDirError) as exc:
+        return _fail(str(exc))
+    url = _webhook_url(args, args.tenant)
+    api = ChannelAPI(token, args.api_base)
+    try:
+        api.set_endpoint(url)
+        _, active = api.endpoint()
+        verdict = api.test()
+    except LineAPIError as exc:
+        print(f"linerelay tenant: {exc}", file=sys.stderr)
+        # LINE refusing what it was given (token, URL) is bad input; the rest is a failure.
+        refused = exc.status is not None and 400 <= exc.status < 500 and exc.status != 429
+        return 2 if refused else 1
+    finally:
+        api.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "tenant": args.tenant,
+                    "webhook_url": url,
+                    "webhook_active": active,
+                    "success": verdict.success,
+                    "status_code": verdict.status_code,
+                    "reason": verdict.reason,
+                    "detail": verdict.detail,
+                    "timestamp": verdict.timestamp,
+                }
+            )
+        )
+    else:
+        print(f"webhook URL:  {url} (set in LINE)")
+        outcome = "success" if verdict.success else "FAILED"
+        print(
+            f"LINE's test:  {outcome}: status {verdict.status_code}, "
+            f"reason {verdict.reason or '-'}, detail {verdict.detail or '-'}"
+        )
+    if not active:
+        print(
+            "linerelay tenant: webhooks are switched off for this channel: LINE sends none "
+            "until 'Use webhook' is turned on in the LINE Developers console",
+            file=sys.stderr,
+        )
+    return 0 if verdict.success else 1

@@ -37,6 +37,10 @@ MAX_LIST = 1000
 #: Event types remembered by delivery id (bodies never change), so a console
 #: polling its list does not read every body again.
 EVENT_TYPES_CACHE = 4096
+#: Bodies larger than this are not read to list their event types (``show``
+#: still gives them): a list of large bodies would read megabytes on the event
+#: loop. LINE's webhooks are a few kilobytes.
+EVENT_TYPES_MAX_BODY = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,8 @@ class WebhookRecord:
     acked_at: int | None
     #: The delivery id it replays; None for LINE's own webhooks.
     replay_of: str | None
-    #: The body's events' types, e.g. ("message", "follow").
+    #: The body's events' types, e.g. ("message", "follow"); in a list, () for a body
+    #: over :data:`EVENT_TYPES_MAX_BODY` bytes.
     event_types: tuple[str, ...]
 
     @classmethod
@@ -127,7 +132,7 @@ class Webhooks:
         """Up to ``limit`` (at most :data:`MAX_LIST`) webhooks, newest first."""
         records = await self.store.records(tenant, state, max(1, min(limit, MAX_LIST)))
         # Bodies not yet seen are read together: one store batch, not one each.
-        types = await asyncio.gather(*(self._event_types(r.id) for r in records))
+        types = await asyncio.gather(*(self._event_types(r) for r in records))
         return [WebhookRecord.of(r, t) for r, t in zip(records, types, strict=True)]
 
     async def show(self, delivery_id: str) -> WebhookRecord:
@@ -179,13 +184,15 @@ class Webhooks:
             raise UnknownWebhook(delivery_id)
         return found
 
-    async def _event_types(self, delivery_id: str) -> tuple[str, ...]:
-        known = self._types.get(delivery_id)
+    async def _event_types(self, record: Record) -> tuple[str, ...]:
+        known = self._types.get(record.id)
         if known is not None:
-            self._types.move_to_end(delivery_id)
+            self._types.move_to_end(record.id)
             return known
-        found = await self.store.record(delivery_id)
-        return self._remember(delivery_id, event_types(found[1]) if found else ())
+        if record.size > EVENT_TYPES_MAX_BODY:
+            return ()
+        found = await self.store.record(record.id)
+        return self._remember(record.id, event_types(found[1]) if found else ())
 
     def _remember(self, delivery_id: str, types: tuple[str, ...]) -> tuple[str, ...]:
         self._types[delivery_id] = types

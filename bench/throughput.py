@@ -13,12 +13,17 @@ body as a retry without storing it, so a fixed body would flatter it).
    bridge from each frame's ``received_at``). Each paced run uses its own
    tenant so no body is a retry of an earlier run's.
 
+With ``--store redis`` every relay here runs on the Redis store (a fresh
+``redis-server``, AOF with ``appendfsync always``, pinned to the client core:
+it shares that core with wrk and the bridge, which the figures then include).
+
 The acking bridge speaks protocol 2 (one ack per batch); ``--bridge-protocol 1``
 makes it speak protocol 1 (one ack per webhook). Either way, the maximum rate
 is also measured once with the other protocol, on a fresh relay, for the
 protocol 1 versus protocol 2 row.
 
     .venv/bin/python -m bench.throughput [--duration 10] [--bridge-protocol 1|2]
+        [--store sqlite|redis]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from bench.common import (
     write_bodies,
 )
 from tests.support.processes import stop
+from tests.support.redis import RedisServer, relay_config
 from tls.pki import EmbeddedPKI
 
 CONNECTIONS = 64
@@ -110,8 +116,11 @@ class Relay:
         listen: str | None = None,
         config: str | None = None,
         bridge_protocol: int = 2,
+        cores: str = SERVER_CORE,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        """``bridge_protocol``: what the acking bridges ask for (``--protocol`` of bench.ackbridge)."""
+        """``bridge_protocol``: what the acking bridges ask for (``--protocol`` of bench.ackbridge);
+        ``cores``: where the relay runs (taskset's list); ``extra``: more ``serve`` arguments."""
         self.bridge_protocol = bridge_protocol
         self.state = StateDir(work / "relay")
         self.port, admin = free_port(), free_port()
@@ -124,11 +133,15 @@ class Relay:
             listen or f"127.0.0.1:{self.port}",
             "--admin-listen",
             f"127.0.0.1:{admin}",
+            *extra,
         ]
+        self.config_file: Path | None = None
         if config is not None:
-            (work / "relay.toml").write_text(config)
-            args += ["--config", str(work / "relay.toml")]
-        self.proc = pinned(SERVER_CORE, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.config_file = work / "relay.toml"
+            work.mkdir(parents=True, exist_ok=True)
+            self.config_file.write_text(config)
+            args += ["--config", str(self.config_file)]
+        self.proc = pinned(cores, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
         self.admin = f"http://127.0.0.1:{admin}"
         self.base = f"https://127.0.0.1:{self.port}"
@@ -148,6 +161,7 @@ class Relay:
                     "--json",
                     "--state-dir",
                     str(self.state.path),
+                    *(["--config", str(self.config_file)] if self.config_file else []),
                 ],
                 capture_output=True,
                 text=True,
@@ -217,6 +231,12 @@ def main() -> None:
         default=2,
         help="the protocol the acking bridge asks for (1 to measure protocol 1)",
     )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "redis"),
+        default="sqlite",
+        help="the relays' store (redis: a redis-server of its own on the client core)",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-bench-"))
     pki = EmbeddedPKI(work / "pki")
@@ -229,8 +249,20 @@ def main() -> None:
         flush=True,
     )
     results: dict[str, Any] = {}
+    config = None
+    redis_server: RedisServer | None = None
+    if args.store == "redis":
+        redis_server = RedisServer(work / "redis").start()
+        assert redis_server.proc is not None
+        subprocess.run(
+            ["taskset", "-pc", CLIENT_CORE, str(redis_server.proc.pid)],
+            check=True,
+            capture_output=True,
+        )
+        config = relay_config(redis_server)
+        print(f"store: Redis at {redis_server.url} on core {CLIENT_CORE}", flush=True)
 
-    relay = Relay(work, bridge_protocol=args.bridge_protocol)
+    relay = Relay(work, config=config, bridge_protocol=args.bridge_protocol)
     try:
         relay.run("warmup", bodies, 3)
         results["relay"] = relay.run("max", bodies, args.duration)
@@ -246,7 +278,9 @@ def main() -> None:
     finally:
         stop(relay.proc)
     other = 3 - args.bridge_protocol
-    relay = Relay(work / f"p{other}", bridge_protocol=other)
+    if redis_server is not None:
+        redis_server.client().flushall()  # the next relay adds the same tenants
+    relay = Relay(work / f"p{other}", config=config, bridge_protocol=other)
     try:
         relay.run("warmup", bodies, 3)
         results[f"relay_protocol{other}"] = relay.run("max", bodies, args.duration)
@@ -254,6 +288,8 @@ def main() -> None:
     finally:
         stop(relay.proc)
     results[f"relay_protocol{args.bridge_protocol}"] = results["relay"]
+    if redis_server is not None:
+        redis_server.stop()
 
     port = free_port()
     results["bare_hypercorn"] = peer(

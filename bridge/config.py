@@ -33,7 +33,15 @@ from appliance.settings import (
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Keys whose value is a credential: never logged, never shown in a diff.
-SECRET_KEYS = frozenset({"relay_token", "channel_secret", "channel_access_token", "gateway_token"})
+SECRET_KEYS = frozenset(
+    {
+        "relay_token",
+        "channel_secret",
+        "previous_channel_secret",
+        "channel_access_token",
+        "gateway_token",
+    }
+)
 
 #: Keys that change the relay connection: a change reconnects.
 CONNECTION_KEYS = ("relay_url", "relay_token", "ca_file", "ping_interval", "ping_timeout")
@@ -68,6 +76,12 @@ class BridgeConfig(Settings):
     )
     channel_secret: str = setting(
         "", "The LINE channel secret, to verify signatures again.", REQUIRED
+    )
+    previous_channel_secret: str = setting(
+        "",
+        "After a channel secret rotation: the old secret, also accepted, so that webhooks "
+        "the relay took under it (queued, or replayed later) still verify. Empty: none "
+        "(docs/bridge.md, 'Rotating the channel secret').",
     )
     channel_access_token: str = setting("", "Bearer token for LINE's Messaging API.", REQUIRED)
     relay_url: str = setting(

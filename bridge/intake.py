@@ -1,7 +1,8 @@
 """What happens to a webhook frame before it is queued, without I/O.
 
 :func:`prepare` verifies the signature over the exact bytes (the frame's
-``body`` encoded as UTF-8) with the channel secret, splits the body into its
+``body`` encoded as UTF-8) with the channel secret (or, after a rotation, the
+previous one), splits the body into its
 events and gives each its dedupe key and chat. A frame that fails here is
 still acknowledged (redelivering it could never make it pass) but nothing
 in it is acted on: a bad signature is a security event, a malformed body a
@@ -37,10 +38,12 @@ class Refused:
     security: bool
 
 
-def prepare(frame: Webhook, channel_secret: str) -> Prepared | Refused:
-    """Verify and split ``frame``'s body."""
+def prepare(frame: Webhook, channel_secret: str, previous_secret: str = "") -> Prepared | Refused:
+    """Verify and split ``frame``'s body; ``previous_secret``, when given, verifies too."""
     body = frame.body.encode("utf-8")
-    if not verify(channel_secret.encode("utf-8"), body, frame.signature):
+    if not verify(channel_secret.encode("utf-8"), body, frame.signature) and not (
+        previous_secret and verify(previous_secret.encode("utf-8"), body, frame.signature)
+    ):
         return Refused("signature mismatch", security=True)
     try:
         events = split_body(body)

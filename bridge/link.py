@@ -6,7 +6,10 @@ Connects to ``relay_url`` with the bridge token as ``Authorization: Bearer``
 ``ping_timeout`` seconds (a half-open connection). Every failure (refused,
 DNS, TLS, closed, timed out) waits a delay from :class:`bridge.backoff.Backoff`
 and tries again; a successful ``hello`` resets the schedule. A 401 is a
-rejected token: logged as such and retried at the cap, never hammered.
+rejected token: logged as such and retried at the cap, never hammered. So is
+a connection the relay closes with 4401 (the token was revoked: rotated, or
+its grace after a rotation ended) or 4404 (the tenant was removed): each is
+logged at error level, once per close, saying what the operator must do.
 
 The link offers protocol 2 (the ``linerelay.v2`` subprotocol) and speaks
 whichever protocol the relay selects: a relay that selects none is an older
@@ -46,6 +49,15 @@ MAX_FRAME_BYTES = 32 * 1024 * 1024
 #: Seconds allowed for TCP, TLS and the upgrade together.
 OPEN_TIMEOUT = 20.0
 USER_AGENT = "linerelay-bridge/1"
+#: Close codes of the relay (appliance/hub.py) that no reconnect can cure, and what
+#: the operator is told: each is an error line, then a wait of backoff_max.
+REVOKED = {
+    4401: "token revoked: the relay closed the connection (4401) because this bridge's "
+    "token was rotated; put the new token (from `linerelay tenant rotate-token`) in "
+    "relay_token",
+    4404: "tenant removed: the relay closed the connection (4404) because this bridge's "
+    "tenant no longer exists",
+}
 
 
 #: Queues a frame's webhooks in one commit; returns one result per webhook, in order.
@@ -175,7 +187,13 @@ class Link:
                 log.warning("relay connection down", extra={"reason": reason, "retry_after": wait})
                 return max(wait, self._backoff.next_delay())
         except ConnectionClosed as exc:
-            reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+            closed = exc.rcvd.code if exc.rcvd else None
+            if closed in REVOKED:
+                log.error(REVOKED[closed], extra={"url": config.relay_url, "security": True})
+                self._fail("rejected", REVOKED[closed].partition(":")[0] + f" ({closed})")
+                # Reconnecting cannot help until the config changes, which reconnects at once.
+                return self._backoff.at_cap()
+            reason = f"connection lost ({closed or 'no close frame'})"
         except ssl.SSLError as exc:
             reason = f"TLS failure: {exc.reason or type(exc).__name__}"
         except (OSError, TimeoutError, InvalidHandshake) as exc:

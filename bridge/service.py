@@ -180,7 +180,7 @@ class Bridge:
         results = [IntakeResult(True)] * len(frames)
         ready: list[tuple[int, Prepared]] = []
         for position, frame in enumerate(frames):
-            prepared = prepare(frame, config.channel_secret)
+            prepared = prepare(frame, config.channel_secret, config.previous_channel_secret)
             if isinstance(prepared, Refused):
                 self._refused(frame, prepared)
             else:

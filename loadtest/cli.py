@@ -6,6 +6,7 @@ Two forms share the command name (PROTOCOL.md §4 fixes the first)::
         [--bridge-token TOKEN] [--ca FILE] [--users N] [--rate PER_SECOND]
         [--duration SECONDS] [--report DIR] [more options, see --help]
     linerelay loadtest gateway [--listen HOST:PORT] [--latency-ms N] [--error-rate X]
+        [--channel-secret-file FILE] [--ca FILE] [--channel-access-token-file FILE]
 
 The first starts Locust (one process, or a master and ``--generators N``
 worker processes) on :mod:`loadtest.locustfile`, against one target or
@@ -219,6 +220,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gw.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     gw.add_argument("--latency-ms", type=float, default=0.0)
     gw.add_argument("--error-rate", type=float, default=0.0, help="share of 500 answers")
+    gw.add_argument(
+        "--channel-secret-file",
+        metavar="FILE",
+        help="the channel secret that signs the webhook test's verification webhook",
+    )
+    gw.add_argument(
+        "--ca", metavar="FILE", help="root CA the webhook test trusts for the relay's certificate"
+    )
+    gw.add_argument(
+        "--channel-access-token-file",
+        metavar="FILE",
+        help="take only this channel access token (401 for others); default: any",
+    )
     gw.set_defaults(func=run_gateway)
 
 
@@ -233,7 +247,14 @@ def run_gateway(args: argparse.Namespace) -> int:
     """Serve the simulated gateway until interrupted."""
     try:
         host, port = _host_port(args.listen)
-        server = gateway.serve(host, port, args.latency_ms, args.error_rate)
+        secret = token = None
+        if args.channel_secret_file:
+            secret = Path(args.channel_secret_file).read_text(encoding="utf-8").strip().encode()
+        if args.channel_access_token_file:
+            token = Path(args.channel_access_token_file).read_text(encoding="utf-8").strip()
+        server = gateway.serve(
+            host, port, args.latency_ms, args.error_rate, secret, args.ca or None, token
+        )
     except (ConfigError, ValueError, OSError) as exc:
         print(f"linerelay loadtest gateway: {exc}", file=sys.stderr)
         return 2

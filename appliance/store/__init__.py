@@ -5,6 +5,8 @@
 - :mod:`~appliance.store.ops` and :mod:`~appliance.store.batcher`: the typed
   operations and the group commit that batches them, as pure logic.
 - :mod:`~appliance.store.sqlite`: one node, one SQLite file (the default).
+- :mod:`~appliance.store.redis`: several processes and nodes on Redis Streams
+  (imported only when configured: SQLite users do not pay for redis-py).
 
 :func:`open_store` builds the one the config names; nothing else needs to know which.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from appliance.store.futures import wait_until
-from appliance.store.interface import BatchListener, CommitListener, Store
+from appliance.store.interface import BatchListener, CommitListener, OwnershipListener, Store
 from appliance.store.records import (
     Delivery,
     Expired,
@@ -36,6 +38,7 @@ __all__ = [
     "Delivery",
     "Expired",
     "Limits",
+    "OwnershipListener",
     "Record",
     "SQLiteStore",
     "Store",
@@ -57,4 +60,15 @@ def create_store(
     config: RelayConfig, state: StateDir, on_batch: BatchListener | None = None
 ) -> Store:
     """The store the config names (not yet opened)."""
+    if config.store == "redis":
+        from appliance.store.redis import RedisStore  # noqa: PLC0415 (redis-py only if used)
+
+        return RedisStore(
+            config.redis_url,
+            store_limits(config),
+            on_batch=on_batch,
+            min_replicas=config.redis_min_replicas,
+            lease_ttl=config.redis_lease_ttl,
+            wait_ms=config.ack_deadline_ms,
+        )
     return SQLiteStore(state.store, store_limits(config), on_batch=on_batch)

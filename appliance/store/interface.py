@@ -16,6 +16,9 @@ from appliance.store.records import Delivery, Expired, Limits, Record, WebhookSt
 
 CommitListener = Callable[[Sequence[Delivery]], None]
 BatchListener = Callable[[int, float], None]
+#: Called with a tenant and whether this process now serves its bridges (True)
+#: or another process does (False); see :meth:`Store.claim`.
+OwnershipListener = Callable[[str, bool], None]
 
 
 class Store(abc.ABC):
@@ -127,4 +130,34 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(self, on_commit: CommitListener) -> None:
-        """Call ``on_commit`` on the loop with each batch of newly committed webhooks."""
+        """Call ``on_commit`` on the loop with each batch of newly committed webhooks.
+
+        Each tenant's webhooks come in order of ``seq``. A store shared by
+        several processes gives a process the webhooks of the tenants it
+        serves (:meth:`claim`), whichever process committed them, and those it
+        commits itself for any other tenant.
+        """
+
+    # -- several processes: who serves a tenant's bridges ----------------------
+    # A store of one process serves every tenant here: these defaults say so.
+
+    def claim(self, tenant: str) -> None:  # noqa: B027 (a store of one process: nothing to do)
+        """A bridge of ``tenant`` just connected to this process: serve it from here.
+
+        The newest connection anywhere wins: a store shared by several
+        processes takes the tenant over from whichever served it (its
+        connections stand by), and tells this process's ownership listeners
+        with ``(tenant, False)`` if a newer connection elsewhere wins instead.
+        """
+
+    def release(self, tenant: str) -> None:  # noqa: B027 (idem)
+        """No bridge of ``tenant`` is connected to this process any more."""
+
+    def watch_ownership(self, on_change: OwnershipListener) -> None:  # noqa: B027 (idem)
+        """Call ``on_change(tenant, serving)`` when a tenant this process claimed is
+        taken by another process (False), or when one it lost is free again and
+        taken back for its standby connections here (True)."""
+
+    def health(self) -> str | None:
+        """None while the store is usable; otherwise why not (for ``/readyz``)."""
+        return None

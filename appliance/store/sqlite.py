@@ -435,6 +435,9 @@ class SQLiteStore(Store):
         # Never wait on the loop for another process's lock: fail the batch
         # (503) rather than stall every connection.
         db.execute("PRAGMA busy_timeout=0")
+        # Pruned and purged bodies are zeroed in the file, not left in free pages
+        # (bodies are personal data; a purge is an erasure request).
+        db.execute("PRAGMA secure_delete=ON")
         db.executescript(_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(webhooks)")}
         if "id" not in columns:
@@ -742,6 +745,7 @@ def purge_file(path: Path, tenant: str) -> int:
         return 0
     db = sqlite3.connect(path, timeout=10, isolation_level=None)
     try:
+        db.execute("PRAGMA secure_delete=ON")
         db.execute("BEGIN IMMEDIATE")
         count = _purge(db, tenant, None)
         db.execute("COMMIT")

@@ -155,3 +155,35 @@ def test_retention_shorter_than_the_dedupe_window_is_refused(key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: must be at least dedupe_window"):
         config.load(None, {f"LINERELAY_{key.upper()}": "299", "LINERELAY_DEDUPE_WINDOW": "300"})
     assert getattr(config.load(None, {f"LINERELAY_{key.upper()}": "300"}), key) == 300
+
+
+def test_error_reports_are_off_by_default_and_take_a_sentry_dsn(tmp_path: Path) -> None:
+    assert config.load().sentry_dsn == ""
+    dsn = "https://0123abcd@o1.ingest.sentry.io/4507"
+    assert config.load(write(tmp_path, f'sentry_dsn = "{dsn}"\n')).sentry_dsn == dsn
+    assert config.load(None, {"LINERELAY_SENTRY_DSN": dsn}).sentry_dsn == dsn
+    assert "sentry_dsn" in config.RESTART_KEYS
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "https://sentry.example/1",  # no public key
+        "https://key@sentry.example/",  # no project
+        "ftp://key@sentry.example/1",
+        "key@sentry.example/1",
+        "https://key@/1",
+    ],
+)
+def test_a_malformed_sentry_dsn_is_refused_without_being_repeated(tmp_path: Path, dsn: str) -> None:
+    with pytest.raises(ConfigError, match="sentry_dsn") as refused:
+        config.load(write(tmp_path, f'sentry_dsn = "{dsn}"\n'))
+    assert dsn not in str(refused.value)
+
+
+def test_a_sentry_dsn_of_the_wrong_type_is_refused_without_being_repeated(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="sentry_dsn") as refused:
+        config.load(write(tmp_path, "sentry_dsn = 4507123\n"))
+    assert "4507123" not in str(refused.value)

@@ -147,10 +147,12 @@ def check_valid(result: RelayConfig) -> None:
     assert result.tls_policy in TLS_POLICIES
     assert result.log_level in LOG_LEVELS
     assert result.bridge_idle_timeout > result.ping_interval
+    assert min(result.retain_delivered, result.retain_expired) >= result.dedupe_window
     low, high = config.TLS_READ_BUFFER_RANGE
     assert result.tls_read_buffer == 0 or low <= result.tls_read_buffer <= high
+    assert result.redis_min_replicas >= 0  # 0: no replica is waited for
     for name, kind in KINDS.items():
-        if kind in ("int", "float") and name != "tls_read_buffer":
+        if kind in ("int", "float") and name not in ("tls_read_buffer", "redis_min_replicas"):
             assert getattr(result, name) > 0, name
         if kind == "float":
             assert math.isfinite(getattr(result, name)), f"{name} is not a number of seconds"
@@ -241,8 +243,20 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(["", "relay.example.com", "localhost", "192.0.2.7", "::1"])
     if name == "bridge_window_v2":
         return st.integers(1, 512)
+    if name == "workers":
+        return st.integers(1, config.MAX_WORKERS)
+    if name == "sentry_dsn":
+        return st.sampled_from(["", "https://0123abcd@o1.ingest.sentry.io/4507", "http://k@h:9/1"])
     if name == "tls_read_buffer":  # 0 is asyncio's own size
         return st.one_of(st.just(0), st.integers(*config.TLS_READ_BUFFER_RANGE))
+    if name == "store":
+        return st.sampled_from(config.STORES)
+    if name == "redis_url":
+        return st.builds(lambda host, db: f"redis://{host}:6379/{db}", TEXT, st.integers(0, 15))
+    if name == "redis_min_replicas":  # 0: no replica waited for
+        return st.integers(0, 2**63 - 1)
+    if name == "redis_lease_ttl":
+        return st.floats(1, 300)
     if kind == "tuple[str, ...]":
         return st.lists(PROXIES, max_size=3).map(tuple)
     if kind == "Path":
@@ -281,6 +295,7 @@ def coherent(values: dict[str, Any]) -> bool:
         merged["bridge_idle_timeout"] > merged["ping_interval"]
         and bool(merged["tls_cert_file"]) == bool(merged["tls_key_file"])
         and plain_ok
+        and (merged["workers"] == 1 or merged["store"] == "redis")  # more: the shared store
         and merged["retain_delivered"] >= merged["dedupe_window"]
         and merged["retain_expired"] >= merged["dedupe_window"]
     )

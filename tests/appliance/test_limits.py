@@ -78,6 +78,22 @@ def test_connections_are_capped_per_address_and_in_all() -> None:
     assert counter.from_address("a") == 1
 
 
+def test_a_balancers_connection_moves_to_its_client_within_the_clients_cap() -> None:
+    counter = ConnectionCounter(total=10, per_address=2)
+    for _ in range(3):
+        assert counter.admit("balancer", per_address=False) is None
+    assert counter.move("balancer", "client") is None
+    assert counter.move("balancer", "client") is None
+    assert counter.move("balancer", "client") == "per_address"
+    # Refused: still the balancer's, given back under its key.
+    assert (counter.from_address("balancer"), counter.from_address("client")) == (1, 2)
+    assert counter.open == 3
+    assert counter.move("balancer", "proxy", per_address=False) is None
+    counter.release("proxy")
+    counter.release("client")
+    assert (counter.open, counter.from_address("client")) == (1, 1)
+
+
 def test_releasing_more_than_was_admitted_never_goes_negative() -> None:
     counter = ConnectionCounter(total=1, per_address=1)
     counter.release("a")

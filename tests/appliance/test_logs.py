@@ -4,6 +4,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from appliance import logs
 
 
@@ -45,3 +47,19 @@ def test_exceptions_are_logged_redacted() -> None:
     except ValueError:
         logging.getLogger("t").exception("boom")
     assert "lrb_leaky" not in stream.getvalue()
+
+
+async def test_a_workers_lines_all_carry_its_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_TAGS", {})  # this process's tags, for this test only
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    logs.tag(worker=2)
+    logging.getLogger("t").info("relay serving", extra={"pid": 7})
+    access = logs.AccessLog(stream)
+    access.write("webhook", {"tenant": "a"})
+    access.flush()
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert [(line["event"], line["worker"]) for line in lines] == [
+        ("relay serving", 2),
+        ("webhook", 2),
+    ]

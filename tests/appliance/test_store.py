@@ -1,7 +1,9 @@
 """Store behaviour, written against :class:`appliance.store.Store`.
 
-The ``store`` fixture is parametrised by implementation; a second store (Redis
-Streams) joins the list and must pass the same tests.
+The ``store`` fixture is parametrised by implementation: SQLite, and Redis
+Streams on a real ``redis-server`` (tests/support/redis.py), pass the same
+tests. Tests of what only SQLite has (its file, WAL, migrations, the CLI's
+file helpers) say so with ``SQLITE_ONLY`` or build a :class:`SQLiteStore` themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -23,9 +26,13 @@ from appliance.errors import QueueFull, UnknownWebhook
 from appliance.signature import sign
 from appliance.state import StateDir
 from appliance.store import Delivery, Limits, Store, WebhookState, wait_until
+from appliance.store.redis import RedisStore
 from appliance.store.sqlite import SQLiteStore, purge_file
+from tests.support.redis import RedisServer, redis_server  # noqa: F401 (a fixture)
 
 StoreFactory = Callable[[Limits], Store]
+#: For a test of SQLite's own behaviour: the ``store`` fixture on SQLite alone.
+SQLITE_ONLY = pytest.mark.parametrize("make_store", ["sqlite"], indirect=True)
 
 
 class Clock:
@@ -38,10 +45,19 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     clock = Clock()
     request.node.clock = clock
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        # A key prefix of its own: this test sees nothing of the others'.
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+
+        def make_redis(limits: Limits) -> Store:
+            return RedisStore(server.url, limits, clock=clock, prefix=prefix)
+
+        return make_redis
 
     def make(limits: Limits) -> Store:
         return SQLiteStore(tmp_path / "store.db", limits, clock=clock)
@@ -447,6 +463,7 @@ async def test_purge_before_a_time_keeps_newer_rows(store: Store) -> None:
     assert store.depth("a") == 1
 
 
+@SQLITE_ONLY
 async def test_purge_file_works_beside_an_open_store(store: Store, tmp_path: Path) -> None:
     await put(store, "a", b"1")
     await put(store, "b", b"2")
@@ -551,6 +568,24 @@ async def test_a_store_from_before_retention_keeps_its_rows_and_gains_records(
         ("d-queued", WebhookState.QUEUED, 1, None),
     ]
     assert (copy.body, copy.replay_of) == (b"22", "d-acked")
+
+
+async def test_pruned_and_purged_bodies_are_not_left_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    await store.open()
+    pruned = await store.append("a", b"PRUNED-BODY-" * 50, "s", 1_000)
+    await store.append("b", b"PURGED-BODY-" * 50, "s", 1_000)
+    await store.append("c", b"KEPT-BODY-" * 50, "s", 1_000)
+    assert pruned is not None
+    store.ack("a", pruned.seq)
+    await store.prune(delivered_before=2_000, expired_before=2_000)
+    await store.purge("b")
+    await store.close()  # checkpoints the WAL into the file
+    data = path.read_bytes()
+    assert b"KEPT-BODY-" in data
+    assert b"PRUNED-BODY-" not in data
+    assert b"PURGED-BODY-" not in data
 
 
 async def test_the_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from appliance.ingress import Relay
 from appliance.metrics import Metrics
 from appliance.store import Delivery, Limits, SQLiteStore
 from appliance.tenants import TenantDirectory, TenantRegistry
-from appliance.webhooks import MAX_LIST, WebhookRecord, WebhookState
+from appliance.webhooks import EVENT_TYPES_MAX_BODY, MAX_LIST, WebhookRecord, WebhookState
 from tests.support.bodies import webhook_body
 from tests.support.waiting import async_wait_for
 
@@ -132,6 +132,16 @@ async def test_list_filters_and_bounds_its_limit(parts: Parts) -> None:
     assert await webhooks.list(tenant="other") == []
     assert len(await webhooks.list(limit=10 * MAX_LIST)) == 4
     assert len(await webhooks.list(limit=0)) == 1
+
+
+async def test_a_large_body_is_not_read_to_list_its_event_types(parts: Parts) -> None:
+    padding = "x" * EVENT_TYPES_MAX_BODY
+    large = await acked(
+        parts.store, json.dumps({"events": [{"type": "message"}], "p": padding}).encode()
+    )
+    (listed,) = await parts.relay.webhooks.list()
+    assert listed.event_types == ()
+    assert (await parts.relay.webhooks.show(large.id)).event_types == ("message",)
 
 
 async def test_show_and_body_of_a_webhook(parts: Parts) -> None:

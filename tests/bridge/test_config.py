@@ -109,6 +109,14 @@ def test_a_wrong_typed_secret_is_not_echoed() -> None:
     assert "123456789" not in str(info.value)
 
 
+def test_a_previous_channel_secret_is_optional_and_never_echoed() -> None:
+    assert parse(BASE).previous_channel_secret == ""
+    assert parse({**BASE, "previous_channel_secret": "old"}).previous_channel_secret == "old"
+    with pytest.raises(BridgeConfigError, match="previous_channel_secret") as info:
+        parse({**BASE, "previous_channel_secret": 987654321})
+    assert "987654321" not in str(info.value)
+
+
 def test_ints_are_accepted_for_seconds() -> None:
     assert parse({**BASE, "backoff_min": 1, "backoff_max": 2}).backoff_max == 2.0
 

@@ -62,6 +62,16 @@ def test_wrong_or_missing_signature_is_a_security_refusal() -> None:
     assert prepare(frame('{"events": []}', ""), SECRET) == Refused("signature mismatch", True)
 
 
+def test_after_a_secret_rotation_the_previous_secret_verifies_too() -> None:
+    body = '{"events": []}'
+    signed_before = frame(body, sign(b"old-secret", body.encode()))
+    assert prepare(signed_before, SECRET) == Refused("signature mismatch", True)
+    assert isinstance(prepare(signed_before, SECRET, "old-secret"), Prepared)
+    assert isinstance(prepare(frame(body), SECRET, "old-secret"), Prepared)
+    forged = frame(body, sign(b"another", body.encode()))
+    assert prepare(forged, SECRET, "old-secret") == Refused("signature mismatch", True)
+
+
 def test_signed_garbage_is_refused_without_security_flag() -> None:
     refused = prepare(frame("not json"), SECRET)
     assert isinstance(refused, Refused)

@@ -257,3 +257,32 @@ async def test_reconnect_request_drops_the_connection_and_connects_again(
     await run_link(link, until)
     assert status.counters["hellos"] == 2
     assert len(relay.headers) == 2
+
+
+@pytest.mark.parametrize(("code", "said"), [(4401, "token revoked"), (4404, "tenant removed")])
+async def test_a_close_no_reconnect_can_cure_is_logged_as_an_error_and_waited_out(
+    code: int, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[float] = []
+
+    async def close_at_once(ws: ServerConnection) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        await ws.send(encode(Hello(tenant="shop", window=64, protocol=1)))
+        await ws.close(code)
+
+    async with serve(close_at_once, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        status = BridgeStatus()
+        config = config_for(f"ws://127.0.0.1:{port}/bridge", backoff_min=0.05, backoff_max=1.0)
+        link = Link(lambda: config, take_all, status, Backoff(0.05, 1.0))
+        with caplog.at_level("INFO", logger="bridge.link"):
+            await run_link(link, lambda: len(attempts) >= 2 and status.connection == "rejected")
+    assert len(attempts) >= 2
+    # backoff_max, not backoff_min: the relay is not hammered.
+    assert attempts[1] - attempts[0] >= 1.0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors
+    assert errors[0].getMessage().startswith(said)
+    assert str(code) in errors[0].getMessage()
+    assert status.connection == "rejected"
+    assert said in status.last_error

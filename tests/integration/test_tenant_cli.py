@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -260,3 +261,183 @@ async def test_a_re_added_tenant_id_never_gets_the_removed_tenants_webhooks(
         frame = await bridge.webhook()
         await bridge.ack(frame)
     assert tag_of(frame) == "new-owner"
+
+
+# -- rotations with a grace ------------------------------------------------------
+
+#: Long enough for the checks made inside it on a loaded machine.
+GRACE_SECONDS = 12
+
+
+async def close_code(bridge: Bridge, timeout: float) -> int | None:
+    """The code the relay closes ``bridge`` with, reading (and dropping) frames until then."""
+    try:
+        while True:
+            await bridge.frame(timeout)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
+
+
+async def test_a_token_rotated_with_a_grace_serves_old_bridges_until_it_ends(
+    harness: Harness,
+) -> None:
+    tenant = harness.tenant()
+    async with await Bridge.open(harness, tenant.token) as old_bridge:
+        result = harness.cli(
+            "tenant", "rotate-token", tenant.id, "--grace", str(GRACE_SECONDS), "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        rotated = json.loads(result.stdout)
+        new_token = harness.remember(rotated["token"])
+        until = rotated["token_grace_until"] / 1000
+        listed = {
+            row["tenant"]: row for row in json.loads(harness.cli("tenant", "list", "--json").stdout)
+        }
+        assert listed[tenant.id]["token_grace_until"] == rotated["token_grace_until"]
+        async with await Bridge.open(harness, new_token) as new_bridge:
+            # Inside the grace both tokens log in, and the old connection still gets webhooks.
+            async with await Bridge.open(harness, tenant.token) as second_old:
+                assert second_old.hello["tenant"] == tenant.id
+            async with async_client(harness) as client:
+                assert (
+                    await post(client, harness, tenant, webhook_body("grace"))
+                ).status_code == 200
+            frame = await new_bridge.webhook()  # the newest connection is the active one
+            await new_bridge.ack(frame)
+            assert time.time() < until, "the machine was too slow to check inside the grace"
+            # The grace ends: the old token's connection is closed, the new one's is not.
+            assert await close_code(old_bridge, GRACE_SECONDS + TIMEOUT) == 4401
+            assert time.time() >= until
+            async with async_client(harness) as client:
+                assert (
+                    await post(client, harness, tenant, webhook_body("after"))
+                ).status_code == 200
+            frame = await new_bridge.webhook()
+            assert tag_of(frame) == "after"
+            await new_bridge.ack(frame)
+    with pytest.raises(InvalidStatus) as refused:
+        await Bridge.open(harness, tenant.token)
+    assert refused.value.response.status_code == 401
+    listed = {
+        row["tenant"]: row for row in json.loads(harness.cli("tenant", "list", "--json").stdout)
+    }
+    assert listed[tenant.id]["token_grace_until"] is None
+    ended = harness.log_events("tenant tokens changed")
+    assert any(e["tenant"] == tenant.id and e["bridges_closed"] == 1 for e in ended)
+
+
+def test_tenant_list_says_until_when_old_credentials_work(harness: Harness) -> None:
+    tenant = harness.tenant()
+    rotated = harness.cli("tenant", "rotate-token", tenant.id, "--grace", "3600")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "The old token works until 20" in rotated.stdout
+    harness.remember(rotated.stdout.split()[2])
+    listing = harness.cli("tenant", "list")
+    (line,) = [row for row in listing.stdout.splitlines() if row.startswith(tenant.id + "\t")]
+    assert "old token valid until 20" in line
+    assert "old secret" not in line
+
+
+@pytest.mark.parametrize("grace", ["-1", "abc", "nan", "604801"])
+@pytest.mark.parametrize("command", ["rotate-token", "rotate-secret"])
+def test_a_bad_grace_exits_2_and_changes_nothing(
+    harness: Harness, command: str, grace: str
+) -> None:
+    tenant = harness.tenant()
+    before = tenants_file(harness)
+    extra = (
+        ("--channel-secret", harness.remember(secrets.token_hex(16)))
+        if command == "rotate-secret"
+        else ()
+    )
+    result = harness.cli("tenant", command, tenant.id, *extra, "--grace", grace)
+    assert result.returncode == 2
+    assert "grace" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "lrb_" not in result.stdout
+    assert tenants_file(harness) == before
+
+
+async def test_a_secret_rotated_with_a_grace_verifies_both_until_the_old_one_ends(
+    harness: Harness,
+) -> None:
+    tenant = harness.tenant()
+    new_secret = harness.remember(secrets.token_hex(16))
+    result = harness.cli(
+        "tenant",
+        "rotate-secret",
+        tenant.id,
+        "--channel-secret-file",
+        "-",
+        "--grace",
+        "3",
+        "--json",
+        stdin=new_secret + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    until = json.loads(result.stdout)["secret_grace_until"] / 1000
+    renewed = Tenant(tenant.id, new_secret, tenant.token, tenant.url)
+    async with async_client(harness) as client:
+        assert (await post(client, harness, renewed, webhook_body("new-1"))).status_code == 200
+        old_answer = await post(client, harness, tenant, webhook_body("old-1"))
+        assert time.time() < until, "the machine was too slow to check inside the grace"
+        assert old_answer.status_code == 200
+
+        late_accepted = 0
+
+        async def old_refused() -> bool:
+            nonlocal late_accepted
+            response = await post(client, harness, tenant, webhook_body("old-late"))
+            late_accepted += response.status_code == 200
+            return response.status_code == 401
+
+        await async_wait_for(old_refused, "the old secret to stop verifying")
+        assert time.time() >= until
+        assert (await post(client, harness, renewed, webhook_body("new-2"))).status_code == 200
+    # Each "old-late" accepted (the grace was still on) is queued too.
+    queued = ["new-1", "old-1"] + ["old-late"] * late_accepted + ["new-2"]
+    async with await Bridge.open(harness, tenant.token) as bridge:
+        tags = [tag_of(frame) for frame in await bridge.take(len(queued))]
+    assert tags == queued
+
+
+async def test_a_secret_rotated_without_a_grace_stops_the_old_one_as_the_cli_returns(
+    slow_poll: Harness,
+) -> None:
+    tenant = slow_poll.tenant()
+    async with async_client(slow_poll) as client:
+        assert (await post(client, slow_poll, tenant, webhook_body("before"))).status_code == 200
+        new_secret = slow_poll.remember(secrets.token_hex(16))
+        result = slow_poll.cli("tenant", "rotate-secret", tenant.id, "--channel-secret", new_secret)
+        assert result.returncode == 0, result.stderr
+        assert "The old one no longer verifies." in result.stdout
+        assert (await post(client, slow_poll, tenant, webhook_body("old"))).status_code == 401
+        renewed = Tenant(tenant.id, new_secret, tenant.token, tenant.url)
+        assert (await post(client, slow_poll, renewed, webhook_body("new"))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("rotate-secret", "no-such-shop", "--channel-secret", "abc"), "no tenant"),
+        (("rotate-secret", "Bad_Id", "--channel-secret", "abc"), "invalid tenant id"),
+        (("rotate-secret", "TENANT", "--channel-secret", "two words"), "spaces"),
+        (("rotate-secret", "TENANT", "--channel-secret", " "), "empty"),
+        (("rotate-secret", "TENANT", "--channel-secret", "SAME"), "is the one in use"),
+        (("rotate-secret", "TENANT", "--channel-secret-file", "/nonexistent/s"), "cannot read"),
+        (("rotate-secret", "TENANT"), "one of the arguments"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_bad_secret_rotations_exit_2_and_change_nothing(
+    harness: Harness, args: tuple[str, ...], message: str
+) -> None:
+    tenant = harness.tenant()
+    args = tuple(tenant.id if a == "TENANT" else tenant.secret if a == "SAME" else a for a in args)
+    before = tenants_file(harness)
+    result = harness.cli("tenant", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert tenant.secret not in result.stdout + result.stderr
+    assert tenants_file(harness) == before

@@ -352,3 +352,37 @@ def test_every_command_works_on_a_stopped_relay(tmp_path: Path) -> None:
     assert listed(relay) == []
     for value in harness.sensitive:
         assert value not in relay.output()
+
+
+async def test_retention_prunes_delivered_and_expired_webhooks_by_their_own_horizons(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = """
+dedupe_window = 1.0
+retain_delivered = 1.0
+retain_expired = 6.0
+max_unacked_age = 1.0
+tenant_poll_interval = 0.2
+"""
+    with running_relay(tmp_path_factory, "retention", config=config) as short:
+        tenant = short.tenant()
+        async with await Bridge.open(short, tenant.token) as bridge:
+            await post_tags(short, tenant, "delivered")
+            (frame,) = await bridge.take(1)
+        short.remember(frame["signature"])
+        lonely = short.tenant()
+        await post_tags(short, lonely, "expires")
+        # Delivered: gone about a second after receipt.
+        await async_wait_for(
+            _async(lambda: not api_list(short, tenant=tenant.id)), what="the delivered one pruned"
+        )
+        # Expired after a second, then kept six more: still there when the other went.
+        (expired,) = api_list(short, tenant=lonely.id)
+        await async_wait_for(
+            _async(lambda: api_list(short, tenant=lonely.id, state="expired")),
+            what="the other to expire",
+        )
+        await async_wait_for(
+            _async(lambda: not api_list(short, tenant=lonely.id)), what="the expired one pruned"
+        )
+        assert cli(short.relay, "webhooks", "show", expired["id"]).returncode == 2

@@ -71,6 +71,7 @@ class RelayProcess:
         wrapper: Sequence[str] = (),
         listen: str | None = None,
         tls: bool = True,
+        args: Sequence[str] = (),
         admin_host: str = "127.0.0.1",
         admin_token: str | None = None,
     ) -> None:
@@ -78,15 +79,17 @@ class RelayProcess:
         ``log_file``: where the relay's output goes (default: beside the state dir).
         ``listen``: the public listener (default ``127.0.0.1:`` a free port), e.g. a
         ``unix:`` socket for a proxy in front; ``tls=False`` when the config says
-        ``public_tls = false`` (the URLs are then http:// and ws://). ``admin_host``: the
-        admin listener's address (``0.0.0.0`` makes it a non-loopback listener, still
-        reached at :attr:`admin_url`); ``admin_token``: the admin token such a listener
-        needs (``linerelay admin-token``), sent to /readyz and /metrics."""
+        ``public_tls = false`` (the URLs are then http:// and ws://). ``args``: more
+        ``linerelay serve`` arguments (``--workers 2``). ``admin_host``: the admin
+        listener's address (``0.0.0.0`` makes it a non-loopback listener, still reached
+        at :attr:`admin_url`); ``admin_token``: the admin token such a listener needs
+        (``linerelay admin-token``), sent to /readyz and /metrics."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
         #: A command the relay runs under, such as ``taskset -c 0 prlimit --nofile=1024:1024``;
         #: each must exec the next, so the process's pid stays the relay's.
         self.wrapper = list(wrapper)
+        self.args = list(args)
         self.port = free_port()
         self.listen = listen or f"127.0.0.1:{self.port}"
         self.scheme = "https" if tls else "http"
@@ -150,6 +153,7 @@ class RelayProcess:
         ]
         if self.config_file is not None:
             args += ["--config", str(self.config_file)]
+        args += self.args
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         STARTED.append(self)

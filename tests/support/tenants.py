@@ -28,15 +28,19 @@ class NewTenant:
 
 
 def add_tenant(
-    state_dir: Path, tenant: str | None = None, secret: str | None = None, prefix: str = "t"
+    state_dir: Path,
+    tenant: str | None = None,
+    secret: str | None = None,
+    prefix: str = "t",
+    token: str | None = None,
 ) -> NewTenant:
     """Add ``tenant`` (default: ``PREFIX-`` and a unique suffix) with ``secret`` (default:
-    random) to the tenants file of ``state_dir``."""
+    random) and bridge ``token`` (default: a new one) to the tenants file of ``state_dir``."""
     tenant = tenant or f"{prefix}-{uuid.uuid4().hex[:12]}"
     secret = secret or secrets.token_hex(16)
     registry = TenantRegistry(StateDir(state_dir).tenants)
     try:
-        token = registry.add(tenant, secret)
+        token = registry.add(tenant, secret, token)
     finally:
         registry.close()
     return NewTenant(tenant, secret, token)

@@ -1,0 +1,82 @@
+"""Where the operator CLI finds tenants and their queues: the state dir, or Redis.
+
+``linerelay tenant ... [--config FILE]`` reads the relay's config (the file,
+then ``LINERELAY_*`` variables) to learn the store: with ``store = "sqlite"``
+the tenants are ``STATE/tenants.db`` and the queues ``STATE/store.db``; with
+``store = "redis"`` both are in Redis, shared by every node (PROTOCOL.md §6).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance import config as config_module
+from appliance.config import RelayConfig
+from appliance.errors import TenantError
+from appliance.state import StateDir
+from appliance.store import sqlite
+from appliance.tenants import TenantInfo, TenantRegistry
+
+
+class Registry(Protocol):
+    """What the CLI does to tenants (:class:`TenantRegistry` and its Redis twin)."""
+
+    def add(self, tenant: str, secret: str, token: str | None = None) -> str: ...
+    def rotate(self, tenant: str, grace: float = 0.0) -> tuple[str, int]: ...
+    def rotate_secret(self, tenant: str, secret: str, grace: float = 0.0) -> int: ...
+    def remove(self, tenant: str) -> None: ...
+    def exists(self, tenant: str) -> bool: ...
+    def list(self) -> list[TenantInfo]: ...
+    def close(self) -> None: ...
+
+
+def load_config(path: Path | None) -> RelayConfig:
+    """The relay config the CLI works on (raises :class:`ConfigError`)."""
+    return config_module.load(path, os.environ)
+
+
+def open_registry(config: RelayConfig, state: StateDir) -> Registry:
+    """The tenants the configured store keeps (raises :class:`TenantError` if unreachable)."""
+    if config.store == "redis":
+        from appliance.tenants_redis import RedisTenantRegistry  # noqa: PLC0415
+
+        return RedisTenantRegistry(config.redis_url)
+    return TenantRegistry(state.tenants)
+
+
+def count_unacked(config: RelayConfig, state: StateDir, tenant: str) -> int:
+    """Unacked webhooks of ``tenant`` in the configured store."""
+    if config.store == "redis":
+        return int(_redis_call(config, "XLEN", f"{_prefix()}q:{tenant}"))
+    return sqlite.count_unacked(state.store, tenant)
+
+
+def purge(config: RelayConfig, state: StateDir, tenant: str) -> int:
+    """Delete every webhook of ``tenant`` from the configured store; returns how many
+    were unacked. Safe beside running relays."""
+    if config.store == "redis":
+        from appliance.store.redis_lua import SCRIPTS  # noqa: PLC0415
+
+        reply = _redis_call(config, "EVAL", SCRIPTS["purge"].body, 0, _prefix(), tenant, -1)
+        return int(reply[0])
+    return sqlite.purge_file(state.store, tenant)
+
+
+def _prefix() -> str:
+    from appliance.store.redis import PREFIX  # noqa: PLC0415
+
+    return PREFIX
+
+
+def _redis_call(config: RelayConfig, *command: object) -> Any:
+    import redis  # noqa: PLC0415 (SQLite users do not load redis-py)
+
+    client = redis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=10)
+    try:
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
+    except redis.RedisError as exc:
+        raise TenantError(f"Redis: {exc}") from exc
+    finally:
+        client.close()

@@ -1,0 +1,235 @@
+"""Two relay nodes on one Redis are one relay (PROTOCOL.md §6, issue 10).
+
+Real parts: one ``redis-server`` (AOF, ``appendfsync always``) started for the
+module, two ``linerelay serve`` processes configured with it (each its own
+state dir and dev PKI), tenants added to Redis with the code behind
+``tenant add``, bridges over real TLS WebSockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.helpers import (
+    Bridge,
+    Harness,
+    Tenant,
+    async_client,
+    async_wait_for,
+    post,
+    post_tags,
+    tag_of,
+    wait_for,
+)
+from tests.support.redis import RedisServer, add_redis_tenant, relay_config
+from tests.support.relay import RelayProcess, linerelay
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Harness, Harness]]:
+    # A short lease: a dead node's tenants go to a standby connection elsewhere soon.
+    config = relay_config(redis_server, redis_lease_ttl=2)
+    relays = [
+        RelayProcess(tmp_path_factory.mktemp(f"node-{name}") / "state", config=config).start()
+        for name in "ab"
+    ]
+    try:
+        yield Harness(relays[0]), Harness(relays[1])
+    finally:
+        for relay in relays:
+            relay.stop()
+    for relay in relays:
+        assert not relay.log_problems(), relay.log_problems()
+
+
+async def tenant_on(redis_server: RedisServer, *harnesses: Harness) -> Tenant:
+    """A tenant added to Redis, once every one of ``harnesses`` serves it; its URL is
+    on the first."""
+    added = add_redis_tenant(redis_server.url)
+    for harness in harnesses:
+        harness.sensitive.update((added.secret, added.token))
+        url = harness.relay.webhook_url(added.id)
+        async with async_client(harness) as client:
+
+            async def known(client: httpx.AsyncClient = client, url: str = url) -> bool:
+                # 401 (a bad signature) once the node knows the tenant; 404 before.
+                response = await client.post(url, content=b"{}", headers={"x-line-signature": "x"})
+                return response.status_code == 401
+
+            await async_wait_for(known, f"{url} to know the tenant")
+    first = harnesses[0]
+    return Tenant(added.id, added.secret, added.token, first.relay.webhook_url(added.id))
+
+
+def at(tenant: Tenant, harness: Harness) -> Tenant:
+    """``tenant`` with its webhook URL on ``harness``'s node."""
+    return Tenant(tenant.id, tenant.secret, tenant.token, harness.relay.webhook_url(tenant.id))
+
+
+async def test_webhooks_posted_to_one_node_reach_a_bridge_on_the_other_byte_identical_in_order(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    async with await Bridge.open(b, tenant.token) as bridge:
+        bodies = await post_tags(a, tenant, *(f"ab-{i:03d}" for i in range(40)))
+        frames = await bridge.take(len(bodies))
+    assert [frame["body"].encode() for frame in frames] == bodies
+    assert [frame["attempt"] for frame in frames] == [1] * len(bodies)
+
+
+async def test_a_bridge_on_the_other_node_gets_what_was_queued_before_it_connected(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    bodies = await post_tags(a, tenant, *(f"queued-{i}" for i in range(10)))
+    async with await Bridge.open(b, tenant.token) as bridge:
+        frames = await bridge.take(len(bodies))
+        more = await post_tags(a, tenant, "after-1", "after-2")
+        frames += await bridge.take(2)
+    assert [frame["body"].encode() for frame in frames] == bodies + more
+
+
+async def test_the_newest_connection_anywhere_is_served_and_the_older_one_stands_by(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    async with await Bridge.open(a, tenant.token) as older:
+        await post_tags(b, at(tenant, b), "to-older")
+        assert tag_of(await older.webhook()) == "to-older"  # not acked: taken over below
+        async with await Bridge.open(b, tenant.token) as newer:
+            # The unacked one again, in order, then what comes next: on the newest only.
+            first = await newer.webhook()
+            assert (tag_of(first), first["attempt"]) == ("to-older", 2)
+            await newer.ack(first)
+            await post_tags(a, tenant, "to-newer")
+            assert tag_of(await newer.webhook()) == "to-newer"
+            assert await older.silent_for(0.5)
+        # The newest went: the standby connection on the other node takes over.
+        await post_tags(b, at(tenant, b), "back-to-older")
+        frame = await older.webhook()
+        while tag_of(frame) == "to-newer":  # unacked on the newest: sent again first
+            await older.ack(frame)
+            frame = await older.webhook()
+        assert tag_of(frame) == "back-to-older"
+
+
+async def test_the_tenant_cli_with_the_config_changes_what_every_node_serves(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    a, b = nodes
+    config = tmp_path / "relay.toml"
+    config.write_text(relay_config(redis_server))
+    state = tmp_path / "cli-state"
+    added = linerelay(
+        "tenant", "add", "cli-made", "--channel-secret", "s3cret-s3cret", "--json",
+        "--config", str(config), state_dir=state,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    listed = linerelay("tenant", "list", "--config", str(config), state_dir=state)
+    assert "cli-made\tqueued=0" in listed.stdout
+    async with async_client(b) as client:
+
+        async def served() -> bool:
+            response = await client.post(
+                b.relay.webhook_url("cli-made"), content=b"{}", headers={"x-line-signature": "x"}
+            )
+            return response.status_code == 401
+
+        await async_wait_for(served, "node b to serve the tenant the CLI added")
+    removed = linerelay("tenant", "remove", "cli-made", "--config", str(config), state_dir=state)
+    assert removed.returncode == 0, removed.stderr
+    async with async_client(a) as client:
+
+        async def gone() -> bool:
+            response = await client.post(
+                a.relay.webhook_url("cli-made"), content=b"{}", headers={"x-line-signature": "x"}
+            )
+            return response.status_code == 404
+
+        await async_wait_for(gone, "node a to stop serving the removed tenant")
+
+
+async def test_a_node_killed_with_unacked_webhooks_loses_none_the_bridge_gets_them_in_order_elsewhere(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    count = 30
+    bridge = await Bridge.open(b, tenant.token)
+    bodies = await post_tags(a, tenant, *(f"held-{i:03d}" for i in range(count)))
+    held = await bridge.webhooks(count)  # received on node b, none acked
+    assert [frame["body"].encode() for frame in held] == bodies
+    attempts = redis_server.client()
+    wait_for(
+        lambda: attempts.hlen("linerelay:att") >= count, "node b's attempt marks to be written"
+    )
+    b.relay.kill()  # kill -9: no goodbye, its lease and pending entries left in Redis
+    with pytest.raises(Exception):  # noqa: B017, PT011 (how the socket ends is the kernel's)
+        await bridge.frame(10)
+    async with await Bridge.open(a, tenant.token) as again:
+        frames = await again.take(count)
+    assert [frame["body"].encode() for frame in frames] == bodies
+    assert [frame["id"] for frame in frames] == [frame["id"] for frame in held]
+    assert all(frame["attempt"] >= 2 for frame in frames)
+    b.relay.start()
+    wait_for(lambda: b.relay.proc is not None and b.relay.proc.poll() is None, "node b back")
+
+
+async def test_a_standby_connection_on_another_node_takes_over_when_the_serving_node_dies(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    async with await Bridge.open(a, tenant.token) as standby:
+        serving = await Bridge.open(b, tenant.token)
+        await post_tags(a, tenant, "before")
+        assert tag_of(await serving.webhook()) == "before"
+        b.relay.signal(signal.SIGKILL)
+        b.relay.proc.wait()  # type: ignore[union-attr]
+        # No reconnect: node b's lease lapses (redis_lease_ttl) and node a's
+        # standby connection is served, unacked first.
+        await post_tags(a, tenant, "after")
+        frames = [await standby.webhook(timeout=30), await standby.webhook(timeout=30)]
+        assert [tag_of(f) for f in frames] == ["before", "after"]
+        await asyncio.gather(*(standby.ack(f) for f in frames))
+    b.relay.start()
+
+
+async def test_a_webhook_goes_to_a_bridge_on_the_other_node_at_once(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    async with await Bridge.open(b, tenant.token) as bridge, async_client(a) as client:
+        for i in range(5):
+            body = f'{{"events": [{{"n": {i}}}]}}'.encode()
+            started = asyncio.get_running_loop().time()
+            response = await post(client, a, tenant, body)
+            assert response.status_code == 200
+            frame = await bridge.webhook()
+            await bridge.ack(frame)
+            # A blocking read, not a poll loop: well under the reader's block timeout.
+            assert asyncio.get_running_loop().time() - started < 2.0
+            assert frame["body"].encode() == body

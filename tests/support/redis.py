@@ -1,0 +1,157 @@
+"""A real ``redis-server`` for tests: its own port and directory, AOF on, killable.
+
+Never the system's Redis: each :class:`RedisServer` runs ``/usr/bin/redis-server``
+on a free loopback port with its data in a temporary directory, configured as
+docs/redis.md tells operators to (``appendonly yes``, ``appendfsync always``),
+so a test can ``kill -9`` it and start it again on the same directory and port
+and find every write it was told had succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from appliance.tenants_redis import RedisTenantRegistry
+from tests.support import processes
+from tests.support.relay import free_port
+from tests.support.tenants import NewTenant
+from tests.support.waiting import wait_for
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """One redis-server process; :meth:`start` it, then use :attr:`url`."""
+
+    def __init__(self, directory: Path, fsync: str = "always", port: int | None = None) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``"""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server logs."""
+        return self.directory / "redis.log"
+
+    def start(self) -> RedisServer:
+        """Start (or start again, on the same directory and port) and wait for PING."""
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.fsync,
+            "--save",
+            "",
+            "--logfile",
+            str(self.log_file),
+            "--daemonize",
+            "no",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(self._answers, lambda: f"redis-server to answer:\n{self._log_tail()}", 30)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited {self.proc.returncode}:\n{self._log_tail()}")
+        try:
+            client = redis.Redis(port=self.port, socket_timeout=1)
+            try:
+                # LOADING while the AOF is replayed: not ready yet.
+                return bool(client.ping())
+            finally:
+                client.close()
+        except redis.RedisError:
+            return False
+
+    def _log_tail(self) -> str:
+        text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return "\n".join(text.splitlines()[-20:])
+
+    def client(self) -> redis.Redis:
+        """A synchronous client of this server (for test set-up and checks)."""
+        return redis.Redis(port=self.port, socket_timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL: Redis gets no chance to write anything more."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        # The port is free once the kernel has dropped the listening socket.
+        wait_for(lambda: _port_free(self.port), "redis' port to be free", 10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL if it hangs)."""
+        if self.proc is not None:
+            processes.stop(self.proc, 10)
+
+    def restart(self) -> RedisServer:
+        """Start again on the same directory and port (after :meth:`kill` or :meth:`stop`)."""
+        return self.start()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            time.sleep(0.05)
+            return False
+        return True
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a test session's store tests (each test uses its own key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def add_redis_tenant(url: str, tenant: str | None = None, secret: str | None = None) -> NewTenant:
+    """Add a tenant (default: a unique ``t-`` id, a random secret) to the tenants in Redis,
+    with the code behind ``tenant add`` on ``store = "redis"``."""
+    tenant = tenant or f"t-{uuid.uuid4().hex[:12]}"
+    secret = secret or secrets.token_hex(16)
+    registry = RedisTenantRegistry(url)
+    try:
+        token = registry.add(tenant, secret)
+    finally:
+        registry.close()
+    return NewTenant(tenant, secret, token)
+
+
+def relay_config(server: RedisServer, **extra: object) -> str:
+    """A relay config (TOML) on ``server``'s Redis, with ``extra`` keys."""
+    lines = ['store = "redis"', f'redis_url = "{server.url}"']
+    lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
