@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "serve": "appliance.serve_cli",
     "tenant": "appliance.tenant_cli",
     "webhooks": "appliance.webhooks_cli",
+    "admin-token": "appliance.console.cli",
     "config": "appliance.config_cli",
     "provision": "appliance.provision",
     "loadtest": "loadtest.cli",

@@ -28,6 +28,7 @@ ENV_PREFIX = "LINERELAY_"
 UNIX_PREFIX = "unix:"
 TLS_POLICIES = ("modern", "intermediate")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ADMIN_AUTH = ("auto", "token")
 #: ``tls_read_buffer``'s default: a signed webhook or a bridge frame of a few
 #: hundred bytes in one read, for ~2 KB per idle TLS connection; a 1 MiB body
 #: costs ~3 ms more CPU than with asyncio's 256 KiB (README, "Performance").
@@ -70,7 +71,17 @@ class RelayConfig(Settings):
     )
     admin_listen: str = setting(
         "127.0.0.1:9443",
-        "Admin listener, plain HTTP: /healthz, /readyz, /metrics. Keep it private.",
+        "Admin listener, plain HTTP: the operator console at /, /healthz, /readyz, "
+        "/metrics. Keep it private: off loopback, every path but /healthz needs the admin "
+        "token (admin_auth).",
+    )
+    admin_auth: str = setting(
+        "auto",
+        "'auto': every admin path but /healthz needs the admin token (`linerelay "
+        "admin-token`, as a Bearer header or through the console's login) unless the "
+        "admin listener is on a loopback address. 'token': needed on loopback too (a "
+        "machine whose local users are not all operators).",
+        one_of(ADMIN_AUTH),
     )
     tls_cert_file: str = setting(
         "", "PEM chain: leaf first, then intermediates. Empty: the embedded dev PKI."

@@ -136,6 +136,20 @@ class TooManyRequests(RelayError):
         self.retry_after = retry_after
 
 
+class AdminTokenRequired(RelayError):
+    """An admin path asked for without the admin token or a console login (PROTOCOL.md §7)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class CsrfRejected(RelayError):
+    """A console form post without its session's CSRF token, or sent from another site."""
+
+    status = 403
+    code = "forbidden"
+
+
 class Overloaded(RelayError):
     """The store could not commit before the acknowledgement deadline, or the queue is full."""
 
@@ -186,7 +200,7 @@ def response_for(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], byt
         headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     if isinstance(error, TooManyRequests):
         headers.append((b"retry-after", str(error.retry_after).encode()))
-    if isinstance(error, InvalidToken):
+    if isinstance(error, InvalidToken | AdminTokenRequired):
         headers.append((b"www-authenticate", b"Bearer"))
     if isinstance(error, AmbiguousFraming):
         headers.append((b"connection", b"close"))

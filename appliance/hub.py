@@ -79,8 +79,12 @@ class BridgeConnection:
         "_drain",
         "_on_timeout",
         "_outbox",
+        "acks",
+        "connected_at",
+        "last_ack",
         "peer",
         "protocol",
+        "redeliveries",
         "send_timeout",
         "tenant",
         "token_hash",
@@ -111,6 +115,12 @@ class BridgeConnection:
         self._drain: asyncio.Task[None] | None = None
         self._closed = False
         self._close_code: int | None = None
+        # What the console shows of a bridge (appliance/console): plain fields the
+        # hot path bumps, read only when a page is drawn.
+        self.connected_at = time.time()
+        self.acks = 0
+        self.last_ack: float | None = None  # time.monotonic() of the latest ack
+        self.redeliveries = 0
 
     def push(self, text: str) -> None:
         """Queue a frame for sending."""
@@ -336,7 +346,10 @@ class Hub:
                 self.metrics.frame_rejected["unknown_id"].inc()
                 continue
             self.metrics.acks.inc()
+            connection.acks += 1
             actions = (actions or []) + acked
+        if actions is not None:
+            connection.last_ack = now
         return actions
 
     def close_tenant(self, tenant: str, why: str) -> list[BridgeConnection]:
@@ -352,6 +365,11 @@ class Hub:
         self._forget(tenant)
         self.store.release(tenant)
         return connections
+
+    def delivery_of(self, tenant: str) -> TenantDelivery | None:
+        """``tenant``'s delivery state while a bridge of it is connected; for reading only
+        (the console shows its window in flight)."""
+        return self._tenants.get(tenant)
 
     def of_tenant(self, tenant: str) -> list[BridgeConnection]:
         """The open connections of ``tenant``."""
@@ -443,6 +461,7 @@ class Hub:
                     self.metrics.deliveries.inc()
                 else:
                     self.metrics.redeliveries.inc()
+                    connection.redeliveries += 1
                 if connection.protocol < 2:
                     connection.push(protocol.encode(action.frame))
                     continue

@@ -40,6 +40,7 @@ from appliance import config as config_module
 from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
+from appliance.console.auth import listener_is_loopback
 from appliance.errors import ConfigError, StoreError, TenantError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Ingress, Relay
@@ -136,6 +137,7 @@ class Server:
         if served is not None:
             relay.metrics.served_certificate(served.not_after)
 
+        admin_loopback = listener_is_loopback(admin_sock)
         public_config, admin_config = _hypercorn_configs(config, admin_sock)
         await self._open_public(config, public_sock, public_config)
         loop = asyncio.get_running_loop()
@@ -166,7 +168,7 @@ class Server:
             await asyncio.gather(
                 self._serve_public(public_config.graceful_timeout),
                 hypercorn_serve(
-                    create_admin_app(relay, self._is_ready),
+                    create_admin_app(relay, self._is_ready, admin_loopback),
                     admin_config,
                     shutdown_trigger=self._shutdown.wait,
                 ),

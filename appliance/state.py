@@ -21,6 +21,7 @@ PKI = "pki"
 PID_FILE = "relay.pid"
 CONFIG = "config"
 PROVISIONED_TENANTS = "provisioned-tenants.json"
+CONSOLE = "console.db"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class StateDir:
     def provisioned_tenants(self) -> Path:
         """Tenants ever added from a credential, so one the operator removed stays removed."""
         return self.path / PROVISIONED_TENANTS
+
+    @property
+    def console(self) -> Path:
+        """The console's admin token (hashed) and login sessions (appliance/console)."""
+        return self.path / CONSOLE
 
     def create(self) -> StateDir:
         """Create the directory if needed, and make it private (0700) if we own it."""

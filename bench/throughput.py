@@ -143,6 +143,7 @@ class Relay:
             args += ["--config", str(self.config_file)]
         self.proc = pinned(cores, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{admin}/readyz")
+        self.admin = f"http://127.0.0.1:{admin}"
         self.base = f"https://127.0.0.1:{self.port}"
         self.bridge_url = f"wss://127.0.0.1:{self.port}/bridge"
         self.ca = EmbeddedPKI(self.state.pki).root

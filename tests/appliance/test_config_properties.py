@@ -235,6 +235,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(TLS_POLICIES)
     if name == "log_level":
         return st.sampled_from(LOG_LEVELS)
+    if name == "admin_auth":
+        return st.sampled_from(config.ADMIN_AUTH)
     if name in ("listen", "admin_listen"):
         return ADDRESSES
     if name == "server_name":

@@ -72,13 +72,18 @@ class RelayProcess:
         listen: str | None = None,
         tls: bool = True,
         args: Sequence[str] = (),
+        admin_host: str = "127.0.0.1",
+        admin_token: str | None = None,
     ) -> None:
         """``expected_errors``: events of error-level log lines the test provokes on purpose.
         ``log_file``: where the relay's output goes (default: beside the state dir).
         ``listen``: the public listener (default ``127.0.0.1:`` a free port), e.g. a
         ``unix:`` socket for a proxy in front; ``tls=False`` when the config says
         ``public_tls = false`` (the URLs are then http:// and ws://). ``args``: more
-        ``linerelay serve`` arguments (``--workers 2``)."""
+        ``linerelay serve`` arguments (``--workers 2``). ``admin_host``: the admin
+        listener's address (``0.0.0.0`` makes it a non-loopback listener, still reached
+        at :attr:`admin_url`); ``admin_token``: the admin token such a listener needs
+        (``linerelay admin-token``), sent to /readyz and /metrics."""
         self.state_dir = state_dir
         self.expected_errors = expected_errors
         #: A command the relay runs under, such as ``taskset -c 0 prlimit --nofile=1024:1024``;
@@ -89,6 +94,8 @@ class RelayProcess:
         self.listen = listen or f"127.0.0.1:{self.port}"
         self.scheme = "https" if tls else "http"
         self.admin_port = free_port()
+        self.admin_host = admin_host
+        self.admin_token = admin_token
         self.config_file: Path | None = None
         if config is not None:
             self.config_file = state_dir.parent / f"{state_dir.name}-relay.toml"
@@ -106,6 +113,11 @@ class RelayProcess:
     def admin_url(self) -> str:
         """``http://127.0.0.1:PORT`` (the admin listener)"""
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The admin token as a Bearer header, if the relay was given one."""
+        return {} if self.admin_token is None else {"Authorization": f"Bearer {self.admin_token}"}
 
     @property
     def bridge_url(self) -> str:
@@ -137,7 +149,7 @@ class RelayProcess:
             "--listen",
             self.listen,
             "--admin-listen",
-            f"127.0.0.1:{self.admin_port}",
+            f"{self.admin_host}:{self.admin_port}",
         ]
         if self.config_file is not None:
             args += ["--config", str(self.config_file)]
@@ -153,7 +165,8 @@ class RelayProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"relay exited with {self.proc.returncode}:\n{self.output()}")
         try:
-            return httpx.get(f"{self.admin_url}/readyz", timeout=1).status_code == 200
+            readyz = httpx.get(f"{self.admin_url}/readyz", headers=self.admin_headers, timeout=1)
+            return readyz.status_code == 200
         except httpx.TransportError:
             return False
 
@@ -202,7 +215,7 @@ class RelayProcess:
 
     def metrics(self) -> str:
         """The admin listener's Prometheus text."""
-        return httpx.get(f"{self.admin_url}/metrics", timeout=10).text
+        return httpx.get(f"{self.admin_url}/metrics", headers=self.admin_headers, timeout=10).text
 
     def metric(self, name: str) -> float:
         """The sum of every sample named ``name`` (0 when absent)."""
