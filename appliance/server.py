@@ -49,7 +49,8 @@ from appliance.metrics import Metrics
 from appliance.proxies import TrustedProxies
 from appliance.state import StateDir
 from appliance.store import create_store, store_limits
-from appliance.tenants import SQLiteTenantDirectory, TenantDirectory, hold_pid_file
+from appliance.tenant_backend import open_directory
+from appliance.tenants import TenantDirectory, hold_pid_file
 from tls import policy
 from tls.pki import EmbeddedPKI
 
@@ -430,14 +431,10 @@ def reloaded(config: RelayConfig, path: Path | None) -> RelayConfig:
 
 def _tenant_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
     """The tenants where the configured store keeps them: STATE/tenants.db, or Redis."""
-    if config.store == "redis":
-        from appliance.tenants_redis import RedisTenantDirectory  # noqa: PLC0415 (only if used)
-
-        try:
-            return RedisTenantDirectory(config.redis_url)
-        except TenantError as exc:
-            raise StoreError(str(exc)) from exc
-    return SQLiteTenantDirectory(state.tenants)
+    try:
+        return open_directory(config, state)
+    except TenantError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def _hypercorn_configs(

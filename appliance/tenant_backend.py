@@ -17,7 +17,7 @@ from appliance.config import RelayConfig
 from appliance.errors import TenantError
 from appliance.state import StateDir
 from appliance.store import sqlite
-from appliance.tenants import TenantInfo, TenantRegistry
+from appliance.tenants import SQLiteTenantDirectory, TenantDirectory, TenantInfo, TenantRegistry
 
 
 class Registry(Protocol):
@@ -44,6 +44,16 @@ def open_registry(config: RelayConfig, state: StateDir) -> Registry:
 
         return RedisTenantRegistry(config.redis_url)
     return TenantRegistry(state.tenants)
+
+
+def open_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
+    """The relay's view of the tenants the configured store keeps (raises
+    :class:`TenantError` if unreachable)."""
+    if config.store == "redis":
+        from appliance.tenants_redis import RedisTenantDirectory  # noqa: PLC0415 (only if used)
+
+        return RedisTenantDirectory(config.redis_url)
+    return SQLiteTenantDirectory(state.tenants)
 
 
 def count_unacked(config: RelayConfig, state: StateDir, tenant: str) -> int:

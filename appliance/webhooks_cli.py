@@ -35,7 +35,8 @@ from appliance.operator import (
     target,
 )
 from appliance.signature import sign
-from appliance.tenants import SQLiteTenantDirectory, TenantRegistry, validate_id
+from appliance.tenant_backend import open_directory, open_registry
+from appliance.tenants import validate_id
 from appliance.webhooks import MAX_LIST, WebhookRecord, WebhookState
 from tls.pki import EmbeddedPKI
 
@@ -266,7 +267,10 @@ async def _local_replay(where: Target, ids: list[str]) -> list[str]:
 def _purge(args: argparse.Namespace) -> int:
     def work() -> int:
         where = target(args)
-        registry = TenantRegistry(where.state.tenants)
+        try:
+            registry = open_registry(where.config, where.state)
+        except TenantError as exc:
+            raise OperatorError(str(exc)) from exc
         try:
             known = registry.exists(args.tenant)
         finally:
@@ -384,9 +388,12 @@ def _send(args: argparse.Namespace) -> int:
     def work() -> int:
         config = relay_config(args)
         state = existing_state(config)
-        if not state.tenants.exists():
+        if config.store == "sqlite" and not state.tenants.exists():
             raise OperatorError(f"no tenant {args.tenant!r} (no tenants in {state.path})", 2)
-        directory = SQLiteTenantDirectory(state.tenants)
+        try:
+            directory = open_directory(config, state)
+        except TenantError as exc:
+            raise OperatorError(str(exc)) from exc
         try:
             tenant = directory.get(args.tenant)
         finally:

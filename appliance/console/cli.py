@@ -20,6 +20,9 @@ from appliance.console.sessions import ConsoleDB, new_admin_token, now_ms
 from appliance.errors import ConfigError, StateDirError
 from appliance.state import StateDir
 
+#: A given token's least length: as guessable as 192 random bits in base64 at worst.
+MIN_TOKEN_LENGTH = 32
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``admin-token``."""
@@ -37,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--json", action="store_true", help='print {"admin_token": ...}')
     parser.add_argument(
+        "--token-file",
+        help="set the token read from FILE ('-' for stdin) instead of a new one: one token for "
+        "several nodes (HAProxy's health checks, the CLI); at least 32 printable characters",
+    )
+    parser.add_argument(
         "--revoke",
         action="store_true",
         help="remove the admin token instead: off loopback, nothing but /healthz is served "
@@ -48,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Set or revoke the admin token; exit status 2 on bad input."""
     try:
+        given = None if args.token_file is None or args.revoke else _read_token(args.token_file)
         state = _state(args, create=not args.revoke)
     except (ConfigError, StateDirError) as exc:
         print(f"linerelay admin-token: {exc}", file=sys.stderr)
@@ -62,17 +71,34 @@ def run(args: argparse.Namespace) -> int:
                 "admin token revoked" if removed else "no admin token was set",
             )
             return 0
-        token = new_admin_token()
+        token = given or new_admin_token()
         db.set_admin_token(token, now_ms())
     finally:
         db.close()
-    if args.json:
+    if given is not None:
+        _say(args, {"set": True}, "admin token set (the one given)")
+    elif args.json:
         print(json.dumps({"admin_token": token}))
     else:
         print(f"admin token:  {token}")
         print("(shown once; stored hashed in the state dir. Use it as 'Authorization: Bearer")
         print(" <token>' or to log in to the console; every earlier console session has ended.)")
     return 0
+
+
+def _read_token(path: str) -> str:
+    """The token in ``path`` (``-``: stdin), alone on its line; :class:`ConfigError` if unfit."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the token file: {exc}") from exc
+    token = text.strip()
+    if len(token) < MIN_TOKEN_LENGTH or not token.isprintable() or " " in token:
+        raise ConfigError(
+            f"the token file must hold one token of at least {MIN_TOKEN_LENGTH} printable "
+            "characters without spaces"
+        )
+    return token
 
 
 def _state(args: argparse.Namespace, create: bool) -> StateDir:

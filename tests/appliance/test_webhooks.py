@@ -324,7 +324,11 @@ async def test_api_replays_and_pairs_old_and_new_ids(parts: Parts) -> None:
 )
 async def test_api_refuses_a_malformed_replay(parts: Parts, payload: object) -> None:
     client = parts.app.test_client()
-    response = await client.post("/api/webhooks/replay", data=json.dumps(payload))
+    response = await client.post(
+        "/api/webhooks/replay",
+        data=json.dumps(payload),
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status_code == 400
 
 

@@ -136,7 +136,7 @@ class Harness:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample on the admin listener's /metrics (0 when absent)."""
-        text = httpx.get(f"{self.relay.admin_url}/metrics", timeout=TIMEOUT).text
+        text = self.relay.metrics()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(
@@ -154,8 +154,10 @@ def running_relay(
     expected_errors: tuple[str, ...] = (),
     listen: str | None = None,
     tls: bool = True,
+    admin_token: str | None = None,
 ) -> Iterator[Harness]:
-    """A started relay for a test module (``listen``, ``tls``: see :class:`RelayProcess`).
+    """A started relay for a test module (``listen``, ``tls``: see :class:`RelayProcess`;
+    ``admin_token``: set with ``linerelay admin-token --token-file`` before it starts).
 
     On teardown the relay is stopped and its whole log scanned for every
     secret, token and signature the module used. ``expected_errors`` are the
@@ -163,10 +165,19 @@ def running_relay(
     the run checks there are no others).
     """
     state = factory.mktemp(name) / "state"
+    if admin_token is not None:
+        linerelay("admin-token", "--token-file", "-", state_dir=state, stdin=admin_token)
     relay = RelayProcess(
-        state, config=config, expected_errors=expected_errors, listen=listen, tls=tls
+        state,
+        config=config,
+        expected_errors=expected_errors,
+        listen=listen,
+        tls=tls,
+        admin_token=admin_token,
     ).start()
     harness = Harness(relay)
+    if admin_token is not None:
+        harness.sensitive.add(admin_token)
     try:
         yield harness
     finally:

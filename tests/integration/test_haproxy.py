@@ -18,6 +18,7 @@ different relays need the shared Redis store (test_haproxy_redis.py).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import ssl
 from collections.abc import Iterator
@@ -61,10 +62,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tls_pki.DevPKI:
     return tls_pki.create(tmp_path_factory.mktemp("pki"), ["localhost", "127.0.0.1"])
 
 
+#: One admin token on every relay: HAProxy's health checks send it (deploy/haproxy/haproxy.cfg).
+ADMIN_TOKEN = "lra_" + secrets.token_urlsafe(32)
+
+
 def relay_config(pki: tls_pki.DevPKI, extra: str = "") -> str:
     return (
         f'tls_cert_file = "{pki.chain}"\ntls_key_file = "{pki.key}"\n'
-        f'proxy_protocol_from = ["{BALANCER}"]\n{extra}'
+        f'proxy_protocol_from = ["{BALANCER}"]\nadmin_auth = "token"\n{extra}'
     )
 
 
@@ -78,8 +83,12 @@ def pair(
 ) -> Iterator[tuple[Harness, Harness]]:
     """Two relays behind the balancer."""
     with (
-        running_relay(tmp_path_factory, "node-a", config=relay_config(pki)) as a,
-        running_relay(tmp_path_factory, "node-b", config=relay_config(pki)) as b,
+        running_relay(
+            tmp_path_factory, "node-a", config=relay_config(pki), admin_token=ADMIN_TOKEN
+        ) as a,
+        running_relay(
+            tmp_path_factory, "node-b", config=relay_config(pki), admin_token=ADMIN_TOKEN
+        ) as b,
     ):
         for harness in (a, b):
             harness.trust = (pki.root,)
@@ -91,7 +100,9 @@ def haproxy(
     pair: tuple[Harness, Harness], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HAProxy]:
     started = start_haproxy(
-        tmp_path_factory.mktemp("haproxy"), [backend(pair[0], "relay1"), backend(pair[1], "relay2")]
+        tmp_path_factory.mktemp("haproxy"),
+        [backend(pair[0], "relay1"), backend(pair[1], "relay2")],
+        ADMIN_TOKEN,
     )
     try:
         wait_for(lambda: set(started.status().values()) == {"UP"}, "both relays UP")
@@ -232,11 +243,14 @@ def capped(
 ) -> Iterator[tuple[Harness, HAProxy]]:
     """One relay allowing two connections per client address, behind its own HAProxy."""
     with running_relay(
-        tmp_path_factory, "capped", config=relay_config(pki, "max_connections_per_address = 2\n")
+        tmp_path_factory,
+        "capped",
+        config=relay_config(pki, "max_connections_per_address = 2\n"),
+        admin_token=ADMIN_TOKEN,
     ) as harness:
         harness.trust = (pki.root,)
         front = start_haproxy(
-            tmp_path_factory.mktemp("haproxy-capped"), [backend(harness, "relay1")]
+            tmp_path_factory.mktemp("haproxy-capped"), [backend(harness, "relay1")], ADMIN_TOKEN
         )
         try:
             wait_for(lambda: front.status() == {"relay1": "UP"}, "the relay UP")
@@ -313,14 +327,15 @@ def shared(
     """Two relays on one Redis (one relay, two nodes) behind the balancer."""
     config = relay_config(pki, redis_config(redis_server, redis_lease_ttl=2))
     with (
-        running_relay(tmp_path_factory, "shared-a", config=config) as a,
-        running_relay(tmp_path_factory, "shared-b", config=config) as b,
+        running_relay(tmp_path_factory, "shared-a", config=config, admin_token=ADMIN_TOKEN) as a,
+        running_relay(tmp_path_factory, "shared-b", config=config, admin_token=ADMIN_TOKEN) as b,
     ):
         for harness in (a, b):
             harness.trust = (pki.root,)
         front = start_haproxy(
             tmp_path_factory.mktemp("haproxy-shared"),
             [backend(a, "relay1"), backend(b, "relay2")],
+            ADMIN_TOKEN,
         )
         try:
             wait_for(lambda: set(front.status().values()) == {"UP"}, "both relays UP")

@@ -366,3 +366,33 @@ async def test_a_secret_rotated_with_a_grace_verifies_both_on_every_node_until_i
             assert time.time() * 1000 >= until_ms
             new = await post(client, node, at(renewed, node), webhook_body("new-after"))
             assert new.status_code == 200
+
+
+async def test_webhooks_send_signs_with_the_secret_kept_in_redis_and_a_bridge_elsewhere_gets_it(
+    nodes: tuple[Harness, Harness], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    tenant = await tenant_on(redis_server, a, b)
+    assert a.relay.config_file is not None
+    async with await Bridge.open(b, tenant.token) as bridge:
+        sent = await asyncio.to_thread(
+            linerelay,
+            "webhooks",
+            "send",
+            "--tenant",
+            tenant.id,
+            "--text",
+            "hello from redis",
+            "--url",
+            tenant.url,
+            "--json",
+            "--config",
+            str(a.relay.config_file),
+            state_dir=a.relay.state_dir,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        frame = await bridge.webhook()
+    assert json.loads(sent.stdout)["status"] == 200
+    assert "hello from redis" in frame["body"]
+    assert tenant.secret not in sent.stdout + sent.stderr

@@ -9,6 +9,7 @@ relays it counts as up.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -134,22 +135,26 @@ def render(directory: Path, port: int, backends: Sequence[Backend]) -> str:
     return text
 
 
-def start_haproxy(directory: Path, backends: Sequence[Backend]) -> HAProxy:
+def start_haproxy(directory: Path, backends: Sequence[Backend], admin_token: str) -> HAProxy:
     """HAProxy in the foreground on a free port with the rendered example, in front of
-    ``backends``; returns once it listens."""
+    ``backends`` (whose admin token is ``admin_token``: its health checks send it);
+    returns once it listens."""
+    env = {**os.environ, "LINERELAY_ADMIN_TOKEN": admin_token}
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = directory / "haproxy.cfg"
     config.write_text(render(directory, port, backends))
     checked = subprocess.run(
-        [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, check=False
+        [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, check=False, env=env
     )
     if checked.returncode != 0:
         raise HAProxyError(
             f"haproxy refuses the rendered config:\n{checked.stdout}{checked.stderr}"
         )
     with (directory / "haproxy.log").open("wb") as log:
-        proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(config)], stdout=log, stderr=log, env=env
+        )
     haproxy = HAProxy(proc, port, directory)
 
     def listening() -> bool:

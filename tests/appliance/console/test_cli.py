@@ -78,3 +78,27 @@ def test_revoking_in_a_missing_state_dir_is_exit_status_2(
     assert main(["admin-token", "--revoke", "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_given_token_is_set_and_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "token"
+    token = "shared-admin-token-" + "x" * 20
+    token_file.write_text(token + "\n")
+    assert main(["admin-token", "--token-file", str(token_file), "--state-dir", str(tmp_path)]) == 0
+    assert token not in capsys.readouterr().out
+    assert digest_in(tmp_path) == hash_token(token)
+
+
+@pytest.mark.parametrize("content", ["", "short", "two words and more than thirty-two chars"])
+def test_an_unfit_token_file_exits_2_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    main(["admin-token", "--state-dir", str(tmp_path)])
+    before = digest_in(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    assert main(["admin-token", "--token-file", str(token_file), "--state-dir", str(tmp_path)]) == 2
+    assert "token file" in capsys.readouterr().err
+    assert digest_in(tmp_path) == before

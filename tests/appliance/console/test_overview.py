@@ -30,7 +30,7 @@ from appliance.ingress import Relay
 from appliance.metrics import Metrics
 from appliance.state import StateDir
 from appliance.store import SQLiteStore
-from appliance.tenants import TenantDirectory, TenantRegistry
+from appliance.tenants import SQLiteTenantDirectory, TenantRegistry
 from tests.support.bodies import webhook_body
 from tests.support.waiting import async_wait_for
 
@@ -141,7 +141,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
     metrics = Metrics()
     store = SQLiteStore(state.store)
     await store.open()
-    tenants = TenantDirectory(state.tenants)
+    tenants = SQLiteTenantDirectory(state.tenants)
     hub = Hub(store, metrics, window=4)
     yield Relay(RelayConfig(state_dir=tmp_path), tenants, store, hub, metrics)
     await store.close()
