@@ -111,6 +111,9 @@ READ_COUNT = 512
 PRUNE_STEP = 5000
 #: Backoff between reconnection attempts, seconds.
 RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0
+#: Seconds after Redis came back in which a failure is still the same outage: a
+#: connection opened before it (a blocking read in flight) fails as it ends.
+RELAPSE_WINDOW = 2.0
 #: Socket timeouts, seconds: connecting, and waiting for an answer.
 CONNECT_TIMEOUT, ANSWER_TIMEOUT = 2.0, 10.0
 
@@ -187,6 +190,7 @@ class RedisStore(Store):
         # Health: None when Redis answers, else why not.
         self._down: str | None = "not opened"
         self._down_since = 0.0
+        self._up_since = -RELAPSE_WINDOW
         self._up = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -792,9 +796,16 @@ class RedisStore(Store):
         if self._down is not None:
             return
         self._down = f"{type(exc).__name__}: {exc}"
-        self._down_since = time.monotonic()
+        now = time.monotonic()
+        self._down_since = now
         self._up.clear()
-        log.warning("store: Redis unreachable", extra={"why": self._down})
+        if now - self._up_since < RELAPSE_WINDOW:
+            # The same outage for the operator: one warning an outage.
+            log.info(
+                "store: Redis unreachable again just after coming back", extra={"why": self._down}
+            )
+        else:
+            log.warning("store: Redis unreachable", extra={"why": self._down})
         if not self._closing:
             self._spawn(self._reconnect())
 
@@ -831,6 +842,7 @@ class RedisStore(Store):
         for tenant, connected_at in list(self._owned.items()):
             self._lost(tenant, "Redis was unreachable")
             self._batcher.pending.insert(0, _Claim(tenant, connected_at, insist=True))
+        self._up_since = time.monotonic()
         self._mark_up()
 
     async def _load_scripts(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -31,11 +32,28 @@ LINERELAY = str(VENV_BIN / "linerelay")
 STARTED: list[RelayProcess] = []
 
 
+#: Ports handed out below the kernel's ephemeral range (32768-60999 by default): a
+#: port the kernel picked would also be picked for some client connection's local end,
+#: and a relay binding 0.0.0.0 there then fails with "Address already in use".
+PORT_RANGE = (20_000, 32_767)
+_handed_out: set[int] = set()
+# Not the random module itself: hypothesis seeds that inside its tests.
+_random = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port nothing is bound to right now, on any address, and not handed out before
+    by this process."""
+    while True:
+        port = _random.randint(*PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # every address at once
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
 
 
