@@ -62,8 +62,7 @@ import os
 import secrets
 import socket
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +80,8 @@ from redis.retry import Retry
 
 from appliance.errors import QueueFull, StoreError, UnknownWebhook
 from appliance.store import ops
-from appliance.store.batcher import Batcher
-from appliance.store.futures import follow
-from appliance.store.interface import BatchListener, CommitListener, OwnershipListener, Store
+from appliance.store.batched import BatchedStore
+from appliance.store.interface import BatchListener, OwnershipListener
 from appliance.store.records import (
     Delivery,
     Expired,
@@ -91,7 +89,6 @@ from appliance.store.records import (
     Record,
     WebhookState,
     new_delivery_id,
-    retry_digest,
 )
 from appliance.store.redis_lua import SCRIPTS
 
@@ -139,7 +136,7 @@ _Op = ops.Op | _Claim | _Release
 _Result = tuple[_Op, Any, BaseException | None]
 
 
-class RedisStore(Store):
+class RedisStore(BatchedStore[_Op]):
     """:class:`Store` on Redis Streams, shared by every process configured with it."""
 
     def __init__(
@@ -154,8 +151,8 @@ class RedisStore(Store):
         name: str | None = None,
         wait_ms: int = 800,
     ) -> None:
+        super().__init__(limits, on_batch, clock)
         self.url = url
-        self.limits = limits or Limits()
         self.min_replicas = min_replicas
         #: How long WAIT waits for the replicas (the ack deadline: past it the
         #: answer is a 503 anyway).
@@ -166,19 +163,10 @@ class RedisStore(Store):
         self.prefix = prefix
         #: This process's consumer name and lease holder id: unique per start.
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._on_batch = on_batch
-        self._clock = clock
-        self._batcher: Batcher[_Op] = Batcher(self.limits.max_batch)
-        self._drained = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: aioredis.Redis | None = None
         self._reader: aioredis.Redis | None = None
-        self._listeners: list[CommitListener] = []
         self._ownership: list[OwnershipListener] = []
-        self._depth: defaultdict[str, int] = defaultdict(int)
         self._head: dict[str, int] = {}
-        self._acking: set[tuple[str, int]] = set()
-        self._writing: dict[bytes, asyncio.Future[Delivery | None]] = {}
         # Leases: tenants held (with the connection time they were claimed
         # with), and tenants with a standby connection here, to take when free.
         self._owned: dict[str, int] = {}
@@ -235,10 +223,6 @@ class RedisStore(Store):
         ):
             self._spawn(job)
 
-    def configure(self, limits: Limits) -> None:
-        self.limits = limits
-        self._batcher.max_batch = limits.max_batch
-
     async def close(self) -> None:
         """Finish queued work (or fail it, if Redis is down), give leases up, disconnect."""
         if self._redis is None:
@@ -273,95 +257,24 @@ class RedisStore(Store):
 
     # -- the interface -----------------------------------------------------
 
-    def append(
-        self, tenant: str, body: bytes, signature: str, received_at: int
-    ) -> asyncio.Future[Delivery | None]:
-        assert self._loop is not None, "store is not open"
-        digest = retry_digest(tenant, body, signature)
-        first = self._writing.get(digest)
-        if first is not None:
-            return follow(self._loop, first)
-        future: asyncio.Future[Delivery | None] = self._loop.create_future()
+    def _refusal(self) -> BaseException | None:
         if self._down is not None:
             # Fail fast: never a 200 that Redis has not confirmed.
-            future.set_exception(StoreError(f"Redis unreachable: {self._down}"))
-            return future
-        if self._depth[tenant] >= self.limits.queue_cap:
-            raise QueueFull(f"tenant {tenant} has {self._depth[tenant]} unacked webhooks")
-        self._depth[tenant] += 1
-        self._writing[digest] = future
-        self._submit(ops.Append(tenant, body, signature, digest, received_at, future))
-        return future
-
-    async def pending(
-        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[Delivery]:
-        future: asyncio.Future[list[Delivery]] = self._future()
-        self._submit(ops.ReadPending(tenant, after, limit, max_bytes, future))
-        return await future
-
-    def mark_sent(self, seqs: Sequence[int]) -> None:
-        if seqs:
-            self._submit(ops.MarkSent(tuple(seqs)))
-
-    def ack(self, tenant: str, seq: int) -> None:
-        if (tenant, seq) in self._acking:
-            return
-        self._acking.add((tenant, seq))
-        self._depth[tenant] -= 1
-        self._submit(ops.Ack(tenant, seq))
-
-    async def expire(self, older_than: int) -> list[Expired]:
-        future: asyncio.Future[list[Expired]] = self._future()
-        self._submit(ops.Expire(older_than, future))
-        return await future
+            return StoreError(f"Redis unreachable: {self._down}")
+        return None
 
     async def prune(self, delivered_before: int, expired_before: int) -> int:
         total = 0
         while True:
-            future: asyncio.Future[int] = self._future()
-            self._submit(ops.Prune(delivered_before, expired_before, future))
-            count = await future
+            count = await super().prune(delivered_before, expired_before)
             total += count
             if count < PRUNE_STEP:
                 return total
-
-    async def records(
-        self, tenant: str | None, state: WebhookState | None, limit: int
-    ) -> list[Record]:
-        future: asyncio.Future[list[Record]] = self._future()
-        self._submit(ops.ReadRecords(tenant, state, limit, future))
-        return await future
-
-    async def record(self, delivery_id: str) -> tuple[Record, bytes, str] | None:
-        future: asyncio.Future[tuple[Record, bytes, str] | None] = self._future()
-        self._submit(ops.ReadRecord(delivery_id, future))
-        return await future
-
-    async def replay(self, delivery_ids: Sequence[str]) -> list[Delivery]:
-        future: asyncio.Future[list[Delivery]] = self._future()
-        received_at = int(self._clock() * 1000)
-        self._submit(ops.Replay(tuple(delivery_ids), received_at, future))
-        return await future
-
-    async def purge(self, tenant: str, received_before: int | None = None) -> int:
-        future: asyncio.Future[int] = self._future()
-        self._submit(ops.Purge(tenant, received_before, future))
-        return await future
-
-    def depth(self, tenant: str) -> int:
-        return self._depth.get(tenant, 0)
-
-    def depths(self) -> dict[str, int]:
-        return {tenant: n for tenant, n in self._depth.items() if n > 0}
 
     def oldest(self) -> dict[str, int]:
         # Kept up to date by every write's answer and refreshed every few
         # seconds; no round trip at scrape time (this runs on the loop).
         return {t: r for t, r in self._head.items() if r >= 0 and self._depth.get(t, 0) > 0}
-
-    def subscribe(self, on_commit: CommitListener) -> None:
-        self._listeners.append(on_commit)
 
     # -- ownership ---------------------------------------------------------------
 
@@ -422,10 +335,6 @@ class RedisStore(Store):
 
     # -- group commit --------------------------------------------------------
 
-    def _future(self) -> asyncio.Future[Any]:
-        assert self._loop is not None, "store is not open"
-        return self._loop.create_future()
-
     def _spawn(self, job: Any) -> None:
         assert self._loop is not None
         task = self._loop.create_task(job)
@@ -478,10 +387,7 @@ class RedisStore(Store):
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
         self._settle(results)
-        if self._batcher.done():
-            self._schedule_flush()
-        elif self._batcher.idle:
-            self._drained.set()
+        self._batch_done()
 
     async def _execute(self, batch: list[_Op]) -> list[_Result]:
         """One pipeline for the batch; each operation's result, in batch order."""

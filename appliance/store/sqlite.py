@@ -29,7 +29,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,9 +39,8 @@ from typing import Any, TypeVar
 from appliance.errors import QueueFull, StoreError, UnknownWebhook
 from appliance.state import create_private
 from appliance.store import ops
-from appliance.store.batcher import Batcher
-from appliance.store.futures import follow, resolved
-from appliance.store.interface import BatchListener, CommitListener, Store
+from appliance.store.batched import BatchedStore
+from appliance.store.interface import BatchListener
 from appliance.store.records import (
     Delivery,
     Expired,
@@ -49,7 +48,6 @@ from appliance.store.records import (
     Record,
     WebhookState,
     new_delivery_id,
-    retry_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +106,7 @@ _OLDEST = (
 )
 
 
-class SQLiteStore(Store):
+class SQLiteStore(BatchedStore[ops.Op]):
     """:class:`Store` on one SQLite file: group commit on the loop, fsync on a helper thread."""
 
     def __init__(
@@ -118,12 +116,8 @@ class SQLiteStore(Store):
         on_batch: BatchListener | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(limits, on_batch, clock)
         self.path = path
-        self.limits = limits or Limits()
-        self._on_batch = on_batch
-        self._clock = clock
-        self._batcher: Batcher[ops.Op] = Batcher(self.limits.max_batch)
-        self._drained = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._wal_fd = -1
         self._syncer: ThreadPoolExecutor | None = None
@@ -132,17 +126,9 @@ class SQLiteStore(Store):
         self._checkpoints: ThreadPoolExecutor | None = None
         self._checkpointer: sqlite3.Connection | None = None
         self._commits = 0
-        self._listeners: list[CommitListener] = []
-        self._depth: defaultdict[str, int] = defaultdict(int)
-        # Acks submitted and not yet committed: their rows are already out of the depth.
-        self._acking: set[tuple[str, int]] = set()
         # Digests of recent appends (retry dedupe), oldest first, with their times.
         self._recent: dict[bytes, float] = {}
         self._recent_order: deque[tuple[float, bytes]] = deque()
-        # Appends submitted but not yet committed, by digest: a concurrent
-        # retry waits for the first copy instead of writing a second.
-        self._writing: dict[bytes, asyncio.Future[Delivery | None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -161,10 +147,6 @@ class SQLiteStore(Store):
         self._depth.update(depths)
         for digest, received_at in recent:
             self._remember(digest, received_at / 1000)
-
-    def configure(self, limits: Limits) -> None:
-        self.limits = limits
-        self._batcher.max_batch = limits.max_batch
 
     async def close(self) -> None:
         """Finish queued work, checkpoint, and close the file."""
@@ -191,88 +173,20 @@ class SQLiteStore(Store):
 
     # -- the interface -----------------------------------------------------
 
-    def append(
-        self, tenant: str, body: bytes, signature: str, received_at: int
-    ) -> asyncio.Future[Delivery | None]:
-        assert self._loop is not None, "store is not open"
-        digest = retry_digest(tenant, body, signature)
+    def _known_retry(self, digest: bytes) -> bool:
         self._forget_old()
-        if digest in self._recent:
-            return resolved(self._loop, None)
-        first = self._writing.get(digest)
-        if first is not None:
-            return follow(self._loop, first)
-        if self._depth[tenant] >= self.limits.queue_cap:
-            raise QueueFull(f"tenant {tenant} has {self._depth[tenant]} unacked webhooks")
-        future: asyncio.Future[Delivery | None] = self._loop.create_future()
-        self._depth[tenant] += 1
-        self._writing[digest] = future
-        self._submit(ops.Append(tenant, body, signature, digest, received_at, future))
-        return future
-
-    async def pending(
-        self, tenant: str, after: int, limit: int, max_bytes: int | None = None
-    ) -> list[Delivery]:
-        future: asyncio.Future[list[Delivery]] = self._future()
-        self._submit(ops.ReadPending(tenant, after, limit, max_bytes, future))
-        return await future
-
-    def mark_sent(self, seqs: Sequence[int]) -> None:
-        if seqs:
-            self._submit(ops.MarkSent(tuple(seqs)))
-
-    def ack(self, tenant: str, seq: int) -> None:
-        # The depth drops now, so an ack makes room under the cap at once; an
-        # ack that turns out to change nothing (a repeat) gives it back.
-        if (tenant, seq) in self._acking:
-            return
-        self._acking.add((tenant, seq))
-        self._depth[tenant] -= 1
-        self._submit(ops.Ack(tenant, seq))
+        return digest in self._recent
 
     async def expire(self, older_than: int) -> list[Expired]:
-        future: asyncio.Future[list[Expired]] = self._future()
-        self._submit(ops.Expire(older_than, future))
-        expired = await future
+        expired = await super().expire(older_than)
         for row in expired:
             self._depth[row.tenant] = max(0, self._depth[row.tenant] - 1)
         return expired
 
-    async def prune(self, delivered_before: int, expired_before: int) -> int:
-        future: asyncio.Future[int] = self._future()
-        self._submit(ops.Prune(delivered_before, expired_before, future))
-        return await future
-
-    async def records(
-        self, tenant: str | None, state: WebhookState | None, limit: int
-    ) -> list[Record]:
-        future: asyncio.Future[list[Record]] = self._future()
-        self._submit(ops.ReadRecords(tenant, state, limit, future))
-        return await future
-
-    async def record(self, delivery_id: str) -> tuple[Record, bytes, str] | None:
-        future: asyncio.Future[tuple[Record, bytes, str] | None] = self._future()
-        self._submit(ops.ReadRecord(delivery_id, future))
-        return await future
-
-    async def replay(self, delivery_ids: Sequence[str]) -> list[Delivery]:
-        future: asyncio.Future[list[Delivery]] = self._future()
-        received_at = int(self._clock() * 1000)
-        self._submit(ops.Replay(tuple(delivery_ids), received_at, future))
-        return await future
-
     async def purge(self, tenant: str, received_before: int | None = None) -> int:
-        future: asyncio.Future[int] = self._future()
-        self._submit(ops.Purge(tenant, received_before, future))
-        count = await future
+        count = await super().purge(tenant, received_before)
         self._depth[tenant] = max(0, self._depth[tenant] - count)
         return count
-
-    def depth(self, tenant: str) -> int:
-        return self._depth.get(tenant, 0)
-
-    def depths(self) -> dict[str, int]:
-        return {tenant: n for tenant, n in self._depth.items() if n > 0}
 
     def oldest(self) -> dict[str, int]:
         assert self._db is not None, "store is not open"
@@ -286,14 +200,7 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot read the queues' oldest webhooks: {exc}") from exc
         return {tenant: received_at for tenant, received_at in rows if received_at is not None}
 
-    def subscribe(self, on_commit: CommitListener) -> None:
-        self._listeners.append(on_commit)
-
     # -- group commit --------------------------------------------------------
-
-    def _future(self) -> asyncio.Future[Any]:
-        assert self._loop is not None, "store is not open"
-        return self._loop.create_future()
 
     def _submit(self, op: ops.Op) -> None:
         if self._batcher.submit(op):
@@ -356,10 +263,7 @@ class SQLiteStore(Store):
         if self._on_batch is not None:
             self._on_batch(len(results), time.perf_counter() - started)
         self._settle(results)
-        if self._batcher.done():
-            self._schedule_flush()
-        elif self._batcher.idle:
-            self._drained.set()
+        self._batch_done()
 
     def _checkpoint(self) -> None:
         """Move WAL pages into the database file, on the checkpoint thread (own connection)."""
