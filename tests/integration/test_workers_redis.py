@@ -252,6 +252,9 @@ def test_a_hung_worker_is_killed_by_the_watchdog_and_replaced(
     ).start()
     harness = Harness(relay)
     try:
+        # /readyz answers once one worker serves; the watchdog watches a worker once it
+        # said READY=1, and the supervisor says when all have.
+        wait_for(lambda: harness.log_events("workers serving"), "both workers ready")
         before = worker_pids(harness)
         os.kill(before[0], signal.SIGSTOP)  # its event loop stops: no more pings
         wait_for(
