@@ -175,7 +175,9 @@ def build(out: Path, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     rootfs_key = _digest([json.dumps([SUITE, MIRROR, SECURITY_MIRROR, PACKAGES, ROOTFS_RECIPE])])
-    deps_key = _digest([(CHECKOUT / "pyproject.toml").read_text(), sys.version])
+    deps_key = _digest(
+        [(CHECKOUT / "pyproject.toml").read_text(), sys.version, *IMAGE_ONLY_DEPENDENCIES]
+    )
     source_key = _digest_files(_source_files())
     image_key = _digest(
         [rootfs_key, deps_key, source_key, _digest_files(_image_files()), KERNEL_CMDLINE]
@@ -293,6 +295,12 @@ def _rootfs(cache: Path, key: str) -> Path:
 # -- stage 2: the wheelhouse -------------------------------------------------------
 
 
+#: Dependencies the image's Python needs that the build host's may not: markers are
+#: judged by the host's version, and Debian 12's python3 is 3.11.2 (redis-py needs
+#: async-timeout below 3.11.3).
+IMAGE_ONLY_DEPENDENCIES = ("async-timeout>=4.0.3",)
+
+
 def _wheelhouse(cache: Path, deps_key: str, source_key: str) -> list[Path]:
     """Wheel directories: the dependencies' and the project's."""
     pyproject = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
@@ -310,6 +318,7 @@ def _wheelhouse(cache: Path, deps_key: str, source_key: str) -> list[Path]:
                 "-w",
                 str(tmp),
                 *pyproject["project"]["dependencies"],
+                *IMAGE_ONLY_DEPENDENCIES,
             ]
         )
         tmp.rename(deps_dir)
