@@ -403,11 +403,18 @@ async def test_a_bridge_on_one_node_gets_what_haproxy_sent_to_the_other(
         harness.sensitive.update((tenant.secret, tenant.token))
     bridge = await bridge_through(front, pki, tenant.token)
     async with bridge:
-        other = nodes[1 - holder(nodes, tenant.id)]
-        # The bridge holds a connection to its node: leastconn sends new ones to the other.
-        bodies = await post_many(
-            front, pki, nodes[0], tenant, [f"across-{i:02d}" for i in range(20)]
-        )
+        held = holder(nodes, tenant.id)
+        other = nodes[1 - held]
+        # The bridge's node drained, as an operator drains a node: its connections (the
+        # bridge's) stay, and every new one (each webhook) goes to the other node.
+        server = f"relays/relay{held + 1}"
+        front.command(f"set server {server} state drain")
+        try:
+            bodies = await post_many(
+                front, pki, nodes[0], tenant, [f"across-{i:02d}" for i in range(20)]
+            )
+        finally:
+            front.command(f"set server {server} state ready")
         assert len(bodies) == 20
         frames = await bridge.take(20)
     assert [frame["body"].encode() for frame in frames] == bodies
