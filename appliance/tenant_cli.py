@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance import config as config_module
@@ -26,7 +27,7 @@ from appliance.cli import state_dir
 from appliance.errors import ConfigError, LineAPIError, StateDirError, TenantError
 from appliance.line_channel import DEFAULT_API_BASE, ChannelAPI
 from appliance.state import StateDir
-from appliance.tenant_backend import count_unacked, load_config, open_registry, purge
+from appliance.tenant_backend import Registry, count_unacked, load_config, open_registry, purge
 from appliance.tenants import MAX_GRACE_SECONDS, notify_relay, validate_id
 
 GRACE_HELP = (
@@ -162,6 +163,21 @@ def _config(args: argparse.Namespace) -> config_module.RelayConfig:
         raise TenantError(str(exc)) from exc
 
 
+@contextlib.contextmanager
+def _registry(
+    args: argparse.Namespace, create: bool = False
+) -> Iterator[tuple[config_module.RelayConfig, StateDir, Registry]]:
+    """The config, the state dir (created by ``add``) and the open tenant registry of
+    ``args``; the registry is closed after the block."""
+    config = _config(args)
+    state = _state(args, create)
+    registry = open_registry(config, state)
+    try:
+        yield config, state, registry
+    finally:
+        registry.close()
+
+
 def _state(args: argparse.Namespace, create: bool = False) -> StateDir:
     """The state dir of ``args``: created by ``add``, required to exist by the rest."""
     state = StateDir(state_dir(args))
@@ -208,13 +224,8 @@ def _add(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
-        config = _config(args)
-        state = _state(args, create=True)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args, create=True) as (_, state, registry):
             token = registry.add(args.tenant, secret)
-        finally:
-            registry.close()
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
@@ -231,13 +242,8 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     try:
-        config = _config(args)
-        state = _state(args)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args) as (config, state, registry):
             tenants = registry.list()
-        finally:
-            registry.close()
         rows = [
             {
                 "tenant": t.id,
@@ -268,10 +274,7 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
-        config = _config(args)
-        state = _state(args)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args) as (config, state, registry):
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
             queued = count_unacked(config, state, args.tenant)
@@ -281,8 +284,6 @@ def _remove(args: argparse.Namespace) -> int:
                     "pass --force to discard them"
                 )
             registry.remove(args.tenant)
-        finally:
-            registry.close()
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
@@ -299,13 +300,8 @@ def _remove(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
-        config = _config(args)
-        state = _state(args)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args) as (_, state, registry):
             token, until = registry.rotate(args.tenant, args.grace)
-        finally:
-            registry.close()
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
@@ -329,13 +325,8 @@ def _rotate_secret(args: argparse.Namespace) -> int:
     try:
         validate_id(args.tenant)
         secret = _read_secret(args)
-        config = _config(args)
-        state = _state(args)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args) as (_, state, registry):
             until = registry.rotate_secret(args.tenant, secret, args.grace)
-        finally:
-            registry.close()
         notify_relay(state)
     except (TenantError, StateDirError) as exc:
         return _fail(str(exc))
@@ -363,14 +354,9 @@ def _connect_line(args: argparse.Namespace) -> int:
     """
     try:
         validate_id(args.tenant)
-        config = _config(args)
-        state = _state(args)
-        registry = open_registry(config, state)
-        try:
+        with _registry(args) as (_, _, registry):
             if not registry.exists(args.tenant):
                 raise TenantError(f"no tenant {args.tenant!r}")
-        finally:
-            registry.close()
         token = _read_file(args.channel_access_token_file, "the channel access token").strip()
         if not token or any(c.isspace() or not c.isprintable() for c in token):
             raise TenantError(
