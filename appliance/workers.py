@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING
 
 from appliance import logs, systemd
 from appliance.config import RelayConfig
+from appliance.console.sessions import ConsoleDB
 from appliance.errors import ConfigError, TenantError
 from appliance.state import StateDir
 from appliance.tenants import hold_pid_file
@@ -359,6 +360,10 @@ def run(config: RelayConfig, config_path: Path | None) -> int:
         from appliance import server  # noqa: PLC0415
 
         server.Server(config, config_path).check_certificate()
+        # Created here, once: the workers share this file, and the switch to
+        # WAL (a property of the file) takes a lock that SQLite does not wait
+        # for, so workers switching it at the same moment could fail.
+        ConsoleDB(state.console).close()
         inherited = systemd.listen_fds(os.environ)
         public, admin = server.open_listeners(config, inherited)
         try:

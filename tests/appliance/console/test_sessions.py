@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,22 @@ def db(tmp_path: Path) -> ConsoleDB:
 def test_the_file_is_private(tmp_path: Path) -> None:
     ConsoleDB(tmp_path / "console.db").close()
     assert stat.S_IMODE((tmp_path / "console.db").stat().st_mode) == 0o600
+
+
+def test_a_created_file_opens_at_once_while_another_process_writes(tmp_path: Path) -> None:
+    # What `serve --workers` relies on: the supervisor creates the file, and a
+    # worker opening it while another worker writes needs no lock.
+    ConsoleDB(tmp_path / "console.db").close()
+    writer = sqlite3.connect(tmp_path / "console.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("DELETE FROM sessions")
+    try:
+        started = time.monotonic()
+        ConsoleDB(tmp_path / "console.db").close()
+        assert time.monotonic() - started < 1
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_admin_tokens_are_long_random_and_recognisable() -> None:
