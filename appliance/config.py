@@ -325,8 +325,9 @@ class RelayConfig(Settings):
     log_level: str = setting("info", "debug, info, warning or error.", one_of(LOG_LEVELS))
     hypercorn_access_log: bool = setting(
         False,
-        "Also write Hypercorn's access log (one more line per request, bridge tokens "
-        "in URLs redacted); the relay's own line per webhook is always written.",
+        "Also write an access log in Hypercorn's shape (one more line per HTTP request "
+        "on the public listener, HTTP/1.1 and HTTP/2, bridge tokens in URLs redacted); "
+        "the relay's own line per webhook is always written.",
     )
     sentry_dsn: str = setting(
         "",

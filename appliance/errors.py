@@ -38,13 +38,23 @@ class MalformedBody(RelayError):
     code = "malformed_body"
 
 
-class AmbiguousFraming(RelayError):
-    """An HTTP/1 request with both Content-Length and Transfer-Encoding (RFC 9112 §6.3):
-    where its body ends is ambiguous (the shape of request smuggling), so it is
-    refused and its connection closed."""
+class MalformedRequest(RelayError):
+    """An HTTP/1 request that cannot be parsed, its connection closed after the answer.
+
+    That includes Content-Length with Transfer-Encoding (RFC 9112 §6.3): where
+    the body ends is ambiguous, the shape of request smuggling.
+    """
 
     status = 400
     code = "malformed_request"
+
+
+class HeadersTooLarge(RelayError):
+    """An HTTP/1 request's head (request line and headers) over its limit; the
+    connection is closed after the answer."""
+
+    status = 431
+    code = "headers_too_large"
 
 
 class UnknownTenant(RelayError):
@@ -202,7 +212,7 @@ def response_for(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], byt
         headers.append((b"retry-after", str(error.retry_after).encode()))
     if isinstance(error, InvalidToken | AdminTokenRequired):
         headers.append((b"www-authenticate", b"Bearer"))
-    if isinstance(error, AmbiguousFraming):
+    if isinstance(error, MalformedRequest | HeadersTooLarge):
         headers.append((b"connection", b"close"))
     if isinstance(error, MethodNotAllowed):
         headers.append((b"allow", b"POST"))

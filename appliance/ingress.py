@@ -31,7 +31,6 @@ from appliance import payload, signature
 from appliance.bridges import BridgeEndpoint, is_bridge_path
 from appliance.config import RelayConfig
 from appliance.errors import (
-    AmbiguousFraming,
     BodyTimeout,
     BodyTooLarge,
     InvalidSignature,
@@ -75,7 +74,6 @@ _OUTCOME_OF = {
     MethodNotAllowed: "method_not_allowed",
     QueueFull: "queue_full",
     Overloaded: "overloaded",
-    AmbiguousFraming: "malformed_request",
 }
 
 
@@ -133,9 +131,7 @@ class Ingress:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         kind = scope["type"]
-        if kind == "http" and _ambiguous_framing(scope):
-            await self._refuse(scope, send, AmbiguousFraming())
-        elif kind == "http" and path.startswith(WEBHOOK_PREFIX):
+        if kind == "http" and path.startswith(WEBHOOK_PREFIX):
             await self.webhook(scope, receive, send)
         elif kind == "websocket" and is_bridge_path(path):
             await self.bridge(scope, receive, send)
@@ -378,14 +374,6 @@ class Ingress:
 def _drain_bytes(limit: int) -> int:
     """How much of an oversized HTTP/1 body is drained after its 413."""
     return max(DRAIN_BYTES, 4 * limit)
-
-
-def _ambiguous_framing(scope: Scope) -> bool:
-    """Whether an HTTP/1 request has both Content-Length and Transfer-Encoding (RFC 9112 §6.3)."""
-    if scope.get("http_version") == "2":
-        return False  # HTTP/2 frames bodies itself, and h2 refuses Transfer-Encoding
-    names = {name for name, _ in scope["headers"]}
-    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

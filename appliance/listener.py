@@ -1,10 +1,18 @@
-"""The public listener: accepting connections before Hypercorn serves them.
+"""The public listener: accepting connections, then routing each to what serves it.
 
 ``hypercorn.asyncio.serve`` owns its accept loop and offers no hook for
 limits, so the relay accepts the public listener's connections itself and
-hands each admitted one to Hypercorn's per-connection server
-(``hypercorn.asyncio.tcp_server.TCPServer``, the object ``serve`` builds
-for every connection too). In between, and before any TLS is spent on it:
+routes each admitted one by what it speaks:
+
+- HTTP/2 (ALPN ``h2``, or the prior-knowledge preface without TLS) to
+  Hypercorn's per-connection server (``hypercorn.asyncio.tcp_server.TCPServer``,
+  the object ``serve`` builds for every connection too);
+- an HTTP/1.1 connection whose first request is ``GET /bridge...`` to the
+  bridge endpoint (python-websockets, appliance/bridges.py);
+- any other HTTP/1.1 connection to :mod:`appliance.http1` (the webhooks'
+  path: a quarter of Hypercorn's cost per request, README "Performance").
+
+Before that, and before any TLS is spent on a connection:
 
 - **Caps.** At most ``max_connections`` open in all and
   ``max_connections_per_address`` from one address (IPv6 per /64), and new
@@ -51,6 +59,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
 from appliance.h2guard import H2Guard
+from appliance.http1 import HTTP1Connection, HTTP1Settings
 from appliance.limits import ConnectionCounter, KeyedBuckets, address_key
 from appliance.logs import Throttle
 from appliance.metrics import Metrics
@@ -68,7 +77,7 @@ RATE_BURST_SECONDS = 10
 #: Seconds between two log lines about running out of file descriptors.
 FD_LOG_INTERVAL = 10.0
 #: The longest HTTP/1 request line looked at to route a connection; a longer
-#: one is Hypercorn's to refuse.
+#: one is appliance/http1.py's to refuse.
 MAX_REQUEST_LINE = 8192
 #: Seconds a connection whose client sent EOF stays open for an answer in progress
 #: (webhooks are answered within ack_deadline_ms, well under it).
@@ -84,6 +93,8 @@ RESET_GRACE = 1.0
 ALERT_COPIES = 32
 #: Bytes looked at (not consumed) at a time while reading a PROXY header.
 PROXY_PEEK_BYTES = 4096
+#: How an HTTP/2 connection with prior knowledge opens (RFC 9113 §3.4).
+H2_PREFACE_LINE = b"PRI * HTTP/2.0"
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -266,10 +277,10 @@ class _Protocol(asyncio.StreamReaderProtocol):
 
 
 class _Opening(asyncio.Protocol):
-    """A connection's first bytes, read to see whether it is a bridge's WebSocket upgrade.
+    """A connection's first bytes, read to see what it speaks (the listener's routing).
 
-    Holds what it read until the connection is handed to Hypercorn or to the
-    bridge endpoint, and stops reading once it has the request line.
+    Holds what it read until the connection is handed to what serves it, and
+    stops reading once it has the request line.
     """
 
     def __init__(self, connection: Connection) -> None:
@@ -308,6 +319,22 @@ def is_bridge_upgrade(request_line: bytes) -> bool:
     method, _, rest = request_line.partition(b" ")
     target = rest.partition(b" ")[0].partition(b"?")[0]
     return method == b"GET" and (target == b"/bridge" or target.startswith(b"/bridge/"))
+
+
+@dataclass(frozen=True, slots=True)
+class _BridgeUpgrade:
+    """Hands an HTTP/1.1 connection to the bridge endpoint when a later request on it
+    asks for ``/bridge`` (nginx reuses its keep-alive connections to the relay)."""
+
+    bridges: BridgeHandoff
+    transport: asyncio.BaseTransport
+    connection: Connection
+
+    def wants(self, request_line: bytes) -> bool:
+        return is_bridge_upgrade(request_line)
+
+    def take_over(self, received: bytes) -> None:
+        self.bridges.take_over(self.transport, received, self.connection)
 
 
 class _GuardedReader:
@@ -356,11 +383,12 @@ class PublicListener:
         balancers: TrustedProxies | None = None,
     ) -> None:
         """``bridges`` takes over HTTP/1 connections that ask for ``/bridge``; without
-        it every connection goes to Hypercorn. ``balancers`` send PROXY headers."""
+        it they are served as plain HTTP. ``balancers`` send PROXY headers."""
         self.sockets = sockets
         self.proxies = proxies or TrustedProxies()
         self.balancers = balancers or TrustedProxies()
         self.bridges = bridges
+        self.asgi = app
         self.app = wrap_app(app, config.wsgi_max_body_size, "asgi")
         self.config = config
         self.ssl_context = ssl_context
@@ -371,8 +399,9 @@ class PublicListener:
             RATE_BURST_SECONDS * limits.connection_rate_per_address,
             1 / limits.connection_rate_per_address,
         )
-        #: Each HTTP connection's Hypercorn context, to end them all at shutdown.
-        self._contexts: set[_ConnectionContext] = set()
+        #: Each HTTP connection's Hypercorn context or HTTP/1.1 protocol, to end them
+        #: all at shutdown.
+        self._contexts: set[_ConnectionContext | HTTP1Connection] = set()
         self._stopping = False
         #: Each connection's serving task, and the connection.
         self._tasks: dict[asyncio.Task[None], Connection] = {}
@@ -570,22 +599,24 @@ class PublicListener:
                     self._alert_copies -= 1
             connection.transport = transport
             ssl_object = transport.get_extra_info("ssl_object")
-            h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
-            if not h2 and self.bridges is not None:
-                try:
-                    line = await asyncio.wait_for(
-                        opening.first_line(), self.config.keep_alive_timeout
-                    )
-                except TimeoutError:
-                    transport.close()  # nothing asked of it: an idle or slowloris connection
-                    return
-                if line is None:
-                    return
-                if is_bridge_upgrade(line):
-                    handed_over = True
-                    self.bridges.take_over(transport, bytes(opening.received), connection)
-                    return
-            await self._serve_http(transport, opening, connection, h2)
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                await self._serve_hypercorn(transport, opening, connection, h2=True)
+                return
+            try:
+                line = await asyncio.wait_for(opening.first_line(), self.config.keep_alive_timeout)
+            except TimeoutError:
+                transport.close()  # nothing asked of it: an idle or slowloris connection
+                return
+            if line is None:
+                return
+            if self.bridges is not None and is_bridge_upgrade(line):
+                handed_over = True
+                self.bridges.take_over(transport, bytes(opening.received), connection)
+            elif line.startswith(H2_PREFACE_LINE):
+                # HTTP/2 with prior knowledge, on a listener without TLS.
+                await self._serve_hypercorn(transport, opening, connection, h2=True)
+            else:
+                handed_over = await self._serve_http1(transport, opening, connection)
         except OSError as exc:  # ssl.SSLError included: the peer broke off or misbehaved
             log.debug("connection ended badly", extra={"peer": connection.peer, "why": repr(exc)})
         except Exception as exc:
@@ -629,7 +660,39 @@ class PublicListener:
         self.metrics.connections_accepted.inc()
         return True
 
-    async def _serve_http(
+    async def _serve_http1(
+        self, transport: asyncio.BaseTransport, opening: _Opening, connection: Connection
+    ) -> bool:
+        """Serve an HTTP/1.1 connection (appliance/http1.py), what was read of it first;
+        True if a bridge's upgrade later on it took it over."""
+        config = self.config
+        access = config.accesslog if isinstance(config.accesslog, logging.Logger) else None
+        settings = HTTP1Settings(
+            keep_alive_timeout=config.keep_alive_timeout,
+            max_requests=config.keep_alive_max_requests,
+            access_log=access,
+        )
+        upgrade = (
+            None if self.bridges is None else _BridgeUpgrade(self.bridges, transport, connection)
+        )
+        protocol = HTTP1Connection(
+            self.asgi, settings, {STATE_KEY: connection}, connection.closed, upgrade
+        )
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._stopping:
+            protocol.end()
+        self._contexts.add(protocol)
+        try:
+            cast(asyncio.ReadTransport, transport).resume_reading()
+            if opening.received:
+                protocol.data_received(bytes(opening.received))
+            await protocol.done
+        finally:
+            self._contexts.discard(protocol)
+        return protocol.handed_over
+
+    async def _serve_hypercorn(
         self,
         transport: asyncio.BaseTransport,
         opening: _Opening,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -17,7 +18,7 @@ from linebot.v3.webhook import WebhookParser
 from bench.common import SECRET
 
 
-async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def bare(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     """Read the body, answer ``{}``."""
     if scope["type"] != "http":
         return

@@ -210,6 +210,45 @@ class Relay:
         return figures
 
 
+def hypercorn_argv(app: str, port: int, pki: EmbeddedPKI) -> list[str]:
+    """Hypercorn serving ``app`` with TLS on ``port``."""
+    return [
+        str(BIN / "hypercorn"),
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--certfile",
+        str(pki.chain),
+        "--keyfile",
+        str(pki.key),
+        "--log-level",
+        "warning",
+    ]
+
+
+def uvicorn_argv(app: str, port: int, pki: EmbeddedPKI, loop: str, http: str) -> list[str]:
+    """uvicorn serving ``app`` with TLS on ``port``, on event loop ``loop`` and HTTP stack ``http``."""
+    return [
+        str(BIN / "uvicorn"),
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ssl-certfile",
+        str(pki.chain),
+        "--ssl-keyfile",
+        str(pki.key),
+        "--loop",
+        loop,
+        "--http",
+        http,
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
 def peer(argv: list[str], base: str, bodies: Path, duration: int) -> dict[str, float]:
     proc = pinned(SERVER_CORE, argv, env=env_without_openssl_conf())
     try:
@@ -293,18 +332,7 @@ def main() -> None:
 
     port = free_port()
     results["bare_hypercorn"] = peer(
-        [
-            str(BIN / "hypercorn"),
-            "bench.peers:bare",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--certfile",
-            str(pki.chain),
-            "--keyfile",
-            str(pki.key),
-            "--log-level",
-            "warning",
-        ],
+        hypercorn_argv("bench.peers:bare", port, pki),
         f"https://127.0.0.1:{port}",
         bodies,
         args.duration,
@@ -319,25 +347,7 @@ def main() -> None:
     ):
         port = free_port()
         results[name] = peer(
-            [
-                str(BIN / "uvicorn"),
-                "bench.peers:fastapi_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--ssl-certfile",
-                str(pki.chain),
-                "--ssl-keyfile",
-                str(pki.key),
-                "--loop",
-                loop,
-                "--http",
-                http,
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
+            uvicorn_argv("bench.peers:fastapi_app", port, pki, loop, http),
             f"https://127.0.0.1:{port}",
             bodies,
             args.duration,
