@@ -4,9 +4,9 @@ Hypercorn serves HTTP/2 on the public listener, and the admin listener; the
 public listener's HTTP/1.1 connections (LINE's webhooks, nginx in front of
 the relay) are served here, by the same ASGI app. The reason is cost, measured
 on one core of this machine (``bench/http_stack.py``): a bare ASGI app answers
-about 7,000 TLS requests a second on Hypercorn's h11 protocol and about
-60,000 on this one, so Hypercorn's share of a webhook (~140 µs) was larger
-than all the relay's own work on it (~100 µs: verify, store, deliver).
+about 6,000 TLS requests a second on Hypercorn's h11 protocol and about
+40,000 on this one, so Hypercorn's share of a webhook (~140 µs) was larger
+than all the relay's own work on it (~115 µs: verify, store, deliver).
 
 The surface is small on purpose, because the public HTTP/1.1 surface is (one
 POST route and 404s):

@@ -10,7 +10,7 @@ routes each admitted one by what it speaks:
 - an HTTP/1.1 connection whose first request is ``GET /bridge...`` to the
   bridge endpoint (python-websockets, appliance/bridges.py);
 - any other HTTP/1.1 connection to :mod:`appliance.http1` (the webhooks'
-  path: a quarter of Hypercorn's cost per request, README "Performance").
+  path: a seventh of Hypercorn's cost per request, README "Performance").
 
 Before that, and before any TLS is spent on a connection:
 

@@ -151,7 +151,7 @@ def main() -> None:
     )
     parser.add_argument("--interval", type=float, default=2.0, help="a console's poll period")
     parser.add_argument("--load", type=float, default=0.7, help="fraction of the maximum rate")
-    parser.add_argument("--bodies", type=int, default=60_000)
+    parser.add_argument("--bodies", type=int, default=150_000)
     parser.add_argument("--poll", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--admin", help=argparse.SUPPRESS)
     parser.add_argument("--tenant", help=argparse.SUPPRESS)

@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.nginx")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--bodies", type=int, default=60_000)
+    parser.add_argument("--bodies", type=int, default=150_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-bench-nginx-"))
     bodies = work / "bodies.tsv"

@@ -106,7 +106,7 @@ def on_redis(work: Path, workers: int, bodies: Path, duration: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--bodies", type=int, default=60_000)
+    parser.add_argument("--bodies", type=int, default=150_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linerelay-scaleout-"))
     bodies = work / "bodies.tsv"

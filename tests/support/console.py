@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.relay import linerelay
@@ -73,6 +72,7 @@ class ThreadBridge:
         self.frames: queue.Queue[dict[str, Any]] = queue.Queue()
         self._opened: queue.Queue[dict[str, Any] | BaseException] = queue.Queue()
         self._ws: ClientConnection | None = None
+        self._greeted = False
         self._thread = threading.Thread(target=self._run, name="test-bridge", daemon=True)
         self._thread.start()
         opened = self._opened.get(timeout=TIMEOUT)
@@ -92,15 +92,17 @@ class ThreadBridge:
             ) as ws:
                 self._ws = ws
                 self._opened.put(json.loads(ws.recv(timeout=TIMEOUT)))
+                self._greeted = True
                 for text in ws:
                     frame = json.loads(text)
                     if frame.get("type") == "webhook":
                         self.frames.put(frame)
                         ws.send(json.dumps({"type": "ack", "id": frame["id"]}))
-        except ConnectionClosed:
-            return
-        except (OSError, TimeoutError) as exc:
-            self._opened.put(exc)
+        except Exception as exc:
+            # Before the hello, the test sees why (not a 30 s wait for nothing);
+            # after it, the end of the connection is the test's own doing.
+            if not self._greeted:
+                self._opened.put(exc)
 
     def webhook(self, timeout: float = TIMEOUT) -> dict[str, Any]:
         """The next webhook frame (already acked)."""
