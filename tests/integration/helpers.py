@@ -37,6 +37,7 @@ from appliance.protocol import SUBPROTOCOL_V2
 from appliance.signature import sign
 from bench.attacks import H2Client, Target, h2_headers
 from tests.support.bodies import tag_of, webhook_body
+from tests.support.redis import RedisServer, relay_config
 from tests.support.relay import RelayProcess, linerelay
 from tests.support.tenants import add_tenant
 from tests.support.waiting import TIMEOUT, async_wait_for, wait_for
@@ -431,3 +432,23 @@ class H2Bridge:
                 self.close_code = event.code
                 if not self.silent:
                     self.client.conn.send_data(self.stream, self.ws.send(event.response()))
+
+
+@contextmanager
+def relay_nodes(
+    server: RedisServer, tmp_path_factory: pytest.TempPathFactory, **config: object
+) -> Iterator[tuple[Harness, Harness]]:
+    """Two relay nodes (``a`` and ``b``) on ``server``'s Redis, with ``config`` keys; each
+    node's log is checked for error lines once both are stopped."""
+    toml = relay_config(server, **config)
+    relays = [
+        RelayProcess(tmp_path_factory.mktemp(f"node-{name}") / "state", config=toml).start()
+        for name in "ab"
+    ]
+    try:
+        yield Harness(relays[0]), Harness(relays[1])
+    finally:
+        for relay in relays:
+            relay.stop()
+    for relay in relays:
+        assert not relay.log_problems(), relay.log_problems()

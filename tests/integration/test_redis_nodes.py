@@ -34,23 +34,21 @@ from tests.integration.helpers import (
     close_code,
     post,
     post_tags,
+    relay_nodes,
     tag_of,
     wait_for,
     webhook_body,
 )
-from tests.support.redis import RedisServer, add_redis_tenant, relay_config
-from tests.support.relay import RelayProcess, linerelay
+from tests.support.redis import RedisServer, add_redis_tenant, relay_config, running_redis
+from tests.support.relay import linerelay
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +56,8 @@ def nodes(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Harness, Harness]]:
     # A short lease: a dead node's tenants go to a standby connection elsewhere soon.
-    config = relay_config(redis_server, redis_lease_ttl=2)
-    relays = [
-        RelayProcess(tmp_path_factory.mktemp(f"node-{name}") / "state", config=config).start()
-        for name in "ab"
-    ]
-    try:
-        yield Harness(relays[0]), Harness(relays[1])
-    finally:
-        for relay in relays:
-            relay.stop()
-    for relay in relays:
-        assert not relay.log_problems(), relay.log_problems()
+    with relay_nodes(redis_server, tmp_path_factory, redis_lease_ttl=2) as pair:
+        yield pair
 
 
 async def tenant_on(redis_server: RedisServer, *harnesses: Harness) -> Tenant:

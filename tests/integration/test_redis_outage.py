@@ -27,12 +27,12 @@ from tests.integration.helpers import (
     async_client,
     async_wait_for,
     post,
+    relay_nodes,
     tag_of,
     wait_for,
     webhook_body,
 )
-from tests.support.redis import RedisServer, add_redis_tenant, relay_config
-from tests.support.relay import RelayProcess
+from tests.support.redis import RedisServer, add_redis_tenant, running_redis
 
 pytestmark = pytest.mark.integration
 
@@ -41,29 +41,16 @@ CLIENTS = 4
 
 @pytest.fixture
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def nodes(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Harness, Harness]]:
-    config = relay_config(redis_server, redis_lease_ttl=3)
-    relays = [
-        RelayProcess(tmp_path_factory.mktemp(f"node-{name}") / "state", config=config).start()
-        for name in "ab"
-    ]
-    try:
-        yield Harness(relays[0]), Harness(relays[1])
-    finally:
-        for relay in relays:
-            relay.stop()
-    for relay in relays:
-        assert not relay.log_problems(), relay.log_problems()
+    with relay_nodes(redis_server, tmp_path_factory, redis_lease_ttl=3) as pair:
+        yield pair
 
 
 def readyz(harness: Harness) -> httpx.Response:

@@ -37,7 +37,7 @@ from tests.integration.helpers import (
     webhook_body,
 )
 from tests.support.processes import stop
-from tests.support.redis import RedisServer, add_redis_tenant, relay_config
+from tests.support.redis import RedisServer, add_redis_tenant, relay_config, running_redis
 from tests.support.relay import LINERELAY, RelayProcess, free_port
 
 pytestmark = pytest.mark.integration
@@ -49,11 +49,8 @@ EACH = 10
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ and find every write it was told had succeeded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -127,14 +128,21 @@ def _port_free(port: int) -> bool:
         return True
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for a test session's store tests (each test uses its own key prefix)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+@contextlib.contextmanager
+def running_redis(directory: Path) -> Iterator[RedisServer]:
+    """A :class:`RedisServer` on ``directory``, started, and stopped at the end."""
+    server = RedisServer(directory).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for a test session's store tests (each test uses its own key prefix)."""
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 def add_redis_tenant(url: str, tenant: str | None = None, secret: str | None = None) -> NewTenant:
