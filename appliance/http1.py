@@ -285,8 +285,10 @@ class HTTP1Connection(asyncio.Protocol):
         self._buffered = 0
         self._served = 0
         self._paused = False
-        #: No more requests are read: an error, an upgrade, EOF or the server stopping.
+        #: No more requests are served: an error, an upgrade, EOF or the server stopping.
         self._last = False
+        #: Nothing more is parsed: an error or an upgrade.
+        self._broken = False
         self._timer: asyncio.TimerHandle | None = None
         self._writable: asyncio.Future[None] | None = None
         self._lost = False
@@ -313,12 +315,12 @@ class HTTP1Connection(asyncio.Protocol):
         self._ready()
 
     def data_received(self, data: bytes) -> None:
-        if self._last:
+        if self._broken:
             return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._stop_reading()
+            self._stop_reading(broken=True)
             if self._upgrading is not None:
                 self._handoff = self._upgrading + data[upgrade.args[0] :]
                 if not self._queue:
@@ -375,6 +377,11 @@ class HTTP1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
+        if self._last:
+            # Sent after the server began to stop: not served; the answer in
+            # progress says close, and the connection closes after it.
+            self.pause()
+            return
         parser = self._parser
         if parser.should_upgrade() and self._upgrade is not None:
             head = b"%b %b HTTP/%b\r\n" % (
@@ -475,8 +482,10 @@ class HTTP1Connection(asyncio.Protocol):
     # -- the connection's course ---------------------------------------------
 
     def end(self) -> None:
-        """The server stops: close now if idle, else after the answer in progress."""
-        self._stop_reading()
+        """The server stops: close now if idle, else after the answer in progress
+        (whose body is still read to its end)."""
+        self._last = True
+        self._cancel_timer()
         if not self._queue:
             self._close()
 
@@ -541,7 +550,7 @@ class HTTP1Connection(asyncio.Protocol):
 
     def _refuse(self, error: RelayError) -> None:
         """Answer a request that cannot be parsed (if nothing is answering), then close."""
-        self._stop_reading()
+        self._stop_reading(broken=True)
         parsing = self._parsing
         if parsing is not None and parsing in self._queue:
             # Its head was fine; its body broke off: the app sees the client gone.
@@ -558,8 +567,9 @@ class HTTP1Connection(asyncio.Protocol):
         self.write(b"".join(head) + body)
         self._close()
 
-    def _stop_reading(self) -> None:
+    def _stop_reading(self, broken: bool = False) -> None:
         self._last = True
+        self._broken = self._broken or broken
         self._cancel_timer()
         self.pause()
 

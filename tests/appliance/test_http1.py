@@ -314,6 +314,18 @@ async def test_ending_closes_idle_connections_now_and_busy_ones_after_their_answ
         assert await closed(busy_reader)
 
 
+async def test_ending_mid_body_still_reads_the_body_and_answers_with_close() -> None:
+    async with serving() as served:
+        reader, writer = await served.connect()
+        writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nfirst")
+        await asyncio.sleep(0.1)
+        served.protocols[0].end()
+        writer.write(b"-ok" + post("/after-the-end", b""))
+        status, headers, body = await read_response(reader)
+        assert (status, body, headers[b"connection"]) == (200, b"POST /x first-ok", b"close")
+        assert await closed(reader)  # the request sent after the end was not served
+
+
 async def test_a_wanted_upgrade_gets_the_connection_after_the_answers_before_it() -> None:
     upgrades = Upgrades()
     upgrade = (
