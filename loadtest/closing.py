@@ -1,13 +1,15 @@
 """The master's last round of counts: every worker's figures in before a run ends.
 
 Workers send their counts to the master once a second, and Locust's own
-final report from a worker can arrive after the master has already closed
-the run (it waits half a second for it). So before the load shape ends a
-distributed run, the master asks every connected worker for what it has
-counted so far and waits until each has answered (or a timeout): messages
-from one worker arrive in order, so every count a worker made before its
-answer is in by then. The bookkeeping here is pure; the locustfile sends
-and receives the messages.
+request statistics with a report every three seconds; a worker's final
+report can arrive after the master has already closed the run (it waits half
+a second for it). So before the load shape ends a distributed run, the
+master asks every connected worker for what it has counted so far, and each
+answers with its next Locust stats report, its counts sent just ahead of it
+(a worker's messages arrive in order). Once every worker has answered (or a
+timeout passed), every count and every Locust statistic a worker made
+before the question is in. The bookkeeping here is pure; the locustfile
+sends and receives the messages.
 """
 
 from __future__ import annotations

@@ -66,11 +66,17 @@ CONFIG = RunConfig.from_env()
 PACE = Pace(CONFIG.rate, CONFIG.users, CONFIG.per_user_rate)
 ROUTING = Routing(CONFIG.targets, CONFIG.bridge_targets, CONFIG.shared_store)
 TALLY = Tally()
-#: Worker -> master: a worker's counts since its last message (and the round it answers).
+#: Worker -> master: a worker's counts since its last message.
 TALLY_MESSAGE = "linerelay_tally"
-#: Master -> workers: send your counts now, answering this round.
+#: Master -> workers: send your counts, answering this round with your next stats report.
 FLUSH_MESSAGE = "linerelay_flush"
+#: The key of a worker's stats report (Locust's ``report_to_master``) that answers a round.
+ROUND_KEY = "linerelay_round"
 FINAL_COUNTS = FinalCounts()
+#: On a worker: the round the master asked for and the next stats report answers.
+_ASKED: dict[str, int] = {}
+#: On a worker: its Locust environment (Locust's report hook does not pass it).
+_WORKER: dict[str, Environment] = {}
 #: One delta at a time leaves a worker, so deltas reach the master in the order taken.
 _SEND_LOCK = gevent.lock.Semaphore()
 #: Bridge users started in this process, to spread their connections over the targets.
@@ -368,15 +374,14 @@ class SoakShape(_ProfileShape):
     profile = "soak"
 
 
-def _flush(environment: Environment, round_number: int | None = None) -> None:
-    """A worker's delta to the master; sent even when empty if it answers a round."""
+def _flush(environment: Environment) -> None:
+    """A worker's delta to the master, if it counted anything."""
     with _SEND_LOCK:
         delta = TALLY.take()
         if environment.runner is None:
             return
-        if round_number is not None or delta.requests or delta.deliveries:
-            data = {"tally": delta.to_wire(), "round": round_number}
-            environment.runner.send_message(TALLY_MESSAGE, data)
+        if delta.requests or delta.deliveries:
+            environment.runner.send_message(TALLY_MESSAGE, {"tally": delta.to_wire()})
 
 
 def _flusher(environment: Environment) -> None:
@@ -386,19 +391,35 @@ def _flusher(environment: Environment) -> None:
 
 
 def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
-    _flush(environment, int(msg.data["round"]))
+    # Answered by the next stats report, not at once: Locust sends a worker's own
+    # request statistics only with those reports, so once a round is answered the
+    # master has Locust's figures too, not only the tally (loadtest/closing.py).
+    _ASKED["round"] = int(msg.data["round"])
+
+
+def _on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    round_number = _ASKED.pop("round", None)
+    environment = _WORKER.get("environment")
+    if round_number is None or environment is None:
+        return
+    _flush(environment)  # ahead of this report: one worker's messages arrive in order
+    data[ROUND_KEY] = round_number
+
+
+def _on_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    if ROUND_KEY in data:
+        FINAL_COUNTS.answered(client_id, int(data[ROUND_KEY]))
 
 
 def _on_tally(environment: Environment, msg: Any, **_: Any) -> None:
     TALLY.merge(Tally.from_wire(msg.data["tally"]))
-    if msg.data["round"] is not None:
-        FINAL_COUNTS.answered(msg.node_id, int(msg.data["round"]))
 
 
 def _on_init(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(TALLY_MESSAGE, _on_tally)
     elif isinstance(environment.runner, WorkerRunner):
+        _WORKER["environment"] = environment
         environment.runner.register_message(FLUSH_MESSAGE, _on_flush)
         gevent.spawn(_flusher, environment)
 
@@ -413,6 +434,9 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     tmp.replace(report)
 
 
-# Locust's event hooks carry no type hints, so mypy --strict cannot check these two calls.
+# Locust's event hooks carry no type hints, so mypy --strict cannot check these calls.
 events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]
+# Fired on workers only, and on the master only: each listener is its role's.
+events.report_to_master.add_listener(_on_report_to_master)  # type: ignore[no-untyped-call]
+events.worker_report.add_listener(_on_worker_report)  # type: ignore[no-untyped-call]

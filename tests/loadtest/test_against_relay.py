@@ -10,6 +10,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
     assert verdict["e2e_p99_ms"] is not None
     assert (report / "report.html").stat().st_size > 0
     rows = stats_rows(report)
-    assert int(rows["e2e delivery"]["Request Count"]) >= verdict["accepted"]
+    assert arrivals(rows) >= verdict["accepted"]
     assert int(rows["Aggregated"]["Request Count"]) > 0
     summary = json.loads((report / "summary.json").read_text())
     relay_side = summary["relay_metrics"]
@@ -58,6 +59,14 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
     for path in report.iterdir():
         text = path.read_text(errors="replace")
         assert not any(secret in text for secret in secrets), path
+
+
+def arrivals(rows: dict[str, dict[str, Any]]) -> int:
+    """Webhooks Locust's own rows saw reach a bridge. A webhook sent to a bridge and not
+    yet read when another bridge of its tenant took over first arrives as a redelivery
+    (attempt 2), so only the two rows together cover every accepted webhook."""
+    names = ("e2e delivery", "e2e redelivery")
+    return sum(int(rows[name]["Request Count"]) for name in names if name in rows)
 
 
 def test_two_generator_processes_count_exactly_what_the_relay_accepted_and_delivered(
@@ -88,7 +97,7 @@ def test_two_generator_processes_count_exactly_what_the_relay_accepted_and_deliv
         == summary["deliveries"]
     )
     assert bridge_protocols(shared_relay, "generators") == {1}
-    assert int(stats_rows(report)["e2e delivery"]["Request Count"]) >= verdict["accepted"]
+    assert arrivals(stats_rows(report)) >= verdict["accepted"]
 
 
 def test_the_html_report_holds_the_verdict_and_charts_webhooks_apart_from_deliveries(
