@@ -216,7 +216,7 @@ class _Exchange:
 
     def _head(self) -> bytes:
         """The status line and headers, with the framing and keep-alive decided."""
-        lines = [b"HTTP/1.1 %d %b\r\n" % (self.status, _reason(self.status))]
+        lines = [_status_line(self.status)]
         framed = dated = False
         for name, value in self.headers:
             lowered = name.lower()
@@ -241,11 +241,12 @@ class _Exchange:
         return b"".join(lines)
 
 
-def _reason(status: int) -> bytes:
+def _status_line(status: int) -> bytes:
     try:
-        return http.HTTPStatus(status).phrase.encode()
+        reason = http.HTTPStatus(status).phrase.encode()
     except ValueError:
-        return b""
+        reason = b""
+    return b"HTTP/1.1 %d %b\r\n" % (status, reason)
 
 
 class HTTP1Connection(asyncio.Protocol):
@@ -559,11 +560,10 @@ class HTTP1Connection(asyncio.Protocol):
             return
         if self._queue:
             return  # the answers in progress go out, then the connection closes
+        # response_for gives these errors their Connection: close (errors.py).
         status, headers, body = response_for(error)
-        head = [b"HTTP/1.1 %d %b\r\n" % (status, _reason(status))]
-        head += [b"%b: %b\r\n" % header for header in headers if header[0] != b"connection"]
-        head.append(b"content-length: %d\r\ndate: %b\r\n" % (len(body), _date.now()))
-        head.append(b"connection: close\r\n\r\n")
+        head = [_status_line(status), *(b"%b: %b\r\n" % header for header in headers)]
+        head.append(b"content-length: %d\r\ndate: %b\r\n\r\n" % (len(body), _date.now()))
         self.write(b"".join(head) + body)
         self._close()
 
