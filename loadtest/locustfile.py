@@ -25,6 +25,7 @@ command to judge. Targets for each webhook and bridge come from
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -75,8 +76,6 @@ ROUND_KEY = "linerelay_round"
 FINAL_COUNTS = FinalCounts()
 #: On a worker: the round the master asked for and the next stats report answers.
 _ASKED: dict[str, int] = {}
-#: On a worker: its Locust environment (Locust's report hook does not pass it).
-_WORKER: dict[str, Environment] = {}
 #: One delta at a time leaves a worker, so deltas reach the master in the order taken.
 _SEND_LOCK = gevent.lock.Semaphore()
 #: Bridge users started in this process, to spread their connections over the targets.
@@ -397,10 +396,9 @@ def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
     _ASKED["round"] = int(msg.data["round"])
 
 
-def _on_report_to_master(client_id: str, data: dict[str, Any], **_: Any) -> None:
+def _on_report_to_master(environment: Environment, data: dict[str, Any], **_: Any) -> None:
     round_number = _ASKED.pop("round", None)
-    environment = _WORKER.get("environment")
-    if round_number is None or environment is None:
+    if round_number is None:
         return
     _flush(environment)  # ahead of this report: one worker's messages arrive in order
     data[ROUND_KEY] = round_number
@@ -416,11 +414,15 @@ def _on_tally(environment: Environment, msg: Any, **_: Any) -> None:
 
 
 def _on_init(environment: Environment, **_: Any) -> None:
+    # Locust's event hooks carry no type hints, so mypy --strict cannot check add_listener.
     if isinstance(environment.runner, MasterRunner):
         environment.runner.register_message(TALLY_MESSAGE, _on_tally)
+        environment.events.worker_report.add_listener(_on_worker_report)  # type: ignore[no-untyped-call]
     elif isinstance(environment.runner, WorkerRunner):
-        _WORKER["environment"] = environment
         environment.runner.register_message(FLUSH_MESSAGE, _on_flush)
+        environment.events.report_to_master.add_listener(  # type: ignore[no-untyped-call]
+            functools.partial(_on_report_to_master, environment)
+        )
         gevent.spawn(_flusher, environment)
 
 
@@ -434,9 +436,6 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     tmp.replace(report)
 
 
-# Locust's event hooks carry no type hints, so mypy --strict cannot check these calls.
+# Locust's event hooks carry no type hints, so mypy --strict cannot check these two calls.
 events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]
-# Fired on workers only, and on the master only: each listener is its role's.
-events.report_to_master.add_listener(_on_report_to_master)  # type: ignore[no-untyped-call]
-events.worker_report.add_listener(_on_worker_report)  # type: ignore[no-untyped-call]
