@@ -42,10 +42,18 @@ async def test_a_bridge_token_never_reaches_the_log_even_at_debug(
     # Over HTTP/2 a request for /bridge/... goes through Hypercorn (and its access log).
     async with httpx.AsyncClient(verify=context, http2=True) as client:
         await client.get(f"{logging_relay.base_url}/bridge/{token}")
+    # Later on an HTTP/1.1 keep-alive connection, without an upgrade, it is a plain
+    # request of appliance/http1.py (and its access line).
+    async with httpx.AsyncClient(verify=context) as client:
+        await client.get(f"{logging_relay.base_url}/")
+        plain = await client.get(f"{logging_relay.base_url}/bridge/{token}")
+        assert plain.http_version == "HTTP/1.1"
+        assert plain.status_code == 404
     logging_relay.stop()
     output = logging_relay.output()
     assert '"logger":"hypercorn.access"' in output  # the access log is really on
     assert "/bridge/[redacted]" in output
+    assert '\\"GET /bridge/[redacted] HTTP/1.1\\" 404' in output  # http1.py's line
     assert token not in output
     assert token.removeprefix("lrb_") not in output
     assert "s3cret-value" not in output
