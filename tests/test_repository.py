@@ -12,8 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # A whole line of exactly these: how git writes a conflict, never how
-# Markdown or code here is written (a Markdown rule of '=' is not 7 long).
-CONFLICT_MARKERS = r"^(<<<<<<< .*|=======|>>>>>>> .*)$"
+# Markdown or code here is written (a Markdown rule of '=' is not 7 long);
+# '|||||||' opens the merge base in git's diff3 style.
+CONFLICT_MARKERS = r"^(<<<<<<< .*|\|\|\|\|\|\|\| .*|=======|>>>>>>> .*)$"
 
 
 def test_no_tracked_file_holds_a_merge_conflict_marker() -> None:
