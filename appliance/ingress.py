@@ -30,6 +30,7 @@ from typing import Any
 from appliance import payload, signature
 from appliance.bridges import BridgeEndpoint, is_bridge_path
 from appliance.config import RelayConfig
+from appliance.console.board import Board, LocalBoard, process_name
 from appliance.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -97,6 +98,7 @@ class Relay:
         store: Store,
         hub: Hub,
         metrics: Metrics,
+        board: Board | None = None,
     ) -> None:
         self.config = config
         self.tenants = tenants
@@ -107,6 +109,8 @@ class Relay:
         self.proxies = TrustedProxies(config.trusted_proxies)
         #: Stored webhooks for operators (the admin API, the console).
         self.webhooks = Webhooks(store, hub)
+        #: Where this process posts its bridges for a console any process answers.
+        self.board = board or LocalBoard(process_name(None))
 
     def configure(self, config: RelayConfig) -> None:
         """Apply a reloaded config to what the hot paths share."""

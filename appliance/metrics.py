@@ -66,6 +66,10 @@ OUTCOMES = (
 )
 
 
+#: What a family's samples add to its name: counters, histograms (and gauges: none).
+_SAMPLE_SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
 class Metrics:
     """Every metric the relay exports."""
 
@@ -75,8 +79,11 @@ class Metrics:
         self.shared = os.environ.get(MULTIPROC_DIR_ENV) or None
         # Shared: the metrics below live in the files, which the registry serves.
         r = None if self.shared else self.registry
+        #: Every process's samples summed, for :meth:`combined` (None: one process).
+        self._everyone: Collector | None = None
         if self.shared:
-            MultiProcessCollector(self.registry, self.shared)  # type: ignore[no-untyped-call]
+            self._everyone = MultiProcessCollector(None, self.shared)  # type: ignore[no-untyped-call]
+            self.registry.register(self._everyone)
         self.ack_seconds = Histogram(
             "linerelay_webhook_ack_seconds",
             "Time from a webhook request's start to its answer.",
@@ -211,6 +218,16 @@ class Metrics:
             )
             #: Each tenant's bridge_connects as last written to the files.
             self._published: dict[str, int] = {}
+
+    def combined(self, names: Collection[str]) -> list[Metric]:
+        """The metric families ``names`` (as exported, without ``_total``), summed over
+        every process of ``--workers``: this process's own when it is alone."""
+        if self._everyone is not None:
+            return [m for m in self._everyone.collect() if m.name in names]
+        # A restricted registry keeps the samples named, so it is given their names too.
+        samples = [n + suffix for n in names for suffix in _SAMPLE_SUFFIXES]
+        restricted = self.registry.restricted_registry(samples)
+        return [m for m in restricted.collect() if m.name in names]
 
     def served_certificate(self, not_after: datetime.datetime) -> None:
         """Export when the served certificate's leaf expires (start and every reload).

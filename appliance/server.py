@@ -41,6 +41,8 @@ from appliance.app import create_admin_app
 from appliance.bridges import BridgeEndpoint
 from appliance.config import RESTART_KEYS, RelayConfig
 from appliance.console.auth import listener_is_loopback
+from appliance.console.board import BoardError, create_board
+from appliance.console.overview import local_bridges
 from appliance.errors import ConfigError, StoreError, TenantError
 from appliance.hub import CLOSE_SHUTDOWN, CLOSE_TENANT_REMOVED, CLOSE_TOKEN_ROTATED, Hub
 from appliance.ingress import Ingress, Relay
@@ -186,6 +188,7 @@ class Server:
             except (StoreError, OSError) as exc:
                 log.error("store did not close cleanly", extra={"why": str(exc)})
             tenants.close()
+            await relay.board.close()
             log.info("relay stopped")
 
     def _secrets(self) -> list[bytes]:
@@ -249,7 +252,8 @@ class Server:
         )
         metrics.track_tenants(tenants, store, hub)
         metrics.track_store(store)
-        return Relay(config, tenants, store, hub, metrics)
+        board = create_board(config, None if self.seat is None else self.seat.index)
+        return Relay(config, tenants, store, hub, metrics, board)
 
     async def _serve_public(self, grace: float) -> None:
         """The public listener until shutdown, then the bridges' goodbyes."""
@@ -328,6 +332,7 @@ class Server:
                 if relay.metrics.shared:
                     connected = {(c.tenant, c.protocol) for c in relay.hub.connections}
                     relay.metrics.publish_bridges(relay.tenants.by_id.keys(), connected)
+                await self._post_bridges()
                 await self._tenant_changes()
                 now = time.monotonic()
                 if now - last_sweep >= min(30.0, self.config.max_unacked_age / 4):
@@ -337,6 +342,17 @@ class Server:
             except Exception:
                 # Housekeeping must outlive a bad moment (disk full, locked file).
                 log.exception("housekeeping failed")
+
+    async def _post_bridges(self) -> None:
+        """Post this process's bridges to the board while a console watches it, so that
+        any process of the relay draws them (appliance/console/board.py)."""
+        board = self.relay.board
+        try:
+            if await board.watched():
+                await board.post(local_bridges(self.relay, board.name, time.time()))
+        except BoardError as exc:
+            # A Redis outage is the store's to report (once); a console says what it missed.
+            log.debug("bridges not posted", extra={"why": str(exc)})
 
     def _on_tenants_changed(self) -> None:
         self.relay.tenants.refresh()

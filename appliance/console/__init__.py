@@ -5,6 +5,8 @@
   in ``STATE/console.db``.
 - :mod:`appliance.console.guard`: the one check in front of every admin path.
 - :mod:`appliance.console.overview`: what the pages show, read from the running relay.
+- :mod:`appliance.console.board`: the bridges every process of a relay serves
+  (``--workers``, several nodes), for a console any of them answers.
 - :mod:`appliance.console.views`: the pages, fragments, login and replay.
 - :mod:`appliance.console.cli`: ``linerelay admin-token``.
 

@@ -6,6 +6,11 @@ figures are drawn once a second at most, however many consoles poll
 (:class:`Overview`), so an open console costs the hot path a bounded amount
 (README, "Performance": the console's cost).
 
+A relay of several processes (``--workers``, several nodes on Redis) is drawn
+whole whichever process answers: the bridges other processes serve come from
+the board (:mod:`appliance.console.board`), the answers from every worker's
+metrics (:meth:`~appliance.metrics.Metrics.combined`).
+
 Acks per second are measured here, on the reading side: each read notes the
 active connection's ack count, and the rate is the change over the last
 :data:`RATE_WINDOW` seconds of reads. The hot path only bumps a counter.
@@ -13,6 +18,7 @@ active connection's ack count, and the rate is the change over the last
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -21,8 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client.registry import Collector
-
+from appliance.console.board import BoardError, BridgeFacts, merged
 from appliance.errors import StoreError
 from appliance.metrics import OUTCOMES
 from appliance.webhooks import WebhookRecord, WebhookState
@@ -46,6 +51,8 @@ UNAVAILABLE = ("overloaded", "queue_full", "store_error")
 class BridgeView:
     """A tenant's active bridge connection, as the console shows it."""
 
+    #: The relay process serving it (:func:`appliance.console.board.process_name`).
+    served_by: str
     connected_at: float  # Unix seconds
     protocol: int
     peer: str
@@ -115,6 +122,12 @@ class Snapshot:
     tenants: tuple[TenantView, ...]
     glance: Glance
     ages_known: bool
+    #: The process that drew it.
+    drawn_by: str = ""
+    #: Several processes serve this relay: bridges are drawn from every one's posts.
+    shared: bool = False
+    #: False when other processes' bridges could not be read (Redis unreachable).
+    bridges_known: bool = True
 
     @property
     def bridges(self) -> int:
@@ -164,29 +177,36 @@ class AckRates:
             del self._samples[tenant]
 
 
+#: The families the glance reads (as exported, without ``_total``).
+ACK_SECONDS = "linerelay_webhook_ack_seconds"
+WEBHOOKS = "linerelay_webhooks"
+OVER_BUDGET = "linerelay_webhooks_over_budget"
+
+
 def glance_of(relay: Relay) -> Glance:
-    """The answer-time histogram and the over-budget count, from the relay's metrics."""
-    metrics = relay.metrics
+    """The answer-time histogram and the over-budget count, from the relay's metrics
+    (every worker's, with ``--workers``)."""
     cumulative: list[tuple[float, int]] = []
-    answers = 0
-    for family in metrics.ack_seconds.collect():
+    answers = over_budget = 0
+    by_outcome: dict[str, int] = {}
+    for family in relay.metrics.combined((ACK_SECONDS, WEBHOOKS, OVER_BUDGET)):
         for sample in family.samples:
-            if sample.name.endswith("_bucket"):
+            if sample.name == f"{ACK_SECONDS}_bucket":
                 cumulative.append((float(sample.labels["le"]), int(sample.value)))
-            elif sample.name.endswith("_count"):
+            elif sample.name == f"{ACK_SECONDS}_count":
                 answers = int(sample.value)
+            elif sample.name == f"{OVER_BUDGET}_total":
+                over_budget = int(sample.value)
+            elif sample.name == f"{WEBHOOKS}_total":
+                by_outcome[sample.labels["outcome"]] = int(sample.value)
     budget = relay.config.budget_ms / 1000
     return Glance(
         buckets=buckets_of(cumulative, budget),
         answers=answers,
-        over_budget=int(_counter(metrics.over_budget)),
+        over_budget=over_budget,
         budget_ms=relay.config.budget_ms,
-        outcomes=tuple(
-            (name, int(_counter(metrics.outcome[name])))
-            for name in OUTCOMES
-            if _counter(metrics.outcome[name])
-        ),
-        unavailable=sum(int(_counter(metrics.outcome[name])) for name in UNAVAILABLE),
+        outcomes=tuple((name, by_outcome[name]) for name in OUTCOMES if by_outcome.get(name)),
+        unavailable=sum(by_outcome.get(name, 0) for name in UNAVAILABLE),
     )
 
 
@@ -201,32 +221,29 @@ def buckets_of(cumulative: Iterable[tuple[float, int]], budget: float) -> tuple[
     return tuple(bars)
 
 
-def _counter(counter: Collector) -> float:
-    """A counter's value through prometheus-client's public ``collect()``."""
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                return float(sample.value)
-    return 0.0
-
-
 def tenant_views(
-    relay: Relay, rates: AckRates, now: float, oldest: Mapping[str, int] | None, now_ms: float
+    relay: Relay,
+    bridges: Mapping[str, BridgeFacts],
+    rates: AckRates,
+    oldest: Mapping[str, int] | None,
+    now: float,
 ) -> tuple[TenantView, ...]:
-    """Every known tenant with its queue and bridge, by id; ``oldest`` is the store's
-    oldest unacked receipt time per tenant (None: unknown)."""
+    """Every known tenant with its queue and bridge, by id. ``bridges``: the active
+    bridge of each tenant that has one; ``oldest``: the store's oldest unacked receipt
+    time per tenant (None: unknown); ``now``: Unix seconds."""
     directory = relay.tenants.by_id
     depths = relay.store.depths()
     views = []
     for tenant in sorted(directory.keys() | depths.keys()):
         received = None if oldest is None else oldest.get(tenant)
-        age = None if received is None else max(0.0, (now_ms - received) / 1000)
+        age = None if received is None else max(0.0, now - received / 1000)
+        facts = bridges.get(tenant)
         views.append(
             TenantView(
                 tenant,
                 depths.get(tenant, 0),
                 age,
-                _bridge_view(relay, tenant, rates, now),
+                None if facts is None else view_of(tenant, facts, rates, now),
                 removed=tenant not in directory,
             )
         )
@@ -234,40 +251,72 @@ def tenant_views(
     return tuple(views)
 
 
-def _bridge_view(relay: Relay, tenant: str, rates: AckRates, now: float) -> BridgeView | None:
+def view_of(tenant: str, facts: BridgeFacts, rates: AckRates, now: float) -> BridgeView:
+    """``tenant``'s bridge as the console shows it, from the facts its process posted
+    (or this process's own) and the ack counts seen before; ``now``: Unix seconds."""
+    return BridgeView(
+        served_by=facts.served_by,
+        connected_at=facts.connected_at,
+        protocol=facts.protocol,
+        peer=facts.peer,
+        in_flight=facts.in_flight,
+        window=facts.window,
+        last_ack_age=None if facts.last_ack_at is None else max(0.0, now - facts.last_ack_at),
+        acks_per_second=rates.rate(
+            tenant, (facts.served_by, facts.connected_at), facts.acks, facts.taken_at
+        ),
+        acks=facts.acks,
+        redeliveries=facts.redeliveries,
+        standby=facts.standby,
+    )
+
+
+def local_bridges(relay: Relay, name: str, now: float) -> dict[str, BridgeFacts]:
+    """The active bridge of each tenant this process serves, as facts taken at ``now``
+    (Unix seconds); ``name`` is this process's (:func:`~appliance.console.board.process_name`)."""
     # Imported here: the hub imports the store and the metrics, which this module's
     # importers (the CLI's) need not load.
     from appliance.hub import BridgeConnection  # noqa: PLC0415
 
-    state = relay.hub.delivery_of(tenant)
-    active = None if state is None else state.active
-    if state is None or not isinstance(active, BridgeConnection):
-        return None
-    key = (id(active), active.connected_at)
-    return BridgeView(
-        connected_at=active.connected_at,
-        protocol=active.protocol,
-        peer=active.peer,
-        in_flight=state.in_flight,
-        window=state.window,
-        last_ack_age=None if active.last_ack is None else max(0.0, now - active.last_ack),
-        acks_per_second=rates.rate(tenant, key, active.acks, now),
-        acks=active.acks,
-        redeliveries=active.redeliveries,
-        standby=len(state.connections) - 1,
-    )
+    monotonic = time.monotonic()
+    bridges = {}
+    for tenant in {c.tenant for c in relay.hub.connections}:
+        state = relay.hub.delivery_of(tenant)
+        active = None if state is None else state.active
+        if state is None or not isinstance(active, BridgeConnection):
+            continue
+        last_ack = None if active.last_ack is None else now - (monotonic - active.last_ack)
+        bridges[tenant] = BridgeFacts(
+            served_by=name,
+            taken_at=now,
+            connected_at=active.connected_at,
+            protocol=active.protocol,
+            peer=active.peer,
+            in_flight=state.in_flight,
+            window=state.window,
+            last_ack_at=last_ack,
+            acks=active.acks,
+            redeliveries=active.redeliveries,
+            standby=len(state.connections) - 1,
+        )
+    return bridges
 
 
 class Overview:
     """The console's view of the relay, drawn at most once per :data:`SNAPSHOT_SECONDS`:
-    the snapshot, and each tenant's recent webhooks (a store read each)."""
+    the snapshot, and each tenant's recent webhooks (a store read each). The
+    bridges other processes of the relay serve come from its board
+    (``relay.board``)."""
 
     def __init__(self, relay: Relay, clock: Callable[[], float] = time.monotonic) -> None:
         self.relay = relay
+        self.board = relay.board
         self.rates = AckRates()
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._drawn_at = 0.0
+        # One drawing at a time: polls arriving together share it.
+        self._drawing = asyncio.Lock()
         self._recent: dict[tuple[str, WebhookState | None, int], _Read] = {}
 
     async def recent(
@@ -284,37 +333,54 @@ class Overview:
             read = self._recent[key] = _Read(now, records)
         return read.records
 
-    def snapshot(self) -> Snapshot:
+    async def snapshot(self) -> Snapshot:
         """The current snapshot, drawn again if the last is older than a second."""
-        now = self._clock()
-        if self._snapshot is None or now - self._drawn_at >= SNAPSHOT_SECONDS:
-            self._snapshot = self._draw(now)
-            self._drawn_at = now
-        return self._snapshot
+        async with self._drawing:
+            if self._snapshot is None or self._clock() - self._drawn_at >= SNAPSHOT_SECONDS:
+                await self._redraw()
+            assert self._snapshot is not None
+            return self._snapshot
 
-    def tenant(self, tenant: str) -> TenantView | None:
+    async def tenant(self, tenant: str) -> TenantView | None:
         """``tenant``'s row, None if the relay knows no such tenant. A tenant added
         since the snapshot was drawn has the snapshot drawn again at once."""
-        for view in self.snapshot().tenants:
+        for view in (await self.snapshot()).tenants:
             if view.id == tenant:
                 return view
         if self.relay.tenants.get(tenant) is None and not self.relay.store.depth(tenant):
             return None
-        now = self._clock()
-        self._snapshot, self._drawn_at = self._draw(now), now
-        return next((v for v in self._snapshot.tenants if v.id == tenant), None)
+        async with self._drawing:
+            await self._redraw()
+            assert self._snapshot is not None
+            return next((v for v in self._snapshot.tenants if v.id == tenant), None)
 
-    def _draw(self, now: float) -> Snapshot:
+    async def _redraw(self) -> None:
         relay = self.relay
-        wall = time.time()
+        started = self._clock()
         try:
             oldest: dict[str, int] | None = relay.store.oldest()
         except StoreError as exc:
             log.warning("console: queue ages unknown", extra={"why": str(exc)})
             oldest = None
-        return Snapshot(
+        posted: dict[str, BridgeFacts] = {}
+        bridges_known = True
+        if self.board.shared:
+            try:
+                posted = await self.board.read()
+            except BoardError as exc:
+                log.warning("console: other processes' bridges unknown", extra={"why": str(exc)})
+                bridges_known = False
+        wall = time.time()
+        # A tenant served here and by another process too (a take-over within a post's
+        # lifetime): the newer connection is the active one.
+        bridges = merged([posted, local_bridges(relay, self.board.name, wall)])
+        self._snapshot = Snapshot(
             taken_at=wall,
-            tenants=tenant_views(relay, self.rates, now, oldest, wall * 1000),
+            tenants=tenant_views(relay, bridges, self.rates, oldest, wall),
             glance=glance_of(relay),
             ages_known=oldest is not None,
+            drawn_by=self.board.name,
+            shared=self.board.shared,
+            bridges_known=bridges_known,
         )
+        self._drawn_at = started

@@ -121,18 +121,18 @@ class Console:
     async def index(self) -> ResponseReturnValue:
         """Every tenant, its queue and bridge; the answer-time histogram."""
         self.guard.ensure_session()
-        snapshot = self.overview.snapshot()
+        snapshot = await self.overview.snapshot()
         return await render_template("console/overview.html", snapshot=snapshot)
 
     async def overview_fragment(self) -> ResponseReturnValue:
         """What the overview refreshes: the tenants table and the histogram."""
-        snapshot = self.overview.snapshot()
+        snapshot = await self.overview.snapshot()
         return await render_template("console/_overview.html", snapshot=snapshot)
 
     # -- one tenant -------------------------------------------------------------
 
-    def _tenant_view(self, tenant: str) -> TenantView:
-        view = self.overview.tenant(tenant) if TENANT_ID.fullmatch(tenant) else None
+    async def _tenant_view(self, tenant: str) -> TenantView:
+        view = await self.overview.tenant(tenant) if TENANT_ID.fullmatch(tenant) else None
         if view is None:
             raise _NotFound
         return view
@@ -147,7 +147,7 @@ class Console:
         return await render_template("console/_tenant.html", **await self._tenant_parts(tenant))
 
     async def _tenant_parts(self, tenant: str) -> dict[str, object]:
-        view = self._tenant_view(tenant)
+        view = await self._tenant_view(tenant)
         state = _state_filter()
         return {
             "tenant": view,

@@ -110,3 +110,54 @@ def test_a_tenants_bridge_shows_connected_whichever_process_holds_it(tmp_path: P
     assert before[("linerelay_bridge_connects_total", (("tenant", "b"),))] == 0
     # The process holding a's bridge ended: no process holds it now.
     assert bridge(after, "a") == 0
+
+
+GLANCE = textwrap.dedent(
+    """
+    import json, os, sys, types
+    from appliance.config import RelayConfig
+    from appliance.console.overview import glance_of
+    from appliance.metrics import Metrics
+
+    for seconds in json.loads(sys.argv[1]):
+        pid = os.fork()
+        if pid == 0:
+            metrics = Metrics()
+            metrics.ack_seconds.observe(seconds)
+            metrics.outcome["accepted" if seconds < 1 else "overloaded"].inc()
+            if seconds > 1:
+                metrics.over_budget.inc()
+            os._exit(0)
+        os.waitpid(pid, 0)
+    glance = glance_of(types.SimpleNamespace(metrics=Metrics(), config=RelayConfig()))
+    print(json.dumps({
+        "answers": glance.answers,
+        "over_budget": glance.over_budget,
+        "unavailable": glance.unavailable,
+        "outcomes": dict(glance.outcomes),
+        "bars": sum(bar.count for bar in glance.buckets),
+    }))
+    """
+)
+
+
+def test_the_consoles_glance_counts_every_workers_answers(tmp_path: Path) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", GLANCE, json.dumps([0.001, 0.02, 1.5])],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(shared), "PYTHONPATH": str(Path.cwd())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    glance = json.loads(done.stdout)
+    # Drawn by a process that answered nothing itself: the three workers' answers.
+    assert glance == {
+        "answers": 3,
+        "over_budget": 1,
+        "unavailable": 1,
+        "outcomes": {"accepted": 2, "overloaded": 1},
+        "bars": 3,
+    }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from tests.integration.helpers import (
     Harness,
     Tenant,
     async_wait_for,
+    post_tags,
     tls_context,
     wait_for,
     webhook_body,
@@ -191,6 +193,60 @@ async def test_a_tenants_bridge_shows_connected_whichever_worker_holds_it(
             "the bridge counted on every scrape",
         )
     await async_wait_for(lambda: asyncio.to_thread(lambda: connected() == 0), "the bridge gone")
+
+
+async def test_the_console_shows_every_workers_bridge_and_answers_whichever_worker_draws_it(
+    workers: Harness, redis_server: RedisServer
+) -> None:
+    tenant = tenant_of(workers, redis_server)
+    async with await Bridge.open(workers, tenant.token) as bridge:
+        await post_tags(workers, tenant, "console-1", "console-2", "console-3")
+        await bridge.take(3)
+        answers = int(workers.metric("linerelay_webhook_ack_seconds_count"))
+        pages: list[str] = []
+
+        async def poll() -> str:
+            async with httpx.AsyncClient(timeout=TIMEOUT) as fresh:  # a new connection each
+                page = await fresh.get(f"{workers.relay.admin_url}/fragments/overview")
+            assert page.status_code == 200
+            return page.text
+
+        # Polls together, so that both workers answer some (whichever accepts first).
+        for _ in range(10):
+            pages += await asyncio.gather(*(poll() for _ in range(6)))
+            if len({drawn_by(page) for page in pages}) == 2:
+                break
+    assert len({drawn_by(page) for page in pages}) == 2, "one worker drew every page"
+    served_by = {bridge_row(page, tenant.id) for page in pages}
+    # Every page, whichever worker drew it, shows the bridge served by the one worker.
+    assert len(served_by) == 1
+    assert "worker" in served_by.pop()
+    assert {answer_count(page) for page in pages} == {answers}
+
+
+def drawn_by(page: str) -> str:
+    """The process that drew a console page (its ``drawn by`` stamp)."""
+    found = re.search(r'<span id="drawn-by">([^<]+)</span>', page)
+    assert found, page
+    return found.group(1)
+
+
+def bridge_row(page: str, tenant: str) -> str | None:
+    """Who serves ``tenant``'s bridge on the overview page, None if nobody does."""
+    row = re.search(rf'<tr class="tenant ([^"]*)" data-tenant="{tenant}">(.*?)</tr>', page, re.S)
+    assert row, page
+    if "connected" not in row.group(1).split():
+        return None
+    served = re.search(r'<span class="served-by">([^<]+)</span>', row.group(2))
+    assert served, row.group(2)
+    return served.group(1)
+
+
+def answer_count(page: str) -> int:
+    """The answers to LINE the page counts."""
+    found = re.search(r'<span id="answers">(\d+)</span>', page)
+    assert found, page
+    return int(found.group(1))
 
 
 async def test_a_killed_worker_is_replaced_and_costs_no_200d_webhook(

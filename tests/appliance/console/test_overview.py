@@ -21,8 +21,10 @@ from appliance.console.overview import (
     SNAPSHOT_SECONDS,
     AckRates,
     Overview,
+    TenantView,
     buckets_of,
     glance_of,
+    local_bridges,
     tenant_views,
 )
 from appliance.hub import BridgeConnection, Hub
@@ -164,7 +166,7 @@ async def test_tenant_rows_show_queues_and_the_connected_bridge(relay: Relay) ->
     relay.hub.receive(bridge, json.dumps({"type": "ack", "id": first["id"]}))
     await async_wait_for(lambda: _depth(relay, "bridged", 2), "the ack stored")
 
-    views = {v.id: v for v in tenant_views(relay, AckRates(), 50.0, relay.store.oldest(), 4000)}
+    views = {v.id: v for v in tenant_views(relay, local_bridges(relay, "here", 4.0), AckRates(), relay.store.oldest(), 4.0)}
     assert set(views) == {"bridged", "waiting"}
     waiting = views["waiting"]
     assert (waiting.depth, waiting.bridge, waiting.removed) == (2, None, False)
@@ -174,6 +176,7 @@ async def test_tenant_rows_show_queues_and_the_connected_bridge(relay: Relay) ->
     assert bridged.bridge is not None
     b = bridged.bridge
     assert (b.protocol, b.peer, b.window, b.in_flight) == (1, "192.0.2.7", 4, 2)
+    assert b.served_by == "here"
     assert (b.acks, b.redeliveries, b.standby) == (1, 0, 0)
     assert b.last_ack_age is not None
     assert b.acks_per_second is None  # one read so far
@@ -189,7 +192,7 @@ async def test_a_redelivery_after_a_nack_is_counted_on_the_connection(relay: Rel
     first = next(f for f in transport.frames if f["type"] == "webhook")
     relay.hub.receive(bridge, json.dumps({"type": "nack", "id": first["id"], "reason": "busy"}))
     await async_wait_for(lambda: _sent(transport, 2), "the webhook sent again")
-    views = tenant_views(relay, AckRates(), 0.0, {}, 0)
+    views = _views(relay)
     bridged = next(v for v in views if v.id == "bridged")
     assert bridged.bridge is not None
     assert bridged.bridge.redeliveries == 1
@@ -200,7 +203,7 @@ async def test_a_second_connection_is_active_and_the_first_stands_by(relay: Rela
     new = BridgeConnection("bridged", Recorder(), "192.0.2.2", protocol=2)
     relay.hub.attach(old)
     relay.hub.attach(new)
-    bridged = next(v for v in tenant_views(relay, AckRates(), 0.0, {}, 0) if v.id == "bridged")
+    bridged = next(v for v in _views(relay) if v.id == "bridged")
     assert bridged.bridge is not None
     assert (bridged.bridge.peer, bridged.bridge.protocol, bridged.bridge.standby) == (
         "192.0.2.2",
@@ -209,7 +212,7 @@ async def test_a_second_connection_is_active_and_the_first_stands_by(relay: Rela
     )
     relay.hub.detach(new)
     relay.hub.detach(old)
-    bridged = next(v for v in tenant_views(relay, AckRates(), 0.0, {}, 0) if v.id == "bridged")
+    bridged = next(v for v in _views(relay) if v.id == "bridged")
     assert bridged.bridge is None
 
 
@@ -219,7 +222,7 @@ async def test_a_removed_tenant_with_a_queue_is_still_shown(relay: Relay, tmp_pa
     registry.remove("waiting")
     registry.close()
     relay.tenants.refresh()
-    views = {v.id: v for v in tenant_views(relay, AckRates(), 0.0, {}, 0)}
+    views = {v.id: v for v in _views(relay)}
     assert views["waiting"].removed
     assert views["waiting"].depth == 1
     assert not views["bridged"].removed
@@ -230,14 +233,19 @@ async def test_the_snapshot_is_drawn_once_a_second_however_often_it_is_read(
 ) -> None:
     clock = [100.0]
     overview = Overview(relay, clock=lambda: clock[0])
-    first = overview.snapshot()
+    first = await overview.snapshot()
     await queue(relay, "waiting", "x")
     clock[0] += SNAPSHOT_SECONDS / 2
-    assert overview.snapshot() is first
+    assert await overview.snapshot() is first
     clock[0] += SNAPSHOT_SECONDS / 2
-    fresh = overview.snapshot()
+    fresh = await overview.snapshot()
     assert fresh is not first
     assert next(t for t in fresh.tenants if t.id == "waiting").depth == 1
+
+
+def _views(relay: Relay) -> tuple[TenantView, ...]:
+    """The rows with this process's bridges, as the overview draws them."""
+    return tenant_views(relay, local_bridges(relay, "here", 0.0), AckRates(), {}, 0.0)
 
 
 async def _sent(transport: Recorder, count: int) -> bool:
@@ -252,14 +260,14 @@ async def test_a_tenant_added_since_the_snapshot_is_found_at_once(
     relay: Relay, tmp_path: Path
 ) -> None:
     overview = Overview(relay, clock=lambda: 100.0)  # the clock stands still
-    overview.snapshot()
+    await overview.snapshot()
     registry = TenantRegistry(StateDir(tmp_path).tenants)
     registry.add("newcomer", "secret-three")
     registry.close()
-    view = overview.tenant("newcomer")
+    view = await overview.tenant("newcomer")
     assert view is not None
     assert view.depth == 0
-    assert overview.tenant("nobody") is None
+    assert await overview.tenant("nobody") is None
 
 
 async def test_recent_webhooks_are_read_once_a_second_however_often_asked(relay: Relay) -> None:
