@@ -1,7 +1,9 @@
 """Rate and count limits against abuse, as plain classes with an injected clock.
 
 Nothing here does I/O or reads the time by itself: callers pass ``now``
-(``time.monotonic()``), so every limit is tested without sleeping.
+(``time.monotonic()``; ``time.time()`` where buckets are shared between processes,
+as the console's lockouts in ``console.db`` are), so every limit is tested without
+sleeping.
 
 - :class:`TokenBucket`: a burst, then a steady rate.
 - :class:`KeyedBuckets`: one bucket per key (a client address, a tenant), the
@@ -55,6 +57,11 @@ class TokenBucket:
         """Whether the bucket is back to its burst (the key can be forgotten)."""
         self._refill(now)
         return self.tokens >= self.burst
+
+    def full_at(self, now: float) -> float:
+        """When the bucket will be back to its burst if nothing is taken (``now`` if it is)."""
+        self._refill(now)
+        return now + max(0.0, (self.burst - self.tokens) * self.interval)
 
 
 class KeyedBuckets:

@@ -4,9 +4,10 @@
 ``before_request``): it gathers the request's facts (its Bearer token, its
 session cookie, its CSRF token, where it says it came from), asks
 :func:`appliance.console.auth.decide`, and answers the refusals itself.
-Wrong tokens (Bearer or login) are counted per client address; an address
-past :data:`FAILURE_BURST` is answered 429 for a while before any token it
-sends is even looked at.
+Wrong tokens (Bearer or login) are counted per client address in ``console.db``
+(so for every ``serve --workers`` process together, and across a restart); an
+address past :data:`FAILURE_BURST` is answered 429 for a while before any token
+it sends is even looked at.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from appliance.console.auth import (
 from appliance.console.sessions import SESSION_SECONDS, ConsoleDB, Session, now_ms
 from appliance.errors import AdminTokenRequired, CsrfRejected, RelayError, TooManyRequests
 from appliance.errors import response_for as error_answer
-from appliance.limits import KeyedBuckets, address_key, retry_after
+from appliance.limits import address_key, retry_after
 from appliance.tenants import hash_token
 
 #: Wrong admin tokens (Bearer or login) one client address may send in a burst...
@@ -90,12 +91,12 @@ class Guard:
         self,
         db: ConsoleDB,
         token_needed: Callable[[], bool],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.token_needed = token_needed
+        # Wall-clock seconds: the counts are shared with other processes through the file.
         self._clock = clock
-        self.failures = KeyedBuckets(FAILURE_BURST, FAILURE_INTERVAL)
 
     # -- before every request -------------------------------------------------
 
@@ -108,7 +109,7 @@ class Guard:
         token = bearer_token(request.headers.get("Authorization"))
         if token is not None or (request.path == LOGIN_PATH and request.method == "POST"):
             # A locked-out address's tokens are not even checked: guessing gains nothing.
-            locked = self.failures.blocked_for(client, self._clock())
+            locked = self.db.failure_wait(client, self._clock(), FAILURE_BURST, FAILURE_INTERVAL)
             if locked > 0:
                 return _refusal(TooManyRequests(retry_after(locked)))
         admin = self.db.admin_digest()
@@ -147,8 +148,8 @@ class Guard:
         return admin is not None and _same(hash_token(token), admin)
 
     def failed(self, client: str) -> None:
-        """Count a wrong admin token from ``client`` (an address key)."""
-        self.failures.take(client, self._clock())
+        """Count a wrong admin token from ``client`` (an address key), for every process."""
+        self.db.count_failure(client, self._clock(), FAILURE_BURST, FAILURE_INTERVAL)
 
     def _session(self, needed: bool, admin: bytes | None) -> Session | None:
         """The request's live session; where a token is needed, only one that logged in

@@ -11,6 +11,11 @@ dir (``serve --workers``) knows a login, a logout ends it everywhere, and a rest
 logs nobody out. A session remembers the digest of the admin token it logged in with:
 setting a new token ends every session at once. Sessions also carry the CSRF token
 that every console form posts back.
+
+Wrong admin tokens are counted here too, per client address (a
+:class:`appliance.limits.TokenBucket` per row), so the lockout holds for every
+process of ``serve --workers`` together and across a restart. The rows keep wall-clock
+seconds: processes share no monotonic clock.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.limits import TokenBucket
 from appliance.state import create_private
 from appliance.tenants import hash_token
 
@@ -30,6 +36,10 @@ SESSION_SECONDS = 12 * 3600
 #: Sessions kept at most; the oldest go first. Anonymous sessions (loopback, for CSRF
 #: only) are made per browser, not per request, so this is plenty.
 MAX_SESSIONS = 1000
+#: Client addresses with wrong-token counts kept at most; past it the ones nearest to
+#: being forgiven go first. Rows go once their bucket is full again (a minute after a
+#: lockout), so only an attacker cycling addresses ever comes near this.
+MAX_FAILURE_ROWS = 10_000
 #: The admin token's recognisable prefix.
 ADMIN_TOKEN_PREFIX = "lra_"  # noqa: S105 (a public prefix, not a secret)
 
@@ -46,6 +56,15 @@ _SCHEMA = (
         created_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL
     )""",
+    # One token bucket per client address (appliance.limits.address_key); times are
+    # Unix seconds. full_at (when the bucket is full again) finds the rows to forget.
+    """CREATE TABLE IF NOT EXISTS admin_failures (
+        client TEXT PRIMARY KEY,
+        tokens REAL NOT NULL,
+        updated REAL NOT NULL,
+        full_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS admin_failures_full_at ON admin_failures (full_at)",
 )
 
 
@@ -83,7 +102,8 @@ def now_ms() -> int:
 
 
 class ConsoleDB:
-    """``STATE/console.db``: the admin token's digest and the console's sessions.
+    """``STATE/console.db``: the admin token's digest, the console's sessions, and the
+    wrong admin tokens counted per client address.
 
     Used on the relay's event loop: every call is one indexed statement on a
     small file (the admin listener's requests only, never a webhook's).
@@ -177,3 +197,54 @@ class ConsoleDB:
     def close_session(self, session: Session) -> None:
         """End ``session`` (logout)."""
         self._db.execute("DELETE FROM sessions WHERE digest = ?", (session.digest,))
+
+    # -- wrong admin tokens ---------------------------------------------------
+
+    def failure_wait(self, client: str, now: float, burst: float, interval: float) -> float:
+        """Seconds until ``client`` (an address key) may send an admin token again, 0 if
+        it may now; ``now`` is wall-clock seconds, ``burst`` and ``interval`` its bucket's.
+
+        One read by primary key: this runs for every request carrying a token.
+        """
+        row = self._db.execute(
+            "SELECT tokens, updated FROM admin_failures WHERE client = ?", (client,)
+        ).fetchone()
+        if row is None:
+            return 0.0
+        return TokenBucket(burst, interval, row[0], row[1]).wait(now)
+
+    def count_failure(self, client: str, now: float, burst: float, interval: float) -> None:
+        """Spend a token of ``client``'s bucket for one wrong admin token (wall-clock ``now``).
+
+        One IMMEDIATE transaction, so failures from several processes at once all count.
+        """
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            # Full buckets are forgotten as they are met: a row only ever says "wait".
+            self._db.execute("DELETE FROM admin_failures WHERE full_at <= ?", (now,))
+            row = self._db.execute(
+                "SELECT tokens, updated FROM admin_failures WHERE client = ?", (client,)
+            ).fetchone()
+            if row is None:
+                bucket = TokenBucket.full(burst, interval, now)
+            else:
+                bucket = TokenBucket(burst, interval, row[0], row[1])
+            bucket.take(now)
+            self._db.execute(
+                "INSERT OR REPLACE INTO admin_failures (client, tokens, updated, full_at) "
+                "VALUES (?, ?, ?, ?)",
+                (client, bucket.tokens, bucket.updated, bucket.full_at(now)),
+            )
+            if row is None:
+                self._bound_failures()
+
+    def _bound_failures(self) -> None:
+        """Keep at most :data:`MAX_FAILURE_ROWS` rows: an attacker cycling addresses must
+        not grow the file. Dropping a row only forgives; the ones nearest to full go first."""
+        (count,) = self._db.execute("SELECT count(*) FROM admin_failures").fetchone()
+        if count > MAX_FAILURE_ROWS:
+            self._db.execute(
+                "DELETE FROM admin_failures WHERE client IN "
+                "(SELECT client FROM admin_failures ORDER BY full_at LIMIT ?)",
+                (count - MAX_FAILURE_ROWS,),
+            )

@@ -22,6 +22,16 @@ def test_a_bucket_never_holds_more_than_its_burst() -> None:
     assert not bucket.take(1000.0)
 
 
+def test_a_bucket_says_when_it_is_full_again() -> None:
+    bucket = TokenBucket.full(burst=3, interval=2.0, now=10.0)
+    assert bucket.full_at(10.0) == 10.0
+    bucket.take(10.0)
+    bucket.take(10.0)
+    assert bucket.full_at(10.0) == pytest.approx(14.0)
+    assert bucket.full_at(11.0) == pytest.approx(14.0)  # refilling does not move it
+    assert bucket.full_at(20.0) == 20.0
+
+
 def test_keyed_buckets_limit_each_key_alone() -> None:
     buckets = KeyedBuckets(burst=2, interval=10.0)
     assert buckets.take("a", 0.0)

@@ -160,6 +160,23 @@ def test_an_address_sending_wrong_tokens_is_locked_out_before_its_tokens_are_che
         assert other.get("/metrics", headers=right).status_code == 200
 
 
+def test_a_locked_out_address_stays_locked_out_across_a_restart(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The counts are in console.db, which every process (and the next one) reads.
+    with console_relay(tmp_path_factory, "console-restart", "0.0.0.0") as harness:
+        wrong = {"Authorization": "Bearer " + harness.remember("lra_guess")}
+        with client(harness, source="127.0.0.7") as guesser:
+            for _ in range(FAILURE_BURST):
+                guesser.get("/metrics", headers=wrong)
+            assert guesser.get("/metrics", headers=wrong).status_code == 429
+        harness.relay.stop()
+        harness.relay.start()
+        right = {"Authorization": f"Bearer {token_of(harness)}"}
+        with client(harness, source="127.0.0.7") as guesser:
+            assert guesser.get("/metrics", headers=right).status_code == 429
+
+
 def test_login_sets_an_httponly_samesite_strict_session_cookie(secured: Harness) -> None:
     with client(secured) as browser:
         answer = login(browser, token_of(secured), "/tenants/x")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 import stat
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from appliance.console import sessions
 from appliance.console.sessions import (
     ADMIN_TOKEN_PREFIX,
     MAX_SESSIONS,
@@ -19,6 +21,9 @@ from appliance.console.sessions import (
 from appliance.tenants import hash_token
 
 NOW = 1_800_000_000_000
+#: Wall-clock seconds, as the wrong-token counts keep them.
+T = 1_800_000_000.0
+BURST, INTERVAL = 3, 6.0
 
 
 @pytest.fixture
@@ -143,3 +148,103 @@ def test_session_repr_shows_no_secret(db: ConsoleDB) -> None:
     _, session = db.open_session(hash_token("t"), NOW)
     assert session.csrf not in repr(session)
     assert repr(session.digest) not in repr(session)
+
+
+# -- wrong admin tokens, counted per client address -------------------------------
+
+
+def fail(db: ConsoleDB, client: str, now: float, times: int = 1) -> None:
+    for _ in range(times):
+        db.count_failure(client, now, BURST, INTERVAL)
+
+
+def wait(db: ConsoleDB, client: str, now: float) -> float:
+    return db.failure_wait(client, now, BURST, INTERVAL)
+
+
+def failure_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """What another reader of the file sees."""
+    with closing(sqlite3.connect(path)) as reader:
+        return reader.execute(sql).fetchall()
+
+
+def test_an_address_with_no_wrong_tokens_need_not_wait(db: ConsoleDB) -> None:
+    assert wait(db, "192.0.2.1", T) == 0
+
+
+def test_wrong_tokens_allow_the_burst_then_one_more_per_interval(db: ConsoleDB) -> None:
+    fail(db, "192.0.2.1", T, BURST - 1)
+    assert wait(db, "192.0.2.1", T) == 0
+    fail(db, "192.0.2.1", T)
+    assert wait(db, "192.0.2.1", T) == pytest.approx(INTERVAL)
+    assert wait(db, "192.0.2.1", T + INTERVAL / 2) == pytest.approx(INTERVAL / 2)
+    assert wait(db, "192.0.2.1", T + INTERVAL) == 0
+    fail(db, "192.0.2.1", T + INTERVAL)  # the one token refilled, spent again
+    assert wait(db, "192.0.2.1", T + INTERVAL) == pytest.approx(INTERVAL)
+
+
+def test_wrong_tokens_are_counted_per_address(db: ConsoleDB) -> None:
+    fail(db, "192.0.2.1", T, BURST)
+    assert wait(db, "192.0.2.1", T) > 0
+    assert wait(db, "192.0.2.2", T) == 0
+
+
+def test_wrong_tokens_through_one_process_lock_out_through_another(tmp_path: Path) -> None:
+    # Two ConsoleDBs on one file are two processes of `serve --workers`: together
+    # they allow the burst once, not once each.
+    a, b = ConsoleDB(tmp_path / "console.db"), ConsoleDB(tmp_path / "console.db")
+    fail(a, "192.0.2.1", T, BURST - 1)
+    fail(b, "192.0.2.1", T + 0.001)
+    assert wait(a, "192.0.2.1", T + 0.002) > 0
+    assert wait(b, "192.0.2.1", T + 0.002) > 0
+
+
+def test_a_lockout_survives_a_restart(tmp_path: Path) -> None:
+    before = ConsoleDB(tmp_path / "console.db")
+    fail(before, "192.0.2.1", T, BURST)
+    before.close()
+    assert wait(ConsoleDB(tmp_path / "console.db"), "192.0.2.1", T + 1) > 0
+
+
+def test_a_refilled_address_is_forgotten_at_the_next_wrong_token(
+    db: ConsoleDB, tmp_path: Path
+) -> None:
+    fail(db, "192.0.2.1", T, BURST)
+    fail(db, "192.0.2.2", T + BURST * INTERVAL)  # 192.0.2.1 is full again by then
+    clients = failure_rows(tmp_path / "console.db", "SELECT client FROM admin_failures")
+    assert clients == [("192.0.2.2",)]
+
+
+def test_an_address_refilled_and_failing_again_starts_from_a_full_burst(db: ConsoleDB) -> None:
+    fail(db, "192.0.2.1", T, BURST)
+    later = T + BURST * INTERVAL + 100
+    fail(db, "192.0.2.1", later, BURST - 1)
+    assert wait(db, "192.0.2.1", later) == 0
+
+
+def test_wrong_token_rows_are_bounded_forgiving_the_nearest_to_full_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessions, "MAX_FAILURE_ROWS", 5)
+    db = ConsoleDB(tmp_path / "console.db")
+    fail(db, "192.0.2.0", T, BURST)  # locked out: full again last
+    for i in range(1, 20):  # an attacker cycling addresses, one guess each
+        fail(db, f"192.0.2.{i}", T + i * 0.01)
+    assert failure_rows(tmp_path / "console.db", "SELECT count(*) FROM admin_failures") == [(5,)]
+    assert wait(db, "192.0.2.0", T + 1) > 0
+    assert wait(db, "192.0.2.19", T + 1) == 0  # one guess of three: still allowed
+    assert wait(db, "192.0.2.1", T + 1) == 0  # forgotten: a full burst again
+
+
+def test_the_lockout_check_is_one_indexed_read(db: ConsoleDB) -> None:
+    fail(db, "192.0.2.1", T, BURST)
+    statements: list[str] = []
+    db._db.set_trace_callback(statements.append)
+    try:
+        assert wait(db, "192.0.2.1", T) > 0
+    finally:
+        db._db.set_trace_callback(None)
+    assert len(statements) == 1
+    plan = " ".join(row[3] for row in db._db.execute("EXPLAIN QUERY PLAN " + statements[0]))
+    assert "SEARCH" in plan
+    assert "PRIMARY KEY" in plan
