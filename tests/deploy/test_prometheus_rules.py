@@ -44,5 +44,25 @@ def test_every_alert_is_tested_both_firing_and_quiet() -> None:
 def test_every_alert_says_how_long_how_bad_and_what_to_do(rule: dict[str, Any]) -> None:
     assert rule.get("for"), "a for: duration, so one bad scrape does not page"
     assert rule["labels"]["severity"] in ("warning", "critical")
-    assert rule["annotations"]["summary"].startswith("{{ $labels.instance }}: ")
+    # Named for the node, or for the job where the alert is taken over every node.
+    summary = rule["annotations"]["summary"]
+    assert summary.startswith(("{{ $labels.instance }}: ", "{{ $labels.job }}: "))
     assert len(rule["annotations"]["description"]) > 100, "what the operator should do"
+
+
+PER_TENANT = (
+    "LineRelayQueueGrowingWithoutBridge",
+    "LineRelayBridgeFlapping",
+    "LineRelayWebhooksWaiting",
+)
+
+
+@pytest.mark.parametrize("name", PER_TENANT)
+def test_per_tenant_alerts_are_taken_over_every_node_of_the_job(name: str) -> None:
+    # Nodes sharing one Redis store are one relay (PROTOCOL.md §6): a tenant's bridge
+    # and its connects are on whichever node it reached, so per-instance alerts would
+    # fire falsely (or once per node). The promtool cases show it with two instances.
+    (rule,) = (rule for rule in alert_rules() if rule["alert"] == name)
+    assert "by (job, tenant)" in rule["expr"]
+    assert "instance" not in rule["expr"]
+    assert rule["annotations"]["summary"].startswith("{{ $labels.job }}: ")
