@@ -203,7 +203,8 @@ class RelayConfig(Settings):
     redis_min_replicas: int = setting(
         0,
         "With store = 'redis': a 200 also waits until this many replicas have the "
-        "webhook (WAIT); fewer within ack_deadline_ms is a 503.",
+        "webhook (WAIT); fewer within ack_deadline_ms is a 503, and the webhook, on the "
+        "primary all the same, is still delivered (docs/redis.md, 'Replicas').",
         at_least(0),
     )
     redis_lease_ttl: float = setting(

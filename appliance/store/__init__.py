@@ -52,8 +52,17 @@ __all__ = [
 
 
 def store_limits(config: RelayConfig) -> Limits:
-    """The store's tunables from the relay config."""
-    return Limits(config.queue_cap, config.dedupe_window, config.commit_max_batch)
+    """The store's tunables from the relay config: what :meth:`Store.configure` is given
+    on every reload, so each of them applies on reload."""
+    return Limits(
+        queue_cap=config.queue_cap,
+        dedupe_window=config.dedupe_window,
+        max_batch=config.commit_max_batch,
+        min_replicas=config.redis_min_replicas,
+        # Waiting for replicas longer than the ack deadline is pointless: by then
+        # the webhook was answered 503.
+        replica_wait_ms=config.ack_deadline_ms,
+    )
 
 
 def create_store(
@@ -67,8 +76,6 @@ def create_store(
             config.redis_url,
             store_limits(config),
             on_batch=on_batch,
-            min_replicas=config.redis_min_replicas,
             lease_ttl=config.redis_lease_ttl,
-            wait_ms=config.ack_deadline_ms,
         )
     return SQLiteStore(state.store, store_limits(config), on_batch=on_batch)

@@ -12,10 +12,14 @@ async def wait_until(future: asyncio.Future[Any], timeout: float) -> bool:  # no
     """Wait for ``future`` at most ``timeout`` seconds without cancelling it; True if done.
 
     Cheaper than ``wait_for(shield(...))`` on the hot path: no task is created.
+    A future still running at the deadline may fail later, when its caller has
+    answered without it (a webhook's 503): that failure is marked retrieved, so
+    asyncio does not log it as an error nobody saw.
     """
     if future.done():
         return True
     if timeout <= 0:
+        future.add_done_callback(_retrieve)
         return False
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()
@@ -31,7 +35,16 @@ async def wait_until(future: asyncio.Future[Any], timeout: float) -> bool:  # no
     finally:
         timer.cancel()
         future.remove_done_callback(wake)
-    return future.done()
+    if not future.done():
+        future.add_done_callback(_retrieve)
+        return False
+    return True
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a late failure seen (see :func:`wait_until`); the caller may still read it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def resolved(loop: asyncio.AbstractEventLoop, value: T) -> asyncio.Future[T]:

@@ -95,8 +95,16 @@ class Expired:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The store's tunables (from the relay config; changeable on reload)."""
+    """The store's tunables (from the relay config; changeable on reload).
+
+    ``min_replicas`` and ``replica_wait_ms`` are for a store with replicas
+    (Redis: ``WAIT min_replicas replica_wait_ms`` after each batch's appends,
+    and an append that fewer replicas confirmed in time fails); a store
+    without replicas (SQLite) ignores them.
+    """
 
     queue_cap: int = 10_000
     dedupe_window: float = 300.0
     max_batch: int = 512
+    min_replicas: int = 0
+    replica_wait_ms: int = 800

@@ -30,7 +30,9 @@ webhooks (retry check, cap and XADD in one atomic step per webhook), then the
 attempt marks, the acks and the reads. A webhook is answered 200 only after
 Redis replied to that pipeline, that is (with ``appendfsync always``, see
 docs/redis.md) after the AOF was fsynced; with ``redis_min_replicas = N``, after
-``WAIT N`` too.
+``WAIT N`` too (``Limits.min_replicas``, so a reload changes it). An append the
+replicas did not confirm in time fails (503) although the primary has it: it is
+delivered all the same, and LINE's retry of it is a known retry.
 
 **Delivery.** A tenant's webhooks are delivered by one process at a time, the
 one holding the tenant's *lease* (``owner:TENANT``): the process where the
@@ -113,6 +115,9 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.1, 2.0
 RELAPSE_WINDOW = 2.0
 #: Socket timeouts, seconds: connecting, and waiting for an answer.
 CONNECT_TIMEOUT, ANSWER_TIMEOUT = 2.0, 10.0
+#: The longest WAIT for replicas (ms): well within ANSWER_TIMEOUT, whatever the
+#: ack deadline, so waiting for replicas is never taken for Redis being gone.
+MAX_REPLICA_WAIT_MS = int(ANSWER_TIMEOUT * 1000) // 2
 
 
 @dataclass(slots=True)
@@ -145,19 +150,18 @@ class RedisStore(BatchedStore[_Op]):
         limits: Limits | None = None,
         on_batch: BatchListener | None = None,
         clock: Callable[[], float] = time.time,
-        min_replicas: int = 0,
         lease_ttl: float = 10.0,
         prefix: str = PREFIX,
         name: str | None = None,
-        wait_ms: int = 800,
     ) -> None:
         super().__init__(limits, on_batch, clock)
         self.url = url
-        self.min_replicas = min_replicas
-        #: How long WAIT waits for the replicas (the ack deadline: past it the
-        #: answer is a 503 anyway).
-        self.wait_ms = wait_ms
         self._wire_ids: list[str] = []
+        # The replicas the batch being written waits for (limits may change
+        # while it is out), and whether the last WAIT fell short (one warning
+        # a shortage, not one a batch).
+        self._replicas_needed = 0
+        self._replicas_short = False
         self._replay_ids: dict[int, list[str]] = {}
         self.lease_ttl = lease_ttl
         self.prefix = prefix
@@ -442,8 +446,11 @@ class RedisStore(BatchedStore[_Op]):
             window = int(self.limits.dedupe_window * 1000)
             self._eval(pipe, "append", now, window, self.limits.queue_cap, *args)
             plan.append(("append", list(appends)))
-            if self.min_replicas > 0:
-                pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+            self._replicas_needed = self.limits.min_replicas
+            if self._replicas_needed > 0:
+                # Within the answer timeout, or a long WAIT would read as Redis gone.
+                wait_ms = min(self.limits.replica_wait_ms, MAX_REPLICA_WAIT_MS)
+                pipe.execute_command("WAIT", self._replicas_needed, wait_ms)
                 plan.append(("wait", []))
         for op in batch:
             self._plan_query(pipe, op, plan)
@@ -491,11 +498,7 @@ class RedisStore(BatchedStore[_Op]):
         appends_failed: BaseException | None = None
         for (kind, covered), reply in zip(plan, replies, strict=True):
             if kind == "wait":
-                if isinstance(reply, BaseException) or int(reply) < self.min_replicas:
-                    got = reply if isinstance(reply, BaseException) else f"{reply} replicas"
-                    appends_failed = StoreError(
-                        f"WAIT {self.min_replicas}: {got} acknowledged in time"
-                    )
+                appends_failed = self._replicas_answer(reply)
                 continue
             if isinstance(reply, BaseException):
                 log.error("store: Redis refused a command", extra={"kind": kind, "why": str(reply)})
@@ -506,10 +509,30 @@ class RedisStore(BatchedStore[_Op]):
             for op, result in self._decode(kind, covered, reply):
                 results[id(op)] = (op, result, None)
         if appends_failed is not None:
-            for key, (op, result, _) in list(results.items()):
-                if isinstance(op, ops.Append) and isinstance(result, Delivery):
+            # Every append the script answered, stored or a known retry: neither
+            # may be confirmed before the replicas have it (_settle_append).
+            for key, (op, result, error) in list(results.items()):
+                if isinstance(op, ops.Append) and error is None:
                     results[key] = (op, result, appends_failed)
         return [results.get(id(op), (op, None, None)) for op in batch]
+
+    def _replicas_answer(self, reply: Any) -> StoreError | None:
+        """What WAIT's ``reply`` means for the batch's appends: None if enough replicas
+        have them; otherwise the error they fail with. Logs a shortage once, and its end."""
+        needed = self._replicas_needed
+        if not isinstance(reply, BaseException) and int(reply) >= needed:
+            if self._replicas_short:
+                self._replicas_short = False
+                log.info("store: Redis replicas caught up", extra={"replicas": int(reply)})
+            return None
+        got = str(reply) if isinstance(reply, BaseException) else f"{int(reply)} replicas"
+        if not self._replicas_short:
+            self._replicas_short = True
+            log.warning(
+                "store: Redis replicas behind, webhooks answered 503",
+                extra={"needed": needed, "got": got},
+            )
+        return StoreError(f"WAIT {needed}: {got} acknowledged in time")
 
     def _decode(self, kind: str, covered: list[_Op], reply: Any) -> list[tuple[_Op, Any]]:
         if kind == "append":
@@ -641,7 +664,9 @@ class RedisStore(BatchedStore[_Op]):
     def _settle_append(
         self, op: ops.Append, result: Any, error: BaseException | None
     ) -> Delivery | None:
-        if error is not None or result is None:
+        """Resolve an append's future. ``error`` with a ``result``: the script answered
+        but too few replicas confirmed it in time (:meth:`_replicas_answer`)."""
+        if result is None:
             self._depth[op.tenant] -= 1
             op.future.set_exception(error or StoreError("no answer for this webhook"))
             return None
@@ -653,6 +678,8 @@ class RedisStore(BatchedStore[_Op]):
                 op.future.set_exception(
                     QueueFull(f"tenant {op.tenant} has {length} unacked webhooks")
                 )
+            elif error is not None:
+                op.future.set_exception(error)  # a known retry, the replicas behind
             else:
                 op.future.set_result(None)  # a retry within the window
             return None
@@ -660,6 +687,12 @@ class RedisStore(BatchedStore[_Op]):
             self._head[op.tenant] = op.received_at
         # Other processes' appends count too: Redis' length is the depth.
         self._depth[op.tenant] = max(length, self._depth[op.tenant])
+        if error is not None:
+            # Queued on the primary all the same (and delivered from there like any
+            # other: at least once), but not confirmed: the answer is a 503, and
+            # LINE's retry of it is a known retry.
+            op.future.set_exception(error)
+            return None
         delivery = Delivery(seq, wire_id, op.tenant, op.body, op.signature, op.received_at)
         op.future.set_result(delivery)
         return delivery

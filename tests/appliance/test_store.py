@@ -9,6 +9,7 @@ file helpers) say so with ``SQLITE_ONLY`` or build a :class:`SQLiteStore` themse
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import sqlite3
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.errors import QueueFull, UnknownWebhook
+from appliance.errors import QueueFull, StoreError, UnknownWebhook
 from appliance.signature import sign
 from appliance.state import StateDir
 from appliance.store import Delivery, Limits, Store, WebhookState, wait_until
@@ -610,6 +611,25 @@ async def test_wait_until_does_not_cancel_a_slow_future() -> None:
     assert not future.cancelled()
     future.set_result(1)
     assert await wait_until(future, 0.01)
+
+
+async def test_a_failure_after_the_deadline_is_not_logged_as_never_retrieved() -> None:
+    # The caller answered 503 at the deadline; the store's later StoreError for
+    # that webhook (Redis replicas behind, say) is nobody's to report.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        for timeout in (0.01, 0.0):
+            future: asyncio.Future[int] = loop.create_future()
+            assert not await wait_until(future, timeout)
+            future.set_exception(StoreError("too late"))
+            await asyncio.sleep(0)  # its done callbacks run
+            del future
+            gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
 
 
 # -- SQLite specifics --------------------------------------------------------

@@ -4,7 +4,10 @@ Never the system's Redis: each :class:`RedisServer` runs ``/usr/bin/redis-server
 on a free loopback port with its data in a temporary directory, configured as
 docs/redis.md tells operators to (``appendonly yes``, ``appendfsync always``),
 so a test can ``kill -9`` it and start it again on the same directory and port
-and find every write it was told had succeeded.
+and find every write it was told had succeeded. A server started with
+``replica_of`` is a replica of another (``--replicaof``), configured the same;
+:meth:`RedisServer.pause` freezes one (SIGSTOP) so that its primary's ``WAIT``
+falls short, as with a replica that hangs or is cut off.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -35,11 +39,20 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class RedisServer:
     """One redis-server process; :meth:`start` it, then use :attr:`url`."""
 
-    def __init__(self, directory: Path, fsync: str = "always", port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fsync: str = "always",
+        port: int | None = None,
+        replica_of: RedisServer | None = None,
+    ) -> None:
         self.directory = directory
         self.fsync = fsync
         self.port = port or free_port()
+        #: The primary this server replicates, or None.
+        self.replica_of = replica_of
         self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -72,7 +85,12 @@ class RedisServer:
             str(self.log_file),
             "--daemonize",
             "no",
+            # A replica's first sync starts at once (Redis waits 5 s for more replicas).
+            "--repl-diskless-sync-delay",
+            "0",
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_for(self._answers, lambda: f"redis-server to answer:\n{self._log_tail()}", 30)
         return self
@@ -108,9 +126,39 @@ class RedisServer:
         wait_for(lambda: _port_free(self.port), "redis' port to be free", 10)
 
     def stop(self) -> None:
-        """SIGTERM and wait (SIGKILL if it hangs)."""
+        """SIGTERM and wait (SIGKILL if it hangs); a paused server is resumed first."""
         if self.proc is not None:
+            if self.paused:
+                self.resume()
             processes.stop(self.proc, 10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, its connections stay open, and it answers nothing
+        (a replica that hangs: its primary still counts it connected)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def replicas_in_sync(self) -> int:
+        """How many replicas of this primary are online and have acknowledged all of its
+        writes (replicas acknowledge once a second, or when a ``WAIT`` asks)."""
+        client = self.client()
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        offset = info["master_repl_offset"]
+        return sum(
+            1
+            for i in range(int(info["connected_slaves"]))
+            if info[f"slave{i}"]["state"] == "online" and info[f"slave{i}"]["offset"] >= offset
+        )
 
     def restart(self) -> RedisServer:
         """Start again on the same directory and port (after :meth:`kill` or :meth:`stop`)."""
@@ -136,6 +184,18 @@ def running_redis(directory: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_replica(directory: Path, primary: RedisServer) -> Iterator[RedisServer]:
+    """A replica of ``primary`` on ``directory``, started and in sync with it, and
+    stopped at the end."""
+    replica = RedisServer(directory, replica_of=primary).start()
+    try:
+        wait_for(lambda: primary.replicas_in_sync() >= 1, "the replica to be in sync", 30)
+        yield replica
+    finally:
+        replica.stop()
 
 
 @pytest.fixture(scope="session")

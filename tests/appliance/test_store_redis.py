@@ -1,0 +1,110 @@
+"""What only the Redis store has: waiting for replicas.
+
+The behaviour both stores share is in tests/appliance/test_store.py. These run
+on a real ``redis-server`` (tests/support/redis.py) with no replica, so a
+``WAIT`` for one always falls short; tests/integration/test_redis_replicas.py
+has a real replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from appliance.config import RelayConfig
+from appliance.errors import StoreError
+from appliance.store import Limits, store_limits
+from appliance.store import redis as redis_store
+from appliance.store.redis import RedisStore
+from tests.support.redis import RedisServer, redis_server  # noqa: F401 (a fixture)
+
+NO_REPLICA_WAIT = Limits(min_replicas=1, replica_wait_ms=50)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of the test's own: it sees nothing of the others'."""
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisStore]:  # noqa: F811
+    s = RedisStore(redis_server.url, Limits(), prefix=prefix)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def put(store: RedisStore, body: bytes, tenant: str = "a") -> float:
+    """Append ``body`` and wait for the answer; returns the seconds it took."""
+    started = time.perf_counter()
+    await store.append(tenant, body, "sig", int(time.time() * 1000))
+    return time.perf_counter() - started
+
+
+def test_the_store_limits_carry_min_replicas_and_the_ack_deadline_as_the_replica_wait() -> None:
+    # store_limits is what a reload hands Store.configure: both apply on reload.
+    config = RelayConfig().replace(redis_min_replicas=2, ack_deadline_ms=500)
+    limits = store_limits(config)
+    assert (limits.min_replicas, limits.replica_wait_ms) == (2, 500)
+
+
+async def test_a_webhook_too_few_replicas_confirmed_fails_yet_stays_queued_on_the_primary(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.configure(NO_REPLICA_WAIT)
+    with caplog.at_level(logging.INFO, logger="appliance.store.redis"):
+        with pytest.raises(StoreError, match="WAIT 1: 0 replicas"):
+            await put(store, b"unconfirmed")
+        # At least once: the primary has it, so a bridge gets it...
+        assert [d.body for d in await store.pending("a", 0, 10)] == [b"unconfirmed"]
+        # ...and LINE's retry is a known retry, still not confirmed while the
+        # replicas are behind: it is not queued again.
+        with pytest.raises(StoreError, match="WAIT 1"):
+            await put(store, b"unconfirmed")
+        assert len(await store.pending("a", 0, 10)) == 1
+        store.configure(Limits())
+        await put(store, b"unconfirmed")  # the retry, once the replicas need not confirm
+        assert len(await store.pending("a", 0, 10)) == 1
+    behind = [
+        r for r in caplog.records if r.getMessage().startswith("store: Redis replicas behind")
+    ]
+    assert [r.levelname for r in behind] == ["WARNING"], "one warning a shortage"
+
+
+async def test_min_replicas_and_the_replica_wait_change_on_configure(store: RedisStore) -> None:
+    await put(store, b"before")
+    store.configure(Limits(min_replicas=1, replica_wait_ms=600))
+    started = time.perf_counter()
+    with pytest.raises(StoreError):
+        await put(store, b"waits-long")
+    long = time.perf_counter() - started
+    store.configure(Limits(min_replicas=1, replica_wait_ms=50))
+    started = time.perf_counter()
+    with pytest.raises(StoreError):
+        await put(store, b"waits-short")
+    short = time.perf_counter() - started
+    store.configure(Limits())
+    await put(store, b"after")
+    # WAIT blocks for its whole timeout when no replica answers: each wait counts.
+    assert long >= 0.6, long
+    assert short < 0.5, short
+
+
+async def test_the_replica_wait_is_capped_below_the_answer_timeout(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An ack deadline longer than the socket's answer timeout must not make a
+    # WAIT read as Redis being gone: the wait is capped (made short here).
+    assert redis_store.MAX_REPLICA_WAIT_MS < redis_store.ANSWER_TIMEOUT * 1000
+    monkeypatch.setattr(redis_store, "MAX_REPLICA_WAIT_MS", 100)
+    store.configure(Limits(min_replicas=1, replica_wait_ms=3_600_000))
+    started = time.perf_counter()
+    with pytest.raises(StoreError, match="WAIT 1"):
+        await put(store, b"bounded")
+    assert time.perf_counter() - started < 2
+    assert store.health() is None
