@@ -9,12 +9,13 @@ the tenants are ``STATE/tenants.db`` and the queues ``STATE/store.db``; with
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from appliance import config as config_module
 from appliance.config import RelayConfig
-from appliance.errors import TenantError
+from appliance.errors import StoreError, TenantError
 from appliance.state import StateDir
 from appliance.store import sqlite
 from appliance.tenants import SQLiteTenantDirectory, TenantDirectory, TenantInfo, TenantRegistry
@@ -59,7 +60,9 @@ def open_directory(config: RelayConfig, state: StateDir) -> TenantDirectory:
 def count_unacked(config: RelayConfig, state: StateDir, tenant: str) -> int:
     """Unacked webhooks of ``tenant`` in the configured store."""
     if config.store == "redis":
-        return int(_redis_call(config, "XLEN", f"{_prefix()}q:{tenant}"))
+        from appliance.store import redis as redis_store  # noqa: PLC0415 (redis-py only if used)
+
+        return _as_tenant_error(redis_store.count_unacked, config.redis_url, tenant)
     return sqlite.count_unacked(state.store, tenant)
 
 
@@ -67,26 +70,15 @@ def purge(config: RelayConfig, state: StateDir, tenant: str) -> int:
     """Delete every webhook of ``tenant`` from the configured store; returns how many
     were unacked. Safe beside running relays."""
     if config.store == "redis":
-        from appliance.store.redis_lua import SCRIPTS  # noqa: PLC0415
+        from appliance.store import redis as redis_store  # noqa: PLC0415 (idem)
 
-        reply = _redis_call(config, "EVAL", SCRIPTS["purge"].body, 0, _prefix(), tenant, -1)
-        return int(reply[0])
+        return _as_tenant_error(redis_store.purge_tenant, config.redis_url, tenant)
     return sqlite.purge_file(state.store, tenant)
 
 
-def _prefix() -> str:
-    from appliance.store.redis import PREFIX  # noqa: PLC0415
-
-    return PREFIX
-
-
-def _redis_call(config: RelayConfig, *command: object) -> Any:
-    import redis  # noqa: PLC0415 (SQLite users do not load redis-py)
-
-    client = redis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=10)
+def _as_tenant_error(call: Callable[[str, str], int], url: str, tenant: str) -> int:
+    """``call(url, tenant)``, its :class:`StoreError` as the CLI's :class:`TenantError`."""
     try:
-        return client.execute_command(*command)  # type: ignore[no-untyped-call]
-    except redis.RedisError as exc:
-        raise TenantError(f"Redis: {exc}") from exc
-    finally:
-        client.close()
+        return call(url, tenant)
+    except StoreError as exc:
+        raise TenantError(str(exc)) from exc

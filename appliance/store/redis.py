@@ -975,3 +975,40 @@ def _safe_url(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.rpartition("@")[2]
     return scheme + sep + rest
+
+
+# -- offline: the operator CLI, beside running relays ---------------------------
+
+
+def count_unacked(url: str, tenant: str, prefix: str = PREFIX) -> int:
+    """Unacked webhooks of ``tenant`` in the Redis at ``url`` (for the operator CLI).
+
+    Raises :class:`StoreError` if Redis cannot be reached.
+    """
+    return int(_offline_call(url, "XLEN", f"{prefix}q:{tenant}"))
+
+
+def purge_tenant(url: str, tenant: str, prefix: str = PREFIX) -> int:
+    """Delete every webhook of ``tenant`` from the Redis at ``url`` (the operator CLI's
+    ``tenant remove --force``); returns how many were unacked. Safe beside running
+    relays: one atomic script, as a relay's own purge.
+
+    Raises :class:`StoreError` if Redis cannot be reached or refuses the script.
+    """
+    reply = _offline_call(url, "EVAL", SCRIPTS["purge"].body, 0, prefix, tenant, -1)
+    return int(reply[0])
+
+
+def _offline_call(url: str, *command: object) -> Any:
+    """One command on a short-lived synchronous connection (the CLI has no event loop)."""
+    import redis  # noqa: PLC0415 (the synchronous client: only the CLI needs it)
+
+    client = redis.Redis.from_url(
+        url, socket_timeout=ANSWER_TIMEOUT, socket_connect_timeout=ANSWER_TIMEOUT
+    )
+    try:
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis at {_safe_url(url)}: {exc}") from exc
+    finally:
+        client.close()

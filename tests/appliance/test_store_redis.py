@@ -1,4 +1,4 @@
-"""What only the Redis store has: waiting for replicas.
+"""What only the Redis store has: waiting for replicas, and the operator CLI's helpers.
 
 The behaviour both stores share is in tests/appliance/test_store.py. These run
 on a real ``redis-server`` (tests/support/redis.py) with no replica, so a
@@ -12,15 +12,19 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from appliance.config import RelayConfig
-from appliance.errors import StoreError
+from appliance.errors import StoreError, TenantError
+from appliance.state import StateDir
 from appliance.store import Limits, store_limits
 from appliance.store import redis as redis_store
-from appliance.store.redis import RedisStore
+from appliance.store.redis import RedisStore, count_unacked, purge_tenant
+from appliance.tenant_backend import count_unacked as cli_count_unacked
 from tests.support.redis import RedisServer, redis_server  # noqa: F401 (a fixture)
+from tests.support.relay import free_port
 
 NO_REPLICA_WAIT = Limits(min_replicas=1, replica_wait_ms=50)
 
@@ -108,3 +112,31 @@ async def test_the_replica_wait_is_capped_below_the_answer_timeout(
         await put(store, b"bounded")
     assert time.perf_counter() - started < 2
     assert store.health() is None
+
+
+async def test_the_cli_counts_and_purges_a_tenants_queue_beside_a_running_store(
+    store: RedisStore,
+    redis_server: RedisServer,  # noqa: F811
+    prefix: str,
+) -> None:
+    for i in range(3):
+        await put(store, bytes([65 + i]))
+    await put(store, b"other", tenant="b")
+    first, *_ = await store.pending("a", 0, 10)
+    store.ack("a", first.seq)
+    await store.pending("a", 0, 10)  # a round trip: the ack is committed
+    assert count_unacked(redis_server.url, "a", prefix) == 2
+    assert purge_tenant(redis_server.url, "a", prefix) == 2
+    assert count_unacked(redis_server.url, "a", prefix) == 0
+    assert await store.pending("a", 0, 10) == []
+    assert count_unacked(redis_server.url, "b", prefix) == 1
+
+
+def test_the_cli_helpers_name_an_unreachable_redis_as_a_store_error(tmp_path: Path) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1") as raised:
+        count_unacked(url, "a")
+    assert "hunter2" not in str(raised.value)
+    config = RelayConfig().replace(store="redis", redis_url=url)
+    with pytest.raises(TenantError):
+        cli_count_unacked(config, StateDir(tmp_path), "a")
