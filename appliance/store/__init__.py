@@ -8,7 +8,7 @@
 - :mod:`~appliance.store.redis`: several processes and nodes on Redis Streams
   (imported only when configured: SQLite users do not pay for redis-py).
 
-:func:`open_store` builds the one the config names; nothing else needs to know which.
+:func:`create_store` builds the one the config names; nothing else needs to know which.
 """
 
 from __future__ import annotations

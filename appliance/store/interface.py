@@ -3,7 +3,7 @@ and the operator's view: records kept after delivery or expiry, read back and re
 
 :class:`Store` is written against by the ingress, the hub and the tests
 (tests/appliance/test_store.py runs the same behaviour against every
-implementation). :func:`appliance.store.open_store` picks the configured one.
+implementation). :func:`appliance.store.create_store` picks the configured one.
 """
 
 from __future__ import annotations

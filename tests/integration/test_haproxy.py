@@ -10,9 +10,12 @@ their ``proxy_protocol_from``; the test's clients bind other loopback
 addresses (127.0.0.2, ...), so the address a relay believes can be told from
 HAProxy's and from any other.
 
-Each relay here has its own SQLite store, so a tenant lives on each of them
-and a bridge gets the webhooks of its own relay only; bridges and webhooks on
-different relays need the shared Redis store (test_haproxy_redis.py).
+The first tests' relays each have their own SQLite store, so a tenant lives
+on each of them and a bridge gets the webhooks of its own relay only. Bridges
+and webhooks on different relays need the shared Redis store: the tests at the
+end of this module ("several nodes on one Redis") put two relays on one Redis
+behind the balancer, a bridge on one node gets what HAProxy sent to the other,
+and a node stopped under traffic costs no 200'd webhook.
 """
 
 from __future__ import annotations
