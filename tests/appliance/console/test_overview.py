@@ -166,7 +166,12 @@ async def test_tenant_rows_show_queues_and_the_connected_bridge(relay: Relay) ->
     relay.hub.receive(bridge, json.dumps({"type": "ack", "id": first["id"]}))
     await async_wait_for(lambda: _depth(relay, "bridged", 2), "the ack stored")
 
-    views = {v.id: v for v in tenant_views(relay, local_bridges(relay, "here", 4.0), AckRates(), relay.store.oldest(), 4.0)}
+    views = {
+        v.id: v
+        for v in tenant_views(
+            relay, local_bridges(relay, "here", 4.0), AckRates(), relay.store.oldest(), 4.0
+        )
+    }
     assert set(views) == {"bridged", "waiting"}
     waiting = views["waiting"]
     assert (waiting.depth, waiting.bridge, waiting.removed) == (2, None, False)
