@@ -5,7 +5,8 @@ running relay (writes must go through the relay, so the hub learns of
 replays and purges); the console calls :class:`appliance.webhooks.Webhooks`
 in-process instead. Authentication is the admin app's, for every path
 (appliance/app.py). Every answer is ``Cache-Control: no-store``: a body asked
-for is personal data.
+for is personal data, and each one shown is logged (``api: webhook body shown``,
+as the console logs its own), never the body itself.
 
 - ``GET /api/webhooks?tenant=&state=&limit=`` → ``{"webhooks": [record, ...]}``
 - ``GET /api/webhooks/<id>[?body=1]`` → the record (``"body"`` too if asked)
@@ -20,17 +21,21 @@ Errors: 400 ``bad_request`` (with ``why``), 404 ``unknown_webhook`` (with
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
 from appliance.errors import QueuedWebhooks, QueueFull, UnknownWebhook
 from appliance.ingress import Relay
+from appliance.limits import address_key
 from appliance.tenants import TENANT_ID
 from appliance.webhooks import MAX_LIST, WebhookState
 
 #: Most ids one replay request may name.
 MAX_REPLAY = 1000
+
+log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
@@ -118,6 +123,15 @@ def webhooks_api(relay: Relay) -> Blueprint:
         if request.args.get("body") in ("1", "true"):
             # Stored bodies passed the UTF-8 check at ingress: this is exact.
             obj["body"] = (await relay.webhooks.body(delivery_id)).decode("utf-8")
+            # Who read whose personal data: the id, tenant and address, never the body.
+            log.info(
+                "api: webhook body shown",
+                extra={
+                    "delivery": delivery_id,
+                    "tenant": record.tenant,
+                    "client": address_key(request.remote_addr or ""),
+                },
+            )
         return _answer(obj)
 
     @api.post("/api/webhooks/replay")

@@ -2,7 +2,9 @@
 
 On a running relay they go through its admin JSON API; on a stopped one they
 open its store (appliance/operator.py). Nothing here prints a body unless
-asked (``show --body``), and never a signature, a secret or a token. Exit
+asked (``show --body``), and never a signature, a secret or a token. A body
+read from a stopped relay's store is logged here (``cli: webhook body shown``,
+a JSON line on stderr), as a running relay logs the reads it serves. Exit
 status: 0 done, 1 failed (the relay unreachable, a sample refused), 2 bad
 input (an unknown delivery id, a bad option), with nothing changed.
 """
@@ -12,6 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
+import pwd
 import secrets
 import sys
 import time
@@ -24,6 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from appliance import config as config_module
+from appliance import logs
 from appliance.errors import QueuedWebhooks, QueueFull, TenantError, UnknownWebhook
 from appliance.operator import (
     OperatorError,
@@ -39,6 +45,8 @@ from appliance.tenant_backend import open_directory, open_registry
 from appliance.tenants import validate_id
 from appliance.webhooks import MAX_LIST, WebhookRecord, WebhookState
 from tls.pki import EmbeddedPKI
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -201,6 +209,9 @@ def _show(args: argparse.Namespace) -> int:
         else:
             record, raw = asyncio.run(_local_show(where, args.delivery_id, args.body))
             body = raw.decode("utf-8") if raw is not None else None
+            if body is not None:
+                # No relay saw this read (the running one logs those it serves).
+                _log_body_read(where, record)
         if args.json:
             obj = record.to_json()
             if body is not None:
@@ -225,6 +236,29 @@ async def _local_show(
             return record, (await webhooks.body(delivery_id) if with_body else None)
         except UnknownWebhook as exc:
             raise _unknown(exc.delivery_ids) from exc
+
+
+def _log_body_read(where: Target, record: WebhookRecord) -> None:
+    """Log that this command read ``record``'s body from the store: who (the login, and
+    the sudo caller), which webhook and tenant; never the body."""
+    if not logging.getLogger().handlers:  # a command run on its own; not under a test's
+        logs.configure(where.config.log_level)
+    user: dict[str, Any] = {"user": _login()}
+    if os.environ.get("SUDO_USER"):
+        user["sudo_user"] = os.environ["SUDO_USER"]
+    log.info(
+        "cli: webhook body shown",
+        extra={"delivery": record.id, "tenant": record.tenant, **user},
+    )
+
+
+def _login() -> str:
+    """This process's user name (its uid if the name is unknown)."""
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _replay(args: argparse.Namespace) -> int:

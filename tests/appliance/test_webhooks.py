@@ -8,6 +8,7 @@ processes and sockets.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -285,6 +286,23 @@ async def test_api_shows_a_body_only_when_asked(parts: Parts) -> None:
     asked = await (await client.get(f"/api/webhooks/{stored.id}?body=1")).get_json()
     assert asked["body"].encode() == body
     assert "signature" not in asked
+
+
+async def test_api_logs_each_body_it_shows_without_the_body(
+    parts: Parts, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = await acked(parts.store, webhook_body("private words"))
+    client = parts.app.test_client()
+    with caplog.at_level(logging.INFO, logger="appliance.webhooks_api"):
+        await client.get(f"/api/webhooks/{stored.id}")
+        assert not [r for r in caplog.records if r.getMessage() == "api: webhook body shown"]
+        await client.get(f"/api/webhooks/{stored.id}?body=1")
+    (shown,) = [r for r in caplog.records if r.getMessage() == "api: webhook body shown"]
+    assert shown.__dict__["delivery"] == stored.id
+    assert shown.__dict__["tenant"] == "shop"
+    assert shown.__dict__["client"]  # the address ("<local>" from Quart's test client)
+    assert "private words" not in caplog.text
+    assert "private words" not in repr(shown.__dict__)
 
 
 async def test_api_answers_404_naming_an_unknown_id(parts: Parts) -> None:

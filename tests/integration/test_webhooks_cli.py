@@ -144,6 +144,24 @@ async def test_list_and_show_never_print_a_body_unless_asked(harness: Harness) -
     assert not [s for s in harness.sensitive if s in with_body]
 
 
+async def test_show_body_on_a_running_relay_is_logged_by_the_relay_never_the_body(
+    harness: Harness,
+) -> None:
+    tenant, frames, _ = await delivered_pair(harness)
+    ok(cli(harness.relay, "webhooks", "show", frames[1]["id"]))
+    assert frames[1]["id"] not in [
+        r["delivery"] for r in harness.log_events("api: webhook body shown")
+    ]
+    ok(cli(harness.relay, "webhooks", "show", frames[1]["id"], "--body"))
+    (shown,) = [
+        r for r in harness.log_events("api: webhook body shown") if r["delivery"] == frames[1]["id"]
+    ]
+    assert shown["tenant"] == tenant.id
+    assert shown["client"] == "127.0.0.1"
+    assert "second words" not in json.dumps(shown)
+    assert "second words" not in harness.relay.output()
+
+
 @pytest.mark.parametrize("protocol", [1, 2])
 async def test_a_replay_reaches_the_bridge_byte_identical_with_a_new_id(
     harness: Harness, protocol: int
@@ -323,9 +341,15 @@ def test_every_command_works_on_a_stopped_relay(tmp_path: Path) -> None:
         assert relay.stop() == 0
     records = listed(relay, "--tenant", tenant.id)
     assert [r["state"] for r in records] == ["queued", "delivered"]
-    assert ok(cli(relay, "webhooks", "show", frame["id"], "--body")).endswith(
-        bodies[0].decode() + "\n"
-    )
+    shown = cli(relay, "webhooks", "show", frame["id"], "--body")
+    assert ok(shown).endswith(bodies[0].decode() + "\n")
+    # No relay saw that read: the command logs it itself (stderr), never the body.
+    (logged,) = [json.loads(line) for line in shown.stderr.splitlines()]
+    assert logged["event"] == "cli: webhook body shown"
+    assert (logged["delivery"], logged["tenant"]) == (frame["id"], tenant.id)
+    assert logged["user"]
+    assert "acked before the stop" not in shown.stderr
+    assert cli(relay, "webhooks", "show", frame["id"]).stderr == ""
     assert cli(relay, "webhooks", "show", "d-nope").returncode == 2
     replayed = cli(relay, "webhooks", "replay", frame["id"])
     (pair, note) = ok(replayed).splitlines()
