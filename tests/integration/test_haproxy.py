@@ -43,6 +43,7 @@ from tests.integration.helpers import (
 )
 from tests.support import proxy_headers
 from tests.support.haproxy import HAPROXY, Backend, HAProxy, start_haproxy
+from tests.support.partition import Partition
 from tests.support.redis import RedisServer, add_redis_tenant
 from tests.support.redis import relay_config as redis_config
 from tests.support.tenants import NewTenant, add_tenant
@@ -470,3 +471,57 @@ async def test_a_node_stopped_under_traffic_costs_no_200d_webhook(
     assert len(first_sends) == len(set(first_sends)), "sent twice, not as a redelivery"
     stopped.relay.start()
     wait_for(lambda: set(front.status().values()) == {"UP"}, "the stopped node UP again")
+
+
+async def test_a_node_cut_off_from_redis_is_taken_out_by_its_readyz_and_costs_no_webhook(
+    shared: tuple[tuple[Harness, Harness], HAProxy],
+    pki: tls_pki.DevPKI,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A third node reaching Redis through a link that can fail, behind a balancer of its
+    # own with the first node: the node keeps running and answering, but not ready.
+    nodes, _ = shared
+    link = Partition(redis_server.port).heal()
+    config = relay_config(
+        pki,
+        redis_config(redis_server, redis_lease_ttl=2).replace(
+            f":{redis_server.port}/", f":{link.port}/"
+        ),
+    )
+    tenant = add_redis_tenant(redis_server.url)
+    with running_relay(
+        tmp_path_factory, "cut-off", config=config, admin_token=ADMIN_TOKEN
+    ) as cut_off:
+        cut_off.trust = (pki.root,)
+        for harness in (nodes[0], cut_off):
+            harness.sensitive.update((tenant.secret, tenant.token))
+        front = start_haproxy(
+            tmp_path_factory.mktemp("haproxy-partition"),
+            [backend(nodes[0], "relay1"), backend(cut_off, "relay2")],
+            ADMIN_TOKEN,
+        )
+        try:
+            wait_for(lambda: set(front.status().values()) == {"UP"}, "both relays UP")
+            link.cut()
+            wait_for(lambda: front.status().get("relay2") == "DOWN", "relay2 DOWN", 30)
+            # HAProxy took it out by its health check, not because it stopped answering.
+            readyz = httpx.get(
+                f"{cut_off.relay.admin_url}/readyz",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                timeout=TIMEOUT,
+            )
+            assert readyz.status_code == 503
+            assert "store" in readyz.json()
+            bodies = await post_many(
+                front, pki, nodes[0], tenant, [f"partition-{i:02d}" for i in range(10)]
+            )
+            assert len(bodies) == 10, "a webhook went to the node that is not ready"
+            assert not [
+                line for line in cut_off.log_events("webhook") if line.get("tenant") == tenant.id
+            ]
+            link.heal()
+            wait_for(lambda: set(front.status().values()) == {"UP"}, "relay2 UP again", 30)
+        finally:
+            front.stop()
+            link.cut()
