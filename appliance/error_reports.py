@@ -19,8 +19,8 @@ What a report may carry is decided here, in one pure function,
   body, its signature and the tenant's secret;
 - the value of any key that names a credential (secret, token, signature,
   authorization, password, cookie, DSN, body) replaced by ``[redacted]``;
-- in every string: bridge tokens (``lrb_...``, ``/bridge/{token}`` paths),
-  ``Bearer`` credentials, ``x-line-signature`` values and anything shaped like
+- in every string: bridge tokens (``lrb_...``, ``/bridge/{token}`` paths), the
+  admin token (``lra_...``), ``Bearer`` credentials, ``x-line-signature`` values and anything shaped like
   a signature (44 characters of base64), webhook bodies (JSON with
   ``"events"``), and every channel secret the relay knows (current and
   previous, matched by value: a secret has no shape to recognise).
@@ -48,7 +48,9 @@ _SENSITIVE_KEY = re.compile(
 )
 #: Parts of a request event that are never sent.
 _REQUEST_DROPPED = ("data", "cookies", "query_string", "env")
-_BRIDGE_TOKEN = re.compile(r"lrb_[A-Za-z0-9_-]+")
+#: A bridge token (``lrb_``, appliance.tenants.new_token) or the admin token (``lra_``,
+#: appliance.console.sessions.new_admin_token): the prefix, then URL-safe base64.
+_TOKEN = re.compile(r"lr[ab]_[A-Za-z0-9_-]+")
 #: A base64 SHA-256 digest: what an x-line-signature is, wherever it turns up.
 _SIGNATURE_SHAPE = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9+/=])")
 #: A LINE webhook body (or its repr): JSON with an events array.
@@ -164,7 +166,7 @@ def _clean_text(text: str, secrets: _Known) -> str:
     if _WEBHOOK_BODY.search(text):
         return f"{REDACTED} (a webhook body)"
     text = logs.redact(text)
-    text = _BRIDGE_TOKEN.sub(REDACTED, text)
+    text = _TOKEN.sub(REDACTED, text)
     text = _SIGNATURE_SHAPE.sub(REDACTED, text)
     if secrets.words:
         text = _SECRET_CANDIDATE.sub(

@@ -19,6 +19,7 @@ from typing import Any
 from sentry_sdk.consts import DEFAULT_OPTIONS
 from sentry_sdk.utils import event_from_exception
 
+from appliance.console.sessions import new_admin_token
 from appliance.error_reports import REDACTED, before_send, scrub
 from appliance.signature import sign
 from appliance.tenants import new_token
@@ -209,3 +210,15 @@ def test_a_bare_signature_is_recognised_by_its_shape() -> None:
     value = scrub(event)["exception"]["values"][0]["value"]
     assert value.startswith(f"claimed {REDACTED}, computed ")
     assert SIGNATURE not in value
+
+
+def test_admin_and_bridge_tokens_in_free_text_are_redacted() -> None:
+    admin, bridge = new_admin_token(), new_token()
+    event = exception_event()
+    event["exception"]["values"][0]["value"] = f"login with {admin} failed; bridge {bridge}"
+    event["breadcrumbs"] = {"values": [{"message": f"admin token set: {admin}.", "data": {}}]}
+    cleaned = scrub(event)
+    value = cleaned["exception"]["values"][0]["value"]
+    assert value == f"login with {REDACTED} failed; bridge {REDACTED}"
+    assert cleaned["breadcrumbs"]["values"][0]["message"] == f"admin token set: {REDACTED}."
+    assert admin not in json.dumps(cleaned, default=str)
