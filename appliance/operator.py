@@ -10,6 +10,11 @@ would. The admin address comes from the config as for ``serve``
 asks for a token (it is not on loopback), it is read from
 ``$LINERELAY_ADMIN_TOKEN`` or ``--admin-token-file`` and sent as
 ``Authorization: Bearer``; it is never printed.
+
+A stopped relay that never started has no SQLite store file yet. Opening it
+would create it, owned by whoever ran the command (root, under sudo), so
+:func:`local_webhooks` refuses (:class:`NoStore`) and the read-only commands
+answer as an empty store without opening it (:func:`has_store`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ class OperatorError(Exception):
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
+
+
+class NoStore(OperatorError):
+    """The stopped relay has no store file yet (the relay creates it when it first starts)."""
 
 
 def add_relay_options(parser: argparse.ArgumentParser) -> None:
@@ -197,9 +206,20 @@ def target(args: argparse.Namespace) -> Target:
     return Target(config, state, client)
 
 
+def has_store(target: Target) -> bool:
+    """Whether the stopped relay's store exists: always for Redis (a server, not a file),
+    for SQLite once the relay (or a write command) created the file."""
+    return target.config.store == "redis" or target.state.store.exists()
+
+
 @contextlib.asynccontextmanager
 async def local_webhooks(target: Target) -> AsyncIterator[Webhooks]:
-    """The stopped relay's store, opened for the command and closed after it."""
+    """The stopped relay's store, opened for the command and closed after it;
+    :class:`NoStore` rather than create a store file that does not exist."""
+    if not has_store(target):
+        raise NoStore(
+            f"no store {target.state.store} yet: the relay creates it when it first starts"
+        )
     store = create_store(target.config, target.state)
     try:
         await store.open()

@@ -36,6 +36,7 @@ from appliance.operator import (
     Target,
     add_relay_options,
     existing_state,
+    has_store,
     local_webhooks,
     relay_config,
     target,
@@ -175,8 +176,10 @@ def _list(args: argparse.Namespace) -> int:
             if answer.status != 200:
                 raise _unexpected(answer.status, answer.body)
             records = [WebhookRecord.from_json(obj) for obj in answer.body["webhooks"]]
-        else:
+        elif has_store(where):
             records = asyncio.run(_local_list(where, args.tenant, state, args.limit))
+        else:
+            records = []  # a relay that never started has stored none (and no file)
         if args.json:
             print(json.dumps({"webhooks": [r.to_json() for r in records]}))
         else:
@@ -207,6 +210,8 @@ def _show(args: argparse.Namespace) -> int:
             record = WebhookRecord.from_json(answer.body)
             body = answer.body.get("body") if args.body else None
         else:
+            if not has_store(where):
+                raise _unknown([args.delivery_id])
             record, raw = asyncio.run(_local_show(where, args.delivery_id, args.body))
             body = raw.decode("utf-8") if raw is not None else None
             if body is not None:
@@ -275,6 +280,8 @@ def _replay(args: argparse.Namespace) -> int:
                 raise _unexpected(answer.status, answer.body)
             pairs = [(p["id"], p["replay_id"]) for p in answer.body["replayed"]]
         else:
+            if not has_store(where):
+                raise _unknown(ids, True)
             pairs = list(zip(ids, asyncio.run(_local_replay(where, ids)), strict=True))
         if args.json:
             print(json.dumps({"replayed": [{"id": old, "replay_id": new} for old, new in pairs]}))
@@ -334,8 +341,10 @@ def _purge(args: argparse.Namespace) -> int:
             if answer.status != 200:
                 raise _unexpected(answer.status, answer.body)
             erased = int(answer.body["queued_erased"])
-        else:
+        elif has_store(where):
             erased = asyncio.run(_local_purge(where, args.tenant, args.include_queued))
+        else:
+            erased = 0  # no store: nothing was ever stored to erase
         print(
             f"purged {args.tenant}: every stored webhook erased"
             + (f", {erased} of them still queued" if erased else "")
@@ -353,6 +362,8 @@ def _queued(where: Target, tenant: str) -> int:
         if answer.status != 200:
             raise _unexpected(answer.status, answer.body)
         return len(answer.body["webhooks"])
+    if not has_store(where):
+        return 0
 
     async def count() -> int:
         async with local_webhooks(where) as webhooks:

@@ -7,6 +7,7 @@ sent; the commands against a real relay are tests/integration/test_webhooks_cli.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import threading
@@ -18,12 +19,17 @@ from typing import Any
 import pytest
 
 from appliance.cli import build_parser, main
+from appliance.config import RelayConfig
 from appliance.operator import (
     ADMIN_TOKEN_ENV,
     AdminClient,
+    NoStore,
     OperatorError,
+    Target,
     admin_base_url,
     admin_token,
+    has_store,
+    local_webhooks,
     relay_running,
 )
 from appliance.state import StateDir
@@ -196,3 +202,32 @@ def test_the_sample_is_a_line_text_message_webhook() -> None:
     assert event["deliveryContext"] == {"isRedelivery": False}
     assert event["replyToken"]
     assert sample_body("x", "U1", 1)[1] != event_id
+
+
+def test_read_only_commands_on_a_relay_that_never_started_create_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A state dir before the relay's first start (made by `tenant add`, or by hand).
+    state = StateDir(tmp_path / "state").create()
+    where = ["--state-dir", str(state.path)]
+    assert main(["webhooks", "list", "--json", *where]) == 0
+    assert json.loads(capsys.readouterr().out) == {"webhooks": []}
+    assert main(["webhooks", "list", "--tenant", "shop", *where]) == 0
+    for argv in (["show", "d-1"], ["show", "d-1", "--body"], ["replay", "d-1"]):
+        assert main(["webhooks", *argv, *where]) == 2
+        assert "no webhook d-1" in capsys.readouterr().err
+    assert list(state.path.iterdir()) == []
+
+
+def test_a_stopped_relays_missing_store_is_refused_not_created(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state").create()
+    target = Target(RelayConfig(state_dir=state.path), state, None)
+    assert not has_store(target)
+
+    async def open_it() -> None:
+        async with local_webhooks(target):
+            pass
+
+    with pytest.raises(NoStore, match="first starts"):
+        asyncio.run(open_it())
+    assert not state.store.exists()
