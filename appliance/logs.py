@@ -5,7 +5,8 @@ Every process of the product (relay, bridge, tools) logs through
 formatter writes them as JSON keys. Two defences keep secrets out of logs:
 callers never pass secrets in the first place, and :func:`redact` scrubs the
 shapes a secret can take in free text (bridge tokens in ``/bridge/{token}``
-paths, ``Bearer`` credentials, ``x-line-signature`` values).
+paths, ``Bearer`` credentials, ``x-line-signature`` values, and a bridge or
+admin token anywhere by its ``lrb_``/``lra_`` shape).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any, TextIO
 _BRIDGE_PATH = re.compile(r"(/bridge/)[^/?\s\"']+")
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
 _SIGNATURE = re.compile(r"(?i)(x-line-signature[\"']?\s*[:=,]\s*[\"']?)[A-Za-z0-9+/=]+")
+#: A bridge (``lrb_``) or admin (``lra_``) token in free text: the prefix, then URL-safe
+#: base64 (appliance.tenants.new_token, appliance.console.sessions.new_admin_token).
+_TOKEN = re.compile(r"(?<![A-Za-z0-9_-])lr[ab]_[A-Za-z0-9_-]{16,}")
 REDACTED = "[redacted]"
 #: Fields every line of this process carries (:func:`tag`).
 _TAGS: dict[str, Any] = {}
@@ -39,9 +43,11 @@ def tag(**fields: Any) -> None:
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with bridge tokens, Bearer credentials and signatures removed."""
+    """Return ``text`` with bridge and admin tokens, Bearer credentials and signatures
+    removed."""
     text = _BRIDGE_PATH.sub(rf"\1{REDACTED}", text)
     text = _BEARER.sub(rf"\1{REDACTED}", text)
+    text = _TOKEN.sub(REDACTED, text)
     return _SIGNATURE.sub(rf"\1{REDACTED}", text)
 
 

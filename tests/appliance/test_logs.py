@@ -20,10 +20,21 @@ def test_redact_removes_path_tokens_bearer_and_signatures() -> None:
     assert out.count(logs.REDACTED) == 4
 
 
+def test_redact_removes_bridge_and_admin_tokens_anywhere_in_free_text() -> None:
+    bridge = "lrb_" + "k" * 43
+    admin = "lra_Zm9vYmFyLWJhei1xdXV4LXRva2VuLXZhbHVlLTEyMzQ"
+    out = logs.redact(f"token {bridge} refused; admin={admin}.")
+    assert bridge not in out
+    assert admin not in out
+    assert out == f"token {logs.REDACTED} refused; admin={logs.REDACTED}."
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     assert logs.redact("POST /webhook/shop-1 200 bridge connected") == (
         "POST /webhook/shop-1 200 bridge connected"
     )
+    # Names that merely start like a token are not one.
+    assert logs.redact("tenant lrb_shop and key lra_x") == "tenant lrb_shop and key lra_x"
 
 
 def test_records_are_json_lines_with_extra_fields_redacted() -> None:
