@@ -12,9 +12,10 @@ The first starts Locust (one process, or a master and ``--generators N``
 worker processes) on :mod:`loadtest.locustfile`, against one target or
 several (``--target`` repeated, spread as :mod:`loadtest.routing` says),
 waits for the run and its drain, scrapes the relays' ``/metrics`` before and
-after when ``--admin-url`` is given, writes ``verdict.json`` next to
-Locust's HTML and CSV reports and adds the verdict and the harness's own
-chart to the HTML report (:mod:`loadtest.report`).
+after when ``--admin-url`` is given, writes ``verdict.json`` and
+``summary.json`` next to Locust's HTML and CSV reports (Locust's hold the
+webhooks alone) and adds the verdict, the harness's own charts and the
+bridges' side to the HTML report (:mod:`loadtest.report`).
 Exit status: 0 the verdict passes, 1 it does not, 2 bad input or no run.
 """
 
@@ -563,6 +564,7 @@ def run(args: argparse.Namespace) -> int:
     verdict = judge(tally, slo, with_bridges=config.with_bridges)
     after = [metrics.scrape(url) for url in admin_urls]
     nodes = report.node_rows(config.targets, config.bridge_targets, tally.by_target)
+    bridges = report.BridgeSide.from_tally(tally) if config.with_bridges else None
     summary: dict[str, Any] = {
         "profile": config.profile,
         "rate_target": config.rate,
@@ -574,6 +576,8 @@ def run(args: argparse.Namespace) -> int:
         "e2e_p50_ms": tally.e2e.percentile(50),
         "deliveries": tally.deliveries,
         "bad_deliveries": tally.bad_deliveries,
+        # The bot's side in full (Locust's statistics hold the webhooks alone).
+        "bridges": bridges.to_json() if bridges is not None else None,
         "lost_sample": sorted(tally.waiting)[:100] if config.with_bridges else [],
         "targets": [{k: v for k, v in asdict(n).items() if v is not None} for n in nodes],
         "relay_metrics": _relay_metrics(admin_urls, before, after),
@@ -590,6 +594,7 @@ def run(args: argparse.Namespace) -> int:
         report.Series.from_timeline(tally.timeline),
         nodes,
         _facts(config, args, summary, verdict),
+        bridges,
     )
     try:
         report.add_to(html, section)

@@ -14,13 +14,18 @@ command to judge. Targets for each webhook and bridge come from
   constant per-user throughput, over keep-alive connections (one per
   target) with a share of requests closing theirs, as LINE's client does.
 - :class:`BridgeUser` holds one bridge WebSocket per tenant, acks every
-  delivery and reports its end-to-end latency as a Locust request event;
-  with ``--gateway`` it then answers through the simulated Messaging API. It
+  delivery and counts it, with its end-to-end latency, into the tally; with
+  ``--gateway`` it then answers through the simulated Messaging API. It
   speaks what ``linerelay bridge`` speaks (bridge/wire.py): protocol 2, one
   ack per batch, unless the relay selects protocol 1 or ``--bridge-protocol
   1`` asks for it.
 - :class:`SteadyShape`, :class:`SpikeShape`, :class:`SoakShape`: the run's
   profile over time, then a drain period with only the bridges left.
+
+Only the webhooks reach Locust's statistics (its request event): the
+bridges' deliveries, connections and gateway calls are counted in the tally
+alone, so that every Locust table and chart, in the report and the live web
+UI, is about the webhooks LINE's platform posts (a 40/s run shows 40/s).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import gevent.ssl
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, events, task
 from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
+from locust.event import EventHook
 from locust.runners import MasterRunner, WorkerRunner
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
@@ -61,7 +67,7 @@ from loadtest.events import (
 )
 from loadtest.pacing import Pace, drain_done, users_at
 from loadtest.routing import Routing, bridge_url, webhook_url
-from loadtest.tally import TALLY_FILE, Tally
+from loadtest.tally import BAD_FRAME, CHURN, CONNECT, TALLY_FILE, Tally
 
 CONFIG = RunConfig.from_env()
 PACE = Pace(CONFIG.rate, CONFIG.users, CONFIG.per_user_rate)
@@ -87,6 +93,9 @@ GATEWAY_CONCURRENCY = 50
 GATEWAY_HEADERS = {"Authorization": "Bearer loadtest-channel-token"}
 #: How long a bridge waits before reconnecting after a drop (a real bridge backs off too).
 RECONNECT_PAUSE = 0.5
+
+#: The gateway sessions' request event: Locust's own would put the calls in its statistics.
+GATEWAY_CALLS = EventHook()  # type: ignore[no-untyped-call]
 
 _rng = random.Random()  # noqa: S311 - traffic generation, not security
 _factory = WebhookFactory(Templates.load(), CONFIG.mix, _rng)
@@ -181,7 +190,7 @@ class BridgeUser(User):
         self._api = (
             FastHttpSession(
                 CONFIG.gateway,
-                self.environment.events.request,
+                GATEWAY_CALLS,
                 self,
                 insecure=False,
                 ssl_context_factory=_ssl_context,
@@ -212,7 +221,6 @@ class BridgeUser(User):
         url = bridge_url(CONFIG.bridge_targets[target])
         context = _ssl_context() if url.startswith("wss:") else None
         while self._running:
-            started = time.perf_counter()
             pause = RECONNECT_PAUSE
             try:
                 with connect(
@@ -224,12 +232,12 @@ class BridgeUser(User):
                     max_size=2**25,
                     subprotocols=offer(CONFIG.bridge_protocol),
                 ) as ws:
-                    self._event("connect", "WSS", started, 0, None)
+                    TALLY.bridge_event(CONNECT)
                     self._sockets[tenant.tenant] = ws
                     self._receive(tenant, target, ws, negotiated(ws.subprotocol))
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 if self._running:
-                    self._event("connection", "WSS", started, 0, exc)
+                    TALLY.connection_failed(_reason(exc))
                 if isinstance(exc, InvalidStatus) and exc.response.status_code == 429:
                     # Reconnecting too often for the relay (PROTOCOL.md §2): as a real bridge does.
                     wait = exc.response.headers.get("Retry-After", "")
@@ -245,11 +253,9 @@ class BridgeUser(User):
             else None
         )
         secret = tenant.channel_secret.encode()
-        opened = time.perf_counter()
         while True:
             if churn_at is not None and time.monotonic() >= churn_at:
-                # Reported with the connection's lifetime as its "response time".
-                self._event("churn", "WSS", opened, 0, None)
+                TALLY.bridge_event(CHURN)
                 return
             try:
                 text = ws.recv(timeout=1.0)
@@ -257,8 +263,8 @@ class BridgeUser(User):
                 continue
             try:
                 frame = protocol.decode(text)
-            except protocol.FrameError as exc:
-                self._event("bad frame", "WSS", time.perf_counter(), len(text), exc)
+            except protocol.FrameError:
+                TALLY.bridge_event(BAD_FRAME)
                 continue
             hooks = delivered(frame)
             if hooks:
@@ -269,16 +275,14 @@ class BridgeUser(User):
                     for hook in ours:
                         self._answers.spawn(self._answer, hook.body)
             elif isinstance(frame, protocol.Hello) and frame.tenant != tenant.tenant:
-                wrong = ValueError(
-                    f"hello for tenant {frame.tenant!r} on {tenant.tenant!r}'s token"
-                )
-                self._event("bad frame", "WSS", time.perf_counter(), len(text), wrong)
+                # A hello for another tenant on this tenant's token.
+                TALLY.bridge_event(BAD_FRAME)
 
     def _answer(self, body: str) -> None:
-        """Call the gateway as a bridge would for ``body`` (Locust counts each call)."""
+        """Call the gateway as a bridge would for ``body`` (the tally counts each call)."""
         assert self._api is not None
         for path, payload in gateway_calls(body):
-            name = "gateway reply" if path.endswith("/reply") else "gateway loading"
+            name = "reply" if path.endswith("/reply") else "loading"
             self._api.post(path, json=payload, headers=GATEWAY_HEADERS, name=name)
 
     def _deliver(self, frame: protocol.Webhook, secret: bytes, target: int) -> bool:
@@ -289,29 +293,21 @@ class BridgeUser(User):
         now = time.time()
         e2e = now * 1000 - sent_ms if sent_ms is not None else None
         TALLY.delivered_one(marker, e2e, redelivery=frame.attempt > 1, target=target, at=now)
-        name = "e2e delivery" if frame.attempt == 1 else "e2e redelivery"
-        error = None if marker else ValueError("delivered body is not ours or fails its signature")
-        self.environment.events.request.fire(
-            request_type="BRIDGE",
-            name=name,
-            response_time=max(0.0, e2e or 0.0),
-            response_length=len(body),
-            exception=error,
-            context={},
-        )
         return marker is not None
 
-    def _event(
-        self, name: str, kind: str, started: float, size: int, exc: Exception | None
-    ) -> None:
-        self.environment.events.request.fire(
-            request_type=kind,
-            name=name,
-            response_time=(time.perf_counter() - started) * 1000,
-            response_length=size,
-            exception=exc,
-            context={},
-        )
+
+def _reason(exc: Exception) -> str:
+    """Why a bridge connection failed or broke, as the tally counts it."""
+    if isinstance(exc, InvalidStatus):
+        # The relay's refusal says more by its status (401 token, 429 too many attempts).
+        return f"{type(exc).__name__} {exc.response.status_code}"
+    return type(exc).__name__
+
+
+def _on_gateway_call(
+    name: str, response_time: float, exception: BaseException | None, **_: Any
+) -> None:
+    TALLY.gateway_call(name, response_time, ok=exception is None)
 
 
 class _ProfileShape(LoadTestShape):
@@ -379,7 +375,7 @@ def _flush(environment: Environment) -> None:
         delta = TALLY.take()
         if environment.runner is None:
             return
-        if delta.requests or delta.deliveries:
+        if delta.counted:
             environment.runner.send_message(TALLY_MESSAGE, {"tally": delta.to_wire()})
 
 
@@ -436,6 +432,7 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     tmp.replace(report)
 
 
-# Locust's event hooks carry no type hints, so mypy --strict cannot check these two calls.
+# Locust's event hooks carry no type hints, so mypy --strict cannot check these calls.
 events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
 events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]
+GATEWAY_CALLS.add_listener(_on_gateway_call)  # type: ignore[no-untyped-call]

@@ -1,16 +1,18 @@
-"""The harness's own part of Locust's HTML report: the SLO verdict, and webhooks apart from deliveries.
+"""The harness's own part of Locust's HTML report: the SLO verdict, the bot's side, the targets.
 
-Locust 2.x builds its report from fixed parts. Its requests-per-second chart
-plots the total of every request event it was told of, and the simulated
-bridges tell it of every delivery (so that its tables show end-to-end
-latencies), as of bridge connections and gateway calls: a run posting 40
-webhooks a second shows 80 there. Locust has no hook for content of one's
-own in that file, so once the run is judged the command adds a section at
-the top of it (:func:`amend`): the verdict objective by objective with the
-figures, a chart of webhooks posted and not accepted, and of deliveries and
-redeliveries to bridges, per second (from the tally, exact across generator
-processes), the counts per target, and all of it as JSON in
-``<script type="application/json" id="linerelay-report">`` for tools.
+Locust's statistics hold the webhooks alone (LINE's side of a run), so its
+tables and charts, in the report as in the live web UI, are about webhooks:
+its "Total Requests per Second" is the webhook rate. Everything on the bot's
+side (deliveries and their end-to-end times, the simulated bridges'
+connections, their Messaging API calls) is counted by the harness's tally,
+exact across generator processes. Locust 2.x builds its report from fixed
+parts with no hook for content of one's own, so once the run is judged the
+command adds a section at the top of it (:func:`amend`): the verdict
+objective by objective with the figures, a chart of webhooks posted and not
+accepted and one of deliveries and redeliveries to bridges, per second, the
+bridges' table (:class:`BridgeSide`), the counts per target, and all of it
+as JSON in ``<script type="application/json" id="linerelay-report">`` for
+tools.
 
 Building the section is pure; :func:`add_to` is the only I/O.
 """
@@ -25,7 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.chart import Line, line_chart
-from loadtest.tally import ACCEPTED, DELIVERED, FAILED, POSTED, REDELIVERED, Buckets
+from loadtest.tally import (
+    ACCEPTED,
+    BAD_FRAME,
+    CHURN,
+    CONNECT,
+    DELIVERED,
+    FAILED,
+    POSTED,
+    REDELIVERED,
+    Buckets,
+    Histogram,
+    Tally,
+)
 from loadtest.verdict import Verdict
 
 SECTION_ID = "linerelay-verdict"
@@ -116,6 +130,114 @@ def node_rows(
     return webhook_rows + bridge_rows
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayRow:
+    """The simulated bridges' Messaging API calls of one name (``reply``, ``loading``)."""
+
+    name: str
+    calls: int
+    failures: int
+    p50_ms: int | None
+    p99_ms: int | None
+    max_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSide:
+    """The bot's side of a run, as the tally counted it: what Locust's statistics leave out.
+
+    ``deliveries`` is every delivery the simulated bridges received, of which
+    ``redeliveries`` came with ``attempt > 1`` and ``bad_deliveries`` were not
+    the run's webhooks or failed their signature. ``e2e_ms`` holds the
+    end-to-end percentiles (``p50``, ``p95``, ``p99``, ``max``) of each
+    webhook's first delivery. ``connection_failures`` counts connections that
+    failed to open or broke, by reason.
+    """
+
+    deliveries: int
+    redeliveries: int
+    bad_deliveries: int
+    e2e_ms: dict[str, int | None]
+    connects: int
+    connection_failures: dict[str, int]
+    churns: int
+    bad_frames: int
+    gateway: tuple[GatewayRow, ...]
+
+    @classmethod
+    def from_tally(cls, tally: Tally) -> BridgeSide:
+        """The bot's side of ``tally``."""
+        return cls(
+            deliveries=tally.deliveries,
+            redeliveries=tally.redeliveries,
+            bad_deliveries=tally.bad_deliveries,
+            e2e_ms=_percentiles(tally.e2e),
+            connects=tally.bridge_events[CONNECT],
+            connection_failures=dict(sorted(tally.connection_failures.items())),
+            churns=tally.bridge_events[CHURN],
+            bad_frames=tally.bridge_events[BAD_FRAME],
+            gateway=tuple(
+                GatewayRow(
+                    name,
+                    times.total,
+                    tally.gateway_failures[name],
+                    times.percentile(50),
+                    times.percentile(99),
+                    times.percentile(100),
+                )
+                for name, times in sorted(tally.gateway.items())
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (``summary.json``'s ``bridges``; the gateway's calls by name)."""
+        data = asdict(self)
+        data["gateway"] = {
+            g.name: {k: v for k, v in asdict(g).items() if k != "name"} for g in self.gateway
+        }
+        return data
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The report's table as (what, figure): only the rows that apply to this run.
+
+        Churns show only when bridges churned, connection failures by reason
+        only when some failed, and gateway calls only those made.
+        """
+        e2e = " / ".join("n/a" if v is None else str(v) for v in self.e2e_ms.values())
+        rows = [
+            ("deliveries received", str(self.deliveries)),
+            ("of which redeliveries (attempt > 1)", str(self.redeliveries)),
+            ("of which bad (not ours, or a bad signature)", str(self.bad_deliveries)),
+            ("end-to-end p50 / p95 / p99 / max", f"{e2e} ms"),
+            ("bridge connections opened", str(self.connects)),
+            ("bridge connections failed or broken", str(sum(self.connection_failures.values()))),
+        ]
+        rows += [
+            (f"failed or broken: {reason}", str(n))
+            for reason, n in self.connection_failures.items()
+        ]
+        if self.churns:
+            rows.append(("bridge churns (dropped on purpose)", str(self.churns)))
+        rows.append(("bad frames", str(self.bad_frames)))
+        rows += [
+            (
+                f"gateway {g.name} calls",
+                f"{g.calls}, {g.failures} failed, p99 {'n/a' if g.p99_ms is None else g.p99_ms} ms",
+            )
+            for g in self.gateway
+        ]
+        return rows
+
+
+def _percentiles(times: Histogram) -> dict[str, int | None]:
+    return {
+        "p50": times.percentile(50),
+        "p95": times.percentile(95),
+        "p99": times.percentile(99),
+        "max": times.percentile(100),
+    }
+
+
 def _cell(value: object) -> str:
     return f"<td>{escape('' if value is None else str(value))}</td>"
 
@@ -128,9 +250,16 @@ def _script_json(data: dict[str, Any]) -> str:
 
 
 def section(
-    verdict: Verdict, series: Series, nodes: list[NodeRow], facts: list[tuple[str, str]]
+    verdict: Verdict,
+    series: Series,
+    nodes: list[NodeRow],
+    facts: list[tuple[str, str]],
+    bridges: BridgeSide | None = None,
 ) -> str:
-    """The HTML section: verdict per objective, the per-second chart, nodes, embedded JSON."""
+    """The HTML section: verdict per objective, the per-second charts, the bridges, nodes, JSON.
+
+    ``bridges`` is None when the run had no simulated bridges.
+    """
     word = "PASS" if verdict.passed else "FAIL"
     checks = "".join(
         f'<tr data-objective="{escape(c.objective)}" data-pass="{str(c.passed).lower()}">'
@@ -155,10 +284,20 @@ def section(
         f"<tr>{_cell(n.target)}{_cell(n.posted)}{_cell(n.accepted)}{_cell(n.deliveries)}</tr>"
         for n in nodes
     )
+    if bridges is None:
+        bridge_part = (
+            "<p>No simulated bridges in this run: nothing on the bot's side was counted.</p>"
+        )
+    else:
+        bridge_rows = "".join(
+            f"<tr><th>{escape(what)}</th>{_cell(figure)}</tr>" for what, figure in bridges.rows()
+        )
+        bridge_part = f'<table id="linerelay-bridges"><tbody>{bridge_rows}</tbody></table>'
     data = {
         "verdict": verdict.to_json(),
         "checks": [c.to_json() for c in verdict.checks],
         "series": {"start": series.start, "step_s": 1, **series.counts},
+        "bridges": bridges.to_json() if bridges is not None else None,
         "nodes": [asdict(n) for n in nodes],
         "facts": dict(facts),
     }
@@ -173,10 +312,11 @@ def section(
         f"{charts}"
         "<p>Counted by the harness, across every generator process: webhooks by the second "
         "they were posted, deliveries by the second a simulated bridge received them. "
-        "Locust's own "
-        "&ldquo;Total Requests per Second&rdquo; chart further down adds up every event "
-        "it counts (webhooks, deliveries, bridge connections, gateway calls), so it shows "
-        "more than the webhook rate.</p>"
+        "Locust's own tables and charts further down (&ldquo;Total Requests per "
+        "Second&rdquo;, response times, failures) count the webhooks alone, as LINE's "
+        "platform posts them; the bot's side is the harness's, in the next table.</p>"
+        "<h2>Bridges (the bot's side)</h2>"
+        f"{bridge_part}"
         "<h2>Targets</h2>"
         '<table id="linerelay-nodes"><thead><tr><th>target</th><th>webhooks posted</th>'
         "<th>accepted (200)</th><th>deliveries to bridges</th></tr></thead>"

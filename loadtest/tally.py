@@ -9,10 +9,17 @@ one-second budget, small enough to ship every second. What happened when,
 and on which node, goes into :class:`Buckets`: the per-second series the
 report charts (webhooks posted apart from deliveries to bridges) and the
 counts per target.
+
+The bot's side of a run is counted here alone: deliveries and their
+end-to-end times, the simulated bridges' connections (opened, failed or
+dropped, churned, bad frames) and their calls to the simulated Messaging
+API. Locust's own statistics hold the webhooks LINE's platform posts and
+nothing else, so every table and chart of Locust's is about webhooks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +36,11 @@ REDELIVERED = "redelivered"  # deliveries the relay sent again (attempt > 1)
 SERIES = (POSTED, FAILED, DELIVERED, REDELIVERED)
 #: Counts of :attr:`Tally.by_target`, by a target's index in the run's target lists.
 ACCEPTED = "accepted"
+#: Kinds of :attr:`Tally.bridge_events`.
+CONNECT = "connect"  # a bridge connection was opened (the upgrade succeeded)
+CHURN = "churn"  # a bridge dropped its connection on purpose (``--churn``), to reconnect
+BAD_FRAME = "bad frame"  # a frame that is not the protocol's, or a hello naming another tenant
+BRIDGE_EVENTS = (CONNECT, CHURN, BAD_FRAME)
 
 
 @dataclass(slots=True)
@@ -141,6 +153,16 @@ class Tally:
     unmatched: set[str] = field(default_factory=set)
     deliveries: int = 0
     bad_deliveries: int = 0
+    #: Of :attr:`deliveries`, those the relay marked ``attempt > 1``.
+    redeliveries: int = 0
+    #: :data:`BRIDGE_EVENTS` by kind.
+    bridge_events: Counter[str] = field(default_factory=Counter)
+    #: Bridge connections that failed to open or broke, by reason (the exception's type).
+    connection_failures: Counter[str] = field(default_factory=Counter)
+    #: Simulated bridges' Messaging API calls: their times by call name (``reply``, ...).
+    gateway: dict[str, Histogram] = field(default_factory=dict)
+    #: Of those, the ones that failed (no answer, or not 2xx), by call name.
+    gateway_failures: Counter[str] = field(default_factory=Counter)
     #: :data:`SERIES` by Unix second.
     timeline: Buckets = field(default_factory=Buckets)
     #: Webhooks posted and accepted by the target they went to, deliveries by
@@ -203,6 +225,8 @@ class Tally:
         charted).
         """
         self.deliveries += 1
+        if redelivery:
+            self.redeliveries += 1
         self.by_target.add(DELIVERED, target)
         if at is not None:
             self.timeline.add(REDELIVERED if redelivery else DELIVERED, int(at))
@@ -212,6 +236,31 @@ class Tally:
         if e2e_ms is not None and marker not in self.unmatched:
             self.e2e.add(e2e_ms)
         self._deliver(marker)
+
+    def bridge_event(self, kind: str) -> None:
+        """Record one of :data:`BRIDGE_EVENTS` on a simulated bridge's connection."""
+        self.bridge_events[kind] += 1
+
+    def connection_failed(self, reason: str) -> None:
+        """Record a bridge connection that could not open or broke, for ``reason``."""
+        self.connection_failures[reason] += 1
+
+    def gateway_call(self, name: str, ms: float, *, ok: bool) -> None:
+        """Record one Messaging API call a simulated bridge made, its time and whether it worked."""
+        self.gateway.setdefault(name, Histogram()).add(ms)
+        if not ok:
+            self.gateway_failures[name] += 1
+
+    @property
+    def counted(self) -> bool:
+        """Whether anything at all was counted (a worker sends no empty deltas)."""
+        return bool(
+            self.requests
+            or self.deliveries
+            or self.bridge_events
+            or self.connection_failures
+            or self.gateway
+        )
 
     def _accept(self, marker: str) -> None:
         if marker in self.unmatched:
@@ -238,6 +287,12 @@ class Tally:
         self.matched += other.matched
         self.deliveries += other.deliveries
         self.bad_deliveries += other.bad_deliveries
+        self.redeliveries += other.redeliveries
+        self.bridge_events.update(other.bridge_events)
+        self.connection_failures.update(other.connection_failures)
+        for name, times in other.gateway.items():
+            self.gateway.setdefault(name, Histogram()).merge(times)
+        self.gateway_failures.update(other.gateway_failures)
         self.timeline.merge(other.timeline)
         self.by_target.merge(other.by_target)
         for marker in other.waiting:
@@ -247,30 +302,11 @@ class Tally:
 
     def take(self) -> Tally:
         """Return everything counted so far and start again from zero (a worker's delta)."""
-        delta = Tally(
-            self.requests,
-            self.errors,
-            self.statuses,
-            self.ack,
-            self.e2e,
-            self.accepted,
-            self.matched,
-            self.waiting,
-            self.unmatched,
-            self.deliveries,
-            self.bad_deliveries,
-            self.timeline,
-            self.by_target,
-        )
-        self.requests = self.errors = self.accepted = self.matched = 0
-        self.deliveries = self.bad_deliveries = 0
-        self.statuses = Counter()
-        self.ack = Histogram()
-        self.e2e = Histogram()
-        self.waiting = set()
-        self.unmatched = set()
-        self.timeline = Buckets()
-        self.by_target = Buckets()
+        delta = dataclasses.replace(self)
+        # Every field back to its default, so no count a new field adds can be forgotten here.
+        fresh = Tally()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
         return delta
 
     @property
@@ -292,6 +328,11 @@ class Tally:
             "unmatched": sorted(self.unmatched),
             "deliveries": self.deliveries,
             "bad_deliveries": self.bad_deliveries,
+            "redeliveries": self.redeliveries,
+            "bridge_events": dict(self.bridge_events),
+            "connection_failures": dict(self.connection_failures),
+            "gateway": {name: times.to_wire() for name, times in self.gateway.items()},
+            "gateway_failures": dict(self.gateway_failures),
             "timeline": self.timeline.to_wire(),
             "by_target": self.by_target.to_wire(),
         }
@@ -302,7 +343,7 @@ class Tally:
         return cls(
             requests=int(data["requests"]),
             errors=int(data["errors"]),
-            statuses=Counter({str(k): int(v) for k, v in data["statuses"].items()}),
+            statuses=_counter(data["statuses"]),
             ack=Histogram.from_wire(data["ack"]),
             e2e=Histogram.from_wire(data["e2e"]),
             accepted=int(data["accepted"]),
@@ -311,6 +352,15 @@ class Tally:
             unmatched=set(data["unmatched"]),
             deliveries=int(data["deliveries"]),
             bad_deliveries=int(data["bad_deliveries"]),
+            redeliveries=int(data["redeliveries"]),
+            bridge_events=_counter(data["bridge_events"]),
+            connection_failures=_counter(data["connection_failures"]),
+            gateway={str(k): Histogram.from_wire(v) for k, v in data["gateway"].items()},
+            gateway_failures=_counter(data["gateway_failures"]),
             timeline=Buckets.from_wire(data["timeline"]),
             by_target=Buckets.from_wire(data["by_target"]),
         )
+
+
+def _counter(data: dict[str, int]) -> Counter[str]:
+    return Counter({str(k): int(v) for k, v in data.items()})

@@ -45,10 +45,10 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
     assert verdict["over_budget"] == 0
     assert verdict["e2e_p99_ms"] is not None
     assert (report / "report.html").stat().st_size > 0
-    rows = stats_rows(report)
-    assert arrivals(rows) >= verdict["accepted"]
-    assert int(rows["Aggregated"]["Request Count"]) > 0
     summary = json.loads((report / "summary.json").read_text())
+    assert arrivals(summary) >= verdict["accepted"]
+    assert summary["bridges"]["connects"] >= 2
+    assert int(stats_rows(report)["Aggregated"]["Request Count"]) == summary["requests"]
     relay_side = summary["relay_metrics"]
     assert relay_side["webhooks_by_outcome"]["accepted"] == verdict["accepted"]
     assert relay_side["bridges_connected_peak"] == 2
@@ -61,12 +61,17 @@ def test_run_with_bridges_passes_and_every_accepted_webhook_is_delivered(
         assert not any(secret in text for secret in secrets), path
 
 
-def arrivals(rows: dict[str, dict[str, Any]]) -> int:
-    """Webhooks Locust's own rows saw reach a bridge. A webhook sent to a bridge and not
-    yet read when another bridge of its tenant took over first arrives as a redelivery
-    (attempt 2), so only the two rows together cover every accepted webhook."""
-    names = ("e2e delivery", "e2e redelivery")
-    return sum(int(rows[name]["Request Count"]) for name in names if name in rows)
+def arrivals(summary: dict[str, Any]) -> int:
+    """Deliveries the harness counted at the bridges, first ones and redeliveries together.
+
+    A webhook sent to a bridge and not yet read when another bridge of its tenant took
+    over first arrives as a redelivery (attempt 2), so only both together cover every
+    accepted webhook.
+    """
+    bridges = summary["bridges"]
+    assert bridges["redeliveries"] <= bridges["deliveries"]
+    deliveries: int = bridges["deliveries"]
+    return deliveries
 
 
 def test_two_generator_processes_count_exactly_what_the_relay_accepted_and_delivered(
@@ -97,7 +102,9 @@ def test_two_generator_processes_count_exactly_what_the_relay_accepted_and_deliv
         == summary["deliveries"]
     )
     assert bridge_protocols(shared_relay, "generators") == {1}
-    assert arrivals(stats_rows(report)) >= verdict["accepted"]
+    assert arrivals(summary) >= verdict["accepted"]
+    # Locust's own figures, merged from both workers, are the webhooks and nothing else.
+    assert int(stats_rows(report)["Aggregated"]["Request Count"]) == summary["requests"]
 
 
 def test_the_html_report_holds_the_verdict_and_charts_webhooks_apart_from_deliveries(
@@ -112,6 +119,7 @@ def test_the_html_report_holds_the_verdict_and_charts_webhooks_apart_from_delive
     ]  # fmt: skip
     status = run_loadtest(argv)
     verdict = json.loads((report / "verdict.json").read_text())
+    summary = json.loads((report / "summary.json").read_text())
     assert status == 0, verdict
     drawn = read((report / "report.html").read_text())
     assert drawn["sections"] == 1
@@ -128,6 +136,24 @@ def test_the_html_report_holds_the_verdict_and_charts_webhooks_apart_from_delive
     assert sum(posted) == verdict["slo"]["requests"]
     assert sum(delivered) == verdict["delivered"]
     assert 0.7 * rate <= statistics.median(delivered[1:6]) <= 1.3 * rate, delivered
+    # The bot's side is the harness's: in the section's table and its JSON, as in summary.json.
+    assert drawn["bridges"] == summary["bridges"]
+    assert drawn["bridges"]["e2e_ms"]["p99"] == verdict["e2e_p99_ms"]
+    assert drawn["bridge_rows"]["deliveries received"] == str(summary["deliveries"])
+    # Locust's own figures are the webhooks alone: no delivery, bridge or gateway row, and
+    # its total is what the harness posted.
+    rows = stats_rows(report)
+    assert int(rows.pop("Aggregated")["Request Count"]) == summary["requests"]
+    assert rows, "Locust counted the webhooks"
+    assert all(name.startswith("webhook ") for name in rows), sorted(rows)
+    assert {row["Type"] for row in rows.values()} == {"POST"}
+    locust = drawn["locust"]
+    assert all(s["name"].startswith("webhook ") for s in locust["requests_statistics"][:-1])
+    assert locust["requests_statistics"][-1]["num_requests"] == summary["requests"]
+    # Its "Total Requests per Second" chart: about the webhook rate, well below the
+    # webhooks and deliveries together (about twice the rate).
+    rps = [point["current_rps"][1] for point in locust["history"]]
+    assert 0 < max(rps) < 1.5 * rate, rps
 
 
 def test_spike_profile_runs_ten_times_the_users_and_loses_nothing(
@@ -175,7 +201,9 @@ def test_bridges_that_churn_still_receive_everything(
     verdict = json.loads((report / "verdict.json").read_text())
     assert status == 0, verdict
     assert verdict["lost"] == 0
-    assert int(stats_rows(report)["churn"]["Request Count"]) >= 2
+    bridges = json.loads((report / "summary.json").read_text())["bridges"]
+    assert bridges["churns"] >= 2
+    assert bridges["connects"] >= 3, "the bridge reconnected after each churn"
 
 
 def test_web_ui_serves_the_live_run_and_the_verdict_follows(
@@ -190,20 +218,26 @@ def test_web_ui_serves_the_live_run_and_the_verdict_follows(
     ]  # fmt: skip
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(run_loadtest, argv)
-        states = set()
+        states, names = set(), set()
         deadline = time.monotonic() + 60
         while not run.done() and time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{port}/stats/requests", timeout=5
                 ) as r:
-                    states.add(json.loads(r.read())["state"])
+                    live = json.loads(r.read())
+                states.add(live["state"])
+                names |= {row["name"] for row in live["stats"]}
             except OSError:
                 pass
             time.sleep(0.3)
         status = run.result(timeout=120)
     assert "running" in states
     assert status == 0
+    # The live UI's tables and charts are the webhooks alone, as in the report.
+    names.discard("Aggregated")
+    assert names, "the live UI showed the webhooks"
+    assert all(name.startswith("webhook ") for name in names), sorted(names)
     assert json.loads((report / "verdict.json").read_text())["lost"] == 0
 
 

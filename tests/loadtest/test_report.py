@@ -8,6 +8,8 @@ import pytest
 
 from loadtest.chart import nice_ceiling
 from loadtest.report import (
+    BridgeSide,
+    GatewayRow,
     NodeRow,
     ReportError,
     Series,
@@ -16,7 +18,7 @@ from loadtest.report import (
     node_rows,
     section,
 )
-from loadtest.tally import ACCEPTED, DELIVERED, POSTED, Buckets, Tally
+from loadtest.tally import ACCEPTED, BAD_FRAME, CHURN, CONNECT, DELIVERED, POSTED, Buckets, Tally
 from loadtest.verdict import Slo, judge
 from tests.loadtest.report_html import read
 
@@ -60,6 +62,86 @@ def test_the_section_draws_webhooks_and_deliveries_as_separate_series_at_the_rat
     assert set(found["drawn_series"]) == {"posted", "failed", "delivered", "redelivered"}
     assert len(found["drawn_series"]["posted"].split()) == 6
     assert found["locust_report"]
+
+
+def busy_bridges(t: Tally) -> Tally:
+    """``t`` with bridges that connected, churned, failed once and answered through a gateway."""
+    t.delivered_one("m0-0", 2500, redelivery=True, at=1010)
+    t.delivered_one(None, None, at=1010)
+    for _ in range(3):
+        t.bridge_event(CONNECT)
+    t.bridge_event(CHURN)
+    t.bridge_event(CHURN)
+    t.connection_failed("InvalidStatus 429")
+    for ms in range(1, 101):
+        t.gateway_call("reply", ms, ok=ms != 100)
+    t.gateway_call("loading", 4, ok=True)
+    return t
+
+
+def test_the_bridges_side_holds_deliveries_e2e_connections_and_gateway_calls() -> None:
+    t = busy_bridges(run_tally(rate=10, seconds=2))
+    t.e2e.add(3000)
+    side = BridgeSide.from_tally(t)
+    assert (side.deliveries, side.redeliveries, side.bad_deliveries) == (22, 1, 1)
+    assert side.e2e_ms == {"p50": 1000, "p95": 2500, "p99": 3000, "max": 3000}
+    assert (side.connects, side.churns, side.bad_frames) == (3, 2, 0)
+    assert side.connection_failures == {"InvalidStatus 429": 1}
+    assert side.gateway == (
+        GatewayRow("loading", 1, 0, 4, 4, 4),
+        GatewayRow("reply", 100, 1, 50, 99, 100),
+    )
+    assert side.to_json()["gateway"]["reply"] == {
+        "calls": 100,
+        "failures": 1,
+        "p50_ms": 50,
+        "p99_ms": 99,
+        "max_ms": 100,
+    }
+
+
+def test_the_bridges_table_shows_only_the_rows_that_apply() -> None:
+    quiet = Tally()
+    quiet.bridge_event(CONNECT)
+    quiet.delivered_one("A", 40)
+    rows = dict(BridgeSide.from_tally(quiet).rows())
+    assert rows["deliveries received"] == "1"
+    assert rows["end-to-end p50 / p95 / p99 / max"] == "40 / 40 / 40 / 40 ms"
+    assert rows["bridge connections failed or broken"] == "0"
+    assert rows["bad frames"] == "0"
+    assert not any("churn" in what or "gateway" in what for what in rows)
+    assert not any(what.startswith("failed or broken:") for what in rows)
+    busy = busy_bridges(Tally())
+    busy.bridge_event(BAD_FRAME)
+    rows = dict(BridgeSide.from_tally(busy).rows())
+    assert rows["bridge churns (dropped on purpose)"] == "2"
+    assert rows["failed or broken: InvalidStatus 429"] == "1"
+    assert rows["bad frames"] == "1"
+    assert rows["gateway reply calls"] == "100, 1 failed, p99 99 ms"
+    nothing = dict(BridgeSide.from_tally(Tally()).rows())
+    assert nothing["end-to-end p50 / p95 / p99 / max"] == "n/a / n/a / n/a / n/a ms"
+
+
+def test_the_section_draws_the_bridges_table_and_embeds_it_as_json() -> None:
+    t = busy_bridges(run_tally(rate=10, seconds=2))
+    side = BridgeSide.from_tally(t)
+    verdict = judge(t, Slo(), with_bridges=True)
+    html = section(verdict, Series.from_timeline(t.timeline), [], [], side)
+    found = read(amend(LOCUST_LIKE, html))
+    assert found["bridges"] == side.to_json()
+    assert found["bridge_rows"] == dict(side.rows())
+    assert "count the webhooks alone" in html
+    assert "adds up every event" not in html
+
+
+def test_without_bridges_the_section_says_nothing_was_counted_on_the_bots_side() -> None:
+    t = run_tally(seconds=1)
+    verdict = judge(t, Slo(), with_bridges=False)
+    html = section(verdict, Series.from_timeline(t.timeline), [], [], None)
+    found = read(amend(LOCUST_LIKE, html))
+    assert found["bridges"] is None
+    assert found["bridge_rows"] == {}
+    assert "No simulated bridges in this run" in html
 
 
 def test_the_section_shows_the_verdict_objective_by_objective() -> None:

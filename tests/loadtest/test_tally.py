@@ -6,6 +6,9 @@ import json
 
 from loadtest.tally import (
     ACCEPTED,
+    BAD_FRAME,
+    CHURN,
+    CONNECT,
     DELIVERED,
     FAILED,
     POSTED,
@@ -152,3 +155,69 @@ def test_buckets_add_up_and_round_trip_through_json() -> None:
     assert b.total("x") == 5
     again = Buckets.from_wire(json.loads(json.dumps(b.to_wire())))
     assert again == b
+
+
+def bot_side(t: Tally) -> None:
+    """A worker's bridges at work: deliveries, connections and gateway calls."""
+    t.answered(200, 5, "A")
+    t.delivered_one("A", 30)
+    t.delivered_one("A", 900, redelivery=True)
+    t.bridge_event(CONNECT)
+    t.bridge_event(CONNECT)
+    t.bridge_event(CHURN)
+    t.bridge_event(BAD_FRAME)
+    t.connection_failed("InvalidStatus 429")
+    t.gateway_call("reply", 20, ok=True)
+    t.gateway_call("reply", 45, ok=False)
+    t.gateway_call("loading", 7, ok=True)
+
+
+def test_the_bridges_side_is_counted_by_kind_reason_and_call_name() -> None:
+    t = Tally()
+    bot_side(t)
+    assert (t.deliveries, t.redeliveries) == (2, 1)
+    assert t.bridge_events == {CONNECT: 2, CHURN: 1, BAD_FRAME: 1}
+    assert t.connection_failures == {"InvalidStatus 429": 1}
+    assert {name: h.total for name, h in t.gateway.items()} == {"reply": 2, "loading": 1}
+    assert t.gateway["reply"].percentile(100) == 45
+    assert t.gateway_failures == {"reply": 1}
+
+
+def test_the_bridges_side_survives_the_wire_and_adds_up_on_the_master() -> None:
+    worker_1, worker_2, master = Tally(), Tally(), Tally()
+    bot_side(worker_1)
+    bot_side(worker_2)
+    worker_2.connection_failed("ConnectionClosedError")
+    worker_2.gateway_call("push", 3, ok=True)
+    for worker in (worker_1, worker_2):
+        master.merge(Tally.from_wire(json.loads(json.dumps(worker.take().to_wire()))))
+    assert (master.deliveries, master.redeliveries) == (4, 2)
+    assert master.bridge_events == {CONNECT: 4, CHURN: 2, BAD_FRAME: 2}
+    assert master.connection_failures == {"InvalidStatus 429": 2, "ConnectionClosedError": 1}
+    assert {name: h.total for name, h in master.gateway.items()} == {
+        "reply": 4,
+        "loading": 2,
+        "push": 1,
+    }
+    assert master.gateway["reply"].counts == {20: 2, 45: 2}
+    assert master.gateway_failures == {"reply": 2}
+
+
+def test_take_leaves_nothing_of_the_bridges_side_behind() -> None:
+    t = Tally()
+    bot_side(t)
+    delta = t.take()
+    assert delta.counted
+    assert delta.bridge_events[CONNECT] == 2
+    assert t == Tally()
+    assert not t.counted
+    t.bridge_event(CONNECT)
+    assert t.counted, "a worker whose bridges only connected still sends its delta"
+    assert delta.bridge_events[CONNECT] == 2, "the delta taken is not counted into again"
+
+
+def test_a_tally_round_trips_through_its_wire_form_whole() -> None:
+    t = Tally()
+    bot_side(t)
+    t.answered(503, 12, "B", target=1, sent_at=10.0)
+    assert Tally.from_wire(json.loads(json.dumps(t.to_wire()))) == t
