@@ -409,13 +409,18 @@ class Server:
             )
         for tenant, seqs in by_tenant.items():
             relay.hub.expired(tenant, seqs)
-        # Expired ones are kept retain_expired after they expired, for an operator to
-        # find and replay; delivered ones retain_delivered after receipt (acks come
-        # within seconds). Both are at least dedupe_window (config), so a row is
-        # never pruned while it still recognises LINE's retries after a restart.
+        # Delivered ones are kept retain_delivered after their ack, expired ones
+        # retain_expired after they expired, for an operator to find and replay:
+        # one acked late, or expired only at a start after a long stop, is kept as
+        # long as any other. Both are at least dedupe_window (config) and start
+        # after receipt, so a row is never pruned while it still recognises LINE's
+        # retries after a restart. Expired rows from before expiry times were
+        # recorded count from receipt plus max_unacked_age, as they always did.
+        expired_before = now_ms - int(config.retain_expired * 1000)
         await relay.store.prune(
             delivered_before=now_ms - int(config.retain_delivered * 1000),
-            expired_before=now_ms - int((config.max_unacked_age + config.retain_expired) * 1000),
+            expired_before=expired_before,
+            expired_received_before=expired_before - int(config.max_unacked_age * 1000),
         )
 
 

@@ -126,10 +126,26 @@ class BatchedStore(Store, Generic[OpT]):
         self._submit(ops.Expire(older_than, future))
         return await future
 
-    async def prune(self, delivered_before: int, expired_before: int) -> int:
+    async def prune(
+        self, delivered_before: int, expired_before: int, expired_received_before: int | None = None
+    ) -> int:
         future: asyncio.Future[int] = self._future()
-        self._submit(ops.Prune(delivered_before, expired_before, future))
+        self._submit(
+            self._prune_op(delivered_before, expired_before, expired_received_before, future)
+        )
         return await future
+
+    @staticmethod
+    def _prune_op(
+        delivered_before: int,
+        expired_before: int,
+        expired_received_before: int | None,
+        future: asyncio.Future[int],
+    ) -> ops.Prune:
+        received_before = (
+            expired_before if expired_received_before is None else expired_received_before
+        )
+        return ops.Prune(delivered_before, expired_before, received_before, future)
 
     async def records(
         self, tenant: str | None, state: WebhookState | None, limit: int

@@ -78,10 +78,21 @@ class Store(abc.ABC):
         """Mark unacked rows received before ``older_than`` (ms) expired; returns them."""
 
     @abc.abstractmethod
-    async def prune(self, delivered_before: int, expired_before: int) -> int:
-        """Delete delivered (acked) rows received before ``delivered_before`` (ms) and
-        expired ones received before ``expired_before``; returns the count. Queued
-        rows are never pruned."""
+    async def prune(
+        self, delivered_before: int, expired_before: int, expired_received_before: int | None = None
+    ) -> int:
+        """Delete delivered rows acked before ``delivered_before`` (ms) and expired ones
+        that expired before ``expired_before``; returns the count. Queued rows are never
+        pruned.
+
+        Each clock starts when the row stopped being queued, not at receipt: a
+        webhook acked or expired late (after a long outage) is still kept its whole
+        retention. Rows from before the store recorded those times count from
+        receipt: a delivered row with no ack time goes once received before
+        ``delivered_before``, an expired row with no expiry time once received
+        before ``expired_received_before`` (default ``expired_before``; the relay
+        passes ``max_unacked_age`` less, when such a row expired if the relay ran).
+        """
 
     @abc.abstractmethod
     async def records(

@@ -60,12 +60,16 @@ class Expire:
 
 @dataclass(slots=True)
 class Prune:
-    """Delete delivered rows received before ``delivered_before`` (ms) and expired ones
-    received before ``expired_before``."""
+    """Delete delivered rows acked before ``delivered_before`` (ms) and expired ones that
+    expired before ``expired_before`` (see :meth:`Store.prune`)."""
 
     delivered_before: int
     expired_before: int
+    #: Expired rows with no expiry time (stored before it was) go by receipt, before this.
+    expired_received_before: int
     future: asyncio.Future[int]
+    #: Set by a store that prunes a step at a time: another step is due.
+    more: bool = False
 
 
 @dataclass(slots=True)

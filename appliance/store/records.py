@@ -69,7 +69,10 @@ class Record:
     """A stored webhook without its body and signature: what an operator lists.
 
     ``size`` is the body's length in bytes; ``acked_at`` (ms) is set once a
-    bridge acked it; ``received_at`` (ms) of a replay is when it was replayed.
+    bridge acked it, ``expired_at`` (ms) once the relay expired it (None for a
+    webhook expired before stores recorded it); ``received_at`` (ms) of a
+    replay is when it was replayed. Retention counts from ``acked_at`` or
+    ``expired_at`` (``Store.prune``).
     """
 
     seq: int
@@ -81,6 +84,7 @@ class Record:
     size: int
     acked_at: int | None
     replay_of: str | None
+    expired_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

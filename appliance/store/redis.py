@@ -12,9 +12,15 @@ a prefix (``linerelay:``):
 ``att``                hash: seq → attempts (times sent to a bridge)
 ``dd:DIGEST``          retry detection: when (ms) that retry digest was stored,
                        expiring with the dedupe window
-``r:SEQ``              hash: a delivered or expired webhook, kept until pruned
-``delivered:TENANT``,  sorted sets of those records' seqs by received_at
-``expired:TENANT``
+``r:SEQ``              hash: a delivered or expired webhook, kept until pruned,
+                       with when it was acked (``at``) or expired (``xt``)
+``delivered:TENANT``,  sorted sets of those records' seqs by received_at (the
+``expired:TENANT``     operator's lists)
+``retain:delivered``,  sorted sets of those seqs, every tenant's, by when they
+``retain:expired``     were acked or expired: their retention's start (pruning)
+``retain:indexed``     set once the records stored before ``retain:*`` existed
+                       are in it; ``retain:cursors``: how far that got (PRUNE,
+                       appliance/store/redis_lua.py)
 ``rq:TENANT``          sorted set: the queued webhooks' seqs by received_at (expiry)
 ``ids``                hash: delivery id → ``TENANT:SEQ`` (the operator's lookups)
 ``stored``             set: tenants with anything stored
@@ -267,12 +273,17 @@ class RedisStore(BatchedStore[_Op]):
             return StoreError(f"Redis unreachable: {self._down}")
         return None
 
-    async def prune(self, delivered_before: int, expired_before: int) -> int:
+    async def prune(
+        self, delivered_before: int, expired_before: int, expired_received_before: int | None = None
+    ) -> int:
+        # A step at a time (one script call each): Redis serves others in between.
         total = 0
         while True:
-            count = await super().prune(delivered_before, expired_before)
-            total += count
-            if count < PRUNE_STEP:
+            future: asyncio.Future[int] = self._future()
+            op = self._prune_op(delivered_before, expired_before, expired_received_before, future)
+            self._submit(op)
+            total += await future
+            if not op.more:
                 return total
 
     def oldest(self) -> dict[str, int]:
@@ -467,7 +478,10 @@ class RedisStore(BatchedStore[_Op]):
             self._eval(pipe, "expire", now, op.older_than, self.name)
             plan.append(("expire", [op]))
         elif isinstance(op, ops.Prune):
-            self._eval(pipe, "prune", op.delivered_before, op.expired_before, PRUNE_STEP)
+            self._eval(
+                pipe, "prune", op.delivered_before, op.expired_before,
+                op.expired_received_before, PRUNE_STEP,
+            )  # fmt: skip
             plan.append(("prune", [op]))
         elif isinstance(op, ops.ReadRecords):
             state = "" if op.state is None else op.state.value
@@ -562,6 +576,11 @@ class RedisStore(BatchedStore[_Op]):
         if kind == "purge":
             self._heads(reply[1:])
             return [(covered[0], int(reply[0]))]
+        if kind == "prune":
+            op = covered[0]
+            assert isinstance(op, ops.Prune)
+            op.more = int(reply[1]) == 1
+            return [(op, int(reply[0]))]
         if kind == "records":
             op = covered[0]
             assert isinstance(op, ops.ReadRecords)
@@ -582,7 +601,7 @@ class RedisStore(BatchedStore[_Op]):
             op = covered[0]
             assert isinstance(op, _Claim)
             return [(op, reply[1] if int(reply[0]) == 1 else None)]
-        return [(op, reply) for op in covered]  # prune, release, mark_sent
+        return [(op, reply) for op in covered]  # release, mark_sent
 
     def _replayed(
         self, op: ops.Replay, wire: list[str], reply: list[Any]
@@ -955,6 +974,7 @@ def _record(item: list[Any]) -> Record:
     fields = _fields(raw)
     size = fields.get(b"size")
     acked = fields.get(b"at")
+    expired = fields.get(b"xt")
     replay_of = fields.get(b"p")
     return Record(
         seq=int(seq),
@@ -966,6 +986,7 @@ def _record(item: list[Any]) -> Record:
         size=int(size) if size is not None else len(fields[b"b"]),
         acked_at=None if acked is None else int(acked),
         replay_of=None if replay_of is None else replay_of.decode(),
+        expired_at=None if expired is None else int(expired),
     )
 
 

@@ -31,7 +31,9 @@ end
 local function mine(owner, me)
   return owner and string.sub(owner, 1, #me + 1) == me .. '|'
 end
--- Move a queued entry out of its stream into a retained record (acked or expired).
+-- Move a queued entry out of its stream into a retained record (acked or expired),
+-- stamped with when (``at``: acked, ``xt``: expired) and indexed by that time: its
+-- retention starts then.
 local function retire(tenant, id, fields, state, now)
   local q = p .. 'q:' .. tenant
   local seq = string.match(id, '^(%d+)')
@@ -40,10 +42,11 @@ local function retire(tenant, id, fields, state, now)
   redis.call('XACK', q, 'relay', id)
   redis.call('XDEL', q, id)
   redis.call('ZREM', p .. 'rq:' .. tenant, seq)
-  local rec = p .. 'r:' .. seq
-  redis.call('HSET', rec, 't', tenant, 'st', state, 'a', att, unpack(fields))
-  if state == 'delivered' then redis.call('HSET', rec, 'at', now) end
+  local stamp = state == 'delivered' and 'at' or 'xt'
+  redis.call('HSET', p .. 'r:' .. seq, 't', tenant, 'st', state, 'a', att, stamp, now,
+    unpack(fields))
   redis.call('ZADD', p .. state .. ':' .. tenant, fieldof(fields, 'r'), seq)
+  redis.call('ZADD', p .. 'retain:' .. state, now, seq)
 end
 -- A queue's length and its head's received_at (-1 if empty), appended to out.
 local function head(out, tenant)
@@ -66,12 +69,15 @@ local function lookup(id)
   if #rec == 0 then return nil end
   return tenant, seq, rec, fieldof(rec, 'st'), fieldof(rec, 'a')
 end
--- Delete a retained record and its id.
-local function forget(seq)
+-- Delete a retained record, its id, and its seq from its tenant's list and the
+-- retention index.
+local function forget(tenant, state, seq)
   local rec = p .. 'r:' .. seq
   local id = redis.call('HGET', rec, 'i')
   if id then redis.call('HDEL', p .. 'ids', id) end
   redis.call('DEL', rec)
+  redis.call('ZREM', p .. state .. ':' .. tenant, seq)
+  redis.call('ZREM', p .. 'retain:' .. state, seq)
 end
 local function ensure_stream(tenant)
   local q = p .. 'q:' .. tenant
@@ -210,25 +216,83 @@ for _, v in ipairs(heads) do out[#out + 1] = v end
 return out
 """
 
-# ARGV: prefix, delivered before (ms), expired before (ms), at most this many.
-# Deletes retained records; returns how many.
+# ARGV: prefix, delivered before (ms), expired before (ms), expired received
+# before (ms), at most this many. Deletes the delivered records acked before the
+# first and the expired ones that expired before the second, found by those
+# times in ``retain:delivered`` and ``retain:expired``: it reads only what it
+# deletes. Returns how many, and 1 if another step may find more (this many
+# looked at, or records from before the index still to index), else 0.
+#
+# Records retired before the index existed are only in their tenants' lists
+# (by received_at): they are indexed first, once, at most this many a step,
+# each list from where the last step left it (``retain:cursors``; then
+# ``retain:indexed`` is set): a delivered record by its ack time (every one
+# has it), an expired one, which has no expiry time, by receipt plus
+# ``expired before`` less ``expired received before`` (when it expired, had the
+# relay been running). Indexing a record twice changes nothing.
 PRUNE = """
-local limits = {delivered = ARGV[2], expired = ARGV[3]}
-local budget = tonumber(ARGV[4])
-local count = 0
-for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do
-  for state, before in pairs(limits) do
-    local z = p .. state .. ':' .. tenant
-    local seqs = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. before, 'LIMIT', 0, budget - count)
-    for _, seq in ipairs(seqs) do
-      forget(seq)
-      redis.call('ZREM', z, seq)
-    end
-    count = count + #seqs
-    if count >= budget then return count end
+local budget = tonumber(ARGV[5])
+local late = tonumber(ARGV[3]) - tonumber(ARGV[4])
+-- Index seqs of a list page (seq, received_at, ...) by when their retention began.
+local function index(state, page)
+  for i = 1, #page, 2 do
+    local seq, received = page[i], tonumber(page[i + 1])
+    local at = redis.call('HGET', p .. 'r:' .. seq, state == 'delivered' and 'at' or 'xt')
+    local since = at and tonumber(at) or (state == 'expired' and received + late or received)
+    redis.call('ZADD', p .. 'retain:' .. state, since, seq)
   end
 end
-return count
+-- Index a step of the records from before the index; true if more are left.
+local function index_old()
+  if redis.call('EXISTS', p .. 'retain:indexed') == 1 then return false end
+  local n = 0
+  local cursors = p .. 'retain:cursors'
+  for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do
+    for _, state in ipairs({'delivered', 'expired'}) do
+      local list = state .. ':' .. tenant
+      local from = redis.call('HGET', cursors, list) or '-inf'
+      if from ~= 'done' then
+        if n >= budget then return true end
+        local z = p .. list
+        local page = redis.call('ZRANGEBYSCORE', z, from, '+inf', 'WITHSCORES', 'LIMIT', 0,
+          budget - n)
+        index(state, page)
+        n = n + #page / 2
+        if n < budget then
+          redis.call('HSET', cursors, list, 'done')
+        else
+          -- The rest of the last page's received_at too: the cursor moves past it.
+          local last = page[#page]
+          local ties = redis.call('ZRANGEBYSCORE', z, last, last, 'WITHSCORES')
+          index(state, ties)
+          redis.call('HSET', cursors, list, '(' .. last)
+        end
+      end
+    end
+  end
+  redis.call('SET', p .. 'retain:indexed', '1')
+  redis.call('DEL', cursors)
+  return false
+end
+local indexing = index_old()
+local count, seen = 0, 0
+for _, state in ipairs({'delivered', 'expired'}) do
+  if seen >= budget then break end
+  local before = state == 'delivered' and ARGV[2] or ARGV[3]
+  local z = p .. 'retain:' .. state
+  for _, seq in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. before, 'LIMIT', 0,
+      budget - seen)) do
+    seen = seen + 1
+    local tenant = redis.call('HGET', p .. 'r:' .. seq, 't')
+    if tenant then
+      forget(tenant, state, seq)
+      count = count + 1
+    else
+      redis.call('ZREM', z, seq)  -- its record is gone already: nothing to count
+    end
+  end
+end
+return {count, (indexing or seen >= budget) and 1 or 0}
 """
 
 # ARGV: prefix, tenant, received before (ms; -1: everything). Deletes the
@@ -262,10 +326,7 @@ for _, state in ipairs({'delivered', 'expired'}) do
   else
     seqs = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. before)
   end
-  for _, seq in ipairs(seqs) do
-    forget(seq)
-    redis.call('ZREM', z, seq)
-  end
+  for _, seq in ipairs(seqs) do forget(tenant, state, seq) end
 end
 if before < 0 then
   redis.call('DEL', q)

@@ -16,9 +16,10 @@ sees is a separate random token, so it says nothing about other tenants'
 traffic (a global sequence would) and names one webhook forever.
 
 Rows stay after delivery (``state`` 1, with ``acked_at``) and after expiry
-(``state`` 2) until the housekeeping sweep prunes them (``retain_delivered``,
-``retain_expired``), so an operator can read and replay them. A replay is a new
-row copying the body and signature, with ``replay_of`` naming the original.
+(``state`` 2, with ``expired_at``) until the housekeeping sweep prunes them,
+``retain_delivered`` after their ack and ``retain_expired`` after their expiry,
+so an operator can read and replay them. A replay is a new row copying the body
+and signature, with ``replay_of`` naming the original.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS webhooks (
     attempts INTEGER NOT NULL DEFAULT 0,
     state INTEGER NOT NULL DEFAULT 0,
     acked_at INTEGER,
-    replay_of TEXT
+    replay_of TEXT,
+    expired_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS webhooks_queued ON webhooks (tenant, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS webhooks_received ON webhooks (received_at);
@@ -86,9 +88,12 @@ ALTER TABLE webhooks ADD COLUMN id TEXT;
 UPDATE webhooks SET id = 'd-' || printf('%012d', seq);
 """
 # Stores from before retention: their rows get no ack time and are nobody's replay.
+# Stores from before expiry times: their expired rows get none (prune counts those
+# from receipt, see _PRUNE).
 _MIGRATE_COLUMNS = {
     "acked_at": "ALTER TABLE webhooks ADD COLUMN acked_at INTEGER",
     "replay_of": "ALTER TABLE webhooks ADD COLUMN replay_of TEXT",
+    "expired_at": "ALTER TABLE webhooks ADD COLUMN expired_at INTEGER",
 }
 _ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS webhooks_id ON webhooks (id)"
 # The operator's lists: a tenant's newest rows, and the (few) expired ones, are
@@ -97,7 +102,28 @@ _LIST_INDEXES = """
 CREATE INDEX IF NOT EXISTS webhooks_tenant ON webhooks (tenant, seq);
 CREATE INDEX IF NOT EXISTS webhooks_expired ON webhooks (seq) WHERE state = 2;
 """
-_RECORD_COLUMNS = "seq, id, tenant, state, received_at, attempts, length(body), acked_at, replay_of"
+# Retention clocks: the prune finds what is due by its ack or expiry time, one
+# index search each, reading no row that stays. (Searched by received_at, every
+# sweep would read again each row received before the horizon but acked or
+# expired since: after an outage, the whole backlog.) An ack adds its entry at
+# the index's end, where the batch's other acks add theirs: one page.
+_RETENTION_INDEXES = """
+CREATE INDEX IF NOT EXISTS webhooks_acked ON webhooks (acked_at) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS webhooks_expired_at ON webhooks (expired_at) WHERE state = 2;
+"""
+# One statement; each term one search of a retention index (the states, ACKED and
+# EXPIRED, are constants, not parameters, so the planner may use the partial
+# indexes). Rows with no ack or expiry time (from stores from before these were
+# recorded: an IS NULL search) go by receipt.
+_PRUNE = (
+    "DELETE FROM webhooks WHERE (state = 1 AND acked_at < :delivered) "
+    "OR (state = 1 AND acked_at IS NULL AND received_at < :delivered) "
+    "OR (state = 2 AND expired_at < :expired) "
+    "OR (state = 2 AND expired_at IS NULL AND received_at < :expired_received)"
+)
+_RECORD_COLUMNS = (
+    "seq, id, tenant, state, received_at, attempts, length(body), acked_at, replay_of, expired_at"
+)
 # One search of the webhooks_queued index per tenant named (a JSON array): the
 # head of each queue, however long the queues are.
 _OLDEST = (
@@ -351,6 +377,7 @@ class SQLiteStore(BatchedStore[ops.Op]):
                 db.execute(statement)
         db.execute(_ID_INDEX)
         db.executescript(_LIST_INDEXES)
+        db.executescript(_RETENTION_INDEXES)
         return db
 
     def _load(self, db: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[bytes, int]]]:
@@ -389,7 +416,7 @@ class SQLiteStore(BatchedStore[ops.Op]):
                     result = self._replay(db, op, replayed)
                 else:
                     marks.write(db)
-                    result = _query(db, op)
+                    result = _query(db, op, marks.now)
                 results.append((op, result, None))
             marks.write(db)
             db.execute("COMMIT")
@@ -486,21 +513,25 @@ def _insert(db: sqlite3.Connection, op: ops.Append) -> Delivery:
     return Delivery(cursor.lastrowid, wire_id, op.tenant, op.body, op.signature, op.received_at)
 
 
-def _query(db: sqlite3.Connection, op: ops.Query) -> object:
+def _query(db: sqlite3.Connection, op: ops.Query, now: int) -> object:
+    """Run a read or maintenance operation; ``now`` (ms) is the batch's time."""
     if isinstance(op, ops.ReadPending):
         return _pending(db, op)
     if isinstance(op, ops.Expire):
         rows = db.execute(
-            "UPDATE webhooks SET state = ? WHERE state = ? AND received_at < ? "
+            "UPDATE webhooks SET state = ?, expired_at = ? WHERE state = ? AND received_at < ? "
             "RETURNING seq, id, tenant, received_at",
-            (EXPIRED, QUEUED, op.older_than),
+            (EXPIRED, now, QUEUED, op.older_than),
         ).fetchall()
         return [Expired(*row) for row in rows]
     if isinstance(op, ops.Prune):
         cursor = db.execute(
-            "DELETE FROM webhooks WHERE (state = ? AND received_at < ?) "
-            "OR (state = ? AND received_at < ?)",
-            (ACKED, op.delivered_before, EXPIRED, op.expired_before),
+            _PRUNE,
+            {
+                "delivered": op.delivered_before,
+                "expired": op.expired_before,
+                "expired_received": op.expired_received_before,
+            },
         )
         return cursor.rowcount
     if isinstance(op, ops.ReadRecords):
@@ -512,9 +543,18 @@ def _query(db: sqlite3.Connection, op: ops.Query) -> object:
 
 
 def _to_record(row: tuple[Any, ...]) -> Record:
-    seq, wire_id, tenant, state, received_at, attempts, size, acked_at, replay_of = row
+    seq, wire_id, tenant, state, received_at, attempts, size, acked_at, replay_of, expired = row
     return Record(
-        seq, wire_id, tenant, _STATES[state], received_at, attempts, size, acked_at, replay_of
+        seq,
+        wire_id,
+        tenant,
+        _STATES[state],
+        received_at,
+        attempts,
+        size,
+        acked_at,
+        replay_of,
+        expired,
     )
 
 
@@ -542,7 +582,7 @@ def _record(db: sqlite3.Connection, delivery_id: str) -> tuple[Record, bytes, st
     ).fetchone()
     if row is None:
         return None
-    return _to_record(row[:9]), bytes(row[9]), row[10]
+    return _to_record(row[:10]), bytes(row[10]), row[11]
 
 
 def _pending(db: sqlite3.Connection, op: ops.ReadPending) -> list[Delivery]:

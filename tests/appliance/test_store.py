@@ -74,6 +74,21 @@ async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
     await s.close()
 
 
+@pytest.fixture
+def clock(make_store: StoreFactory, request: pytest.FixtureRequest) -> Clock:
+    """The ``store``'s clock: what it records as the time of an ack or an expiry."""
+    found: Clock = request.node.clock
+    return found
+
+
+async def acked_at(store: Store, clock: Clock, delivery: Delivery | None, ms: int) -> None:
+    """Have ``delivery`` acked at ``ms`` by the store's clock, and committed."""
+    assert delivery is not None
+    clock.now = ms / 1000
+    store.ack(delivery.tenant, delivery.seq)
+    await store.pending(delivery.tenant, 0, 1)  # a round trip: the ack is committed
+
+
 async def put(store: Store, tenant: str, body: bytes, sig: str = "sig") -> Delivery | None:
     return await store.append(tenant, body, sig, int(time.time() * 1000))
 
@@ -270,32 +285,93 @@ async def test_prune_deletes_only_acked_and_expired_rows(store: Store) -> None:
     await store.append("a", b"2", "s", 1_000)
     assert acked is not None
     store.ack("a", acked.seq)
-    assert await store.prune(delivered_before=5_000, expired_before=5_000) == 1
+    assert await store.prune(delivered_before=10**15, expired_before=10**15) == 1
     assert len(await store.pending("a", 0, 10)) == 1
 
 
 async def test_prune_keeps_delivered_and_expired_rows_by_their_own_horizons(
-    store: Store,
+    store: Store, clock: Clock
 ) -> None:
     delivered_old = await store.append("a", b"d-old", "s", 1_000)
     delivered_new = await store.append("a", b"d-new", "s", 3_000)
     await store.append("a", b"e-old", "s", 1_000)
     await store.append("a", b"e-new", "s", 3_000)
-    assert delivered_old is not None
-    assert delivered_new is not None
-    store.ack("a", delivered_old.seq)
-    store.ack("a", delivered_new.seq)
-    await store.expire(older_than=5_000)
-    # Delivered rows go before 2_000, expired ones are kept back to 500: only d-old goes.
-    assert await store.prune(delivered_before=2_000, expired_before=500) == 1
+    await acked_at(store, clock, delivered_old, 4_000)
+    await acked_at(store, clock, delivered_new, 6_000)
+    clock.now = 7.0
+    await store.expire(older_than=5_000)  # both expire at 7_000
+    # Delivered rows acked before 5_000 go, expired ones are kept back to 0: only d-old.
+    assert await store.prune(delivered_before=5_000, expired_before=0) == 1
     left = {(r.state, r.received_at) for r in await store.records(None, None, 10)}
     assert left == {
         (WebhookState.DELIVERED, 3_000),
         (WebhookState.EXPIRED, 1_000),
         (WebhookState.EXPIRED, 3_000),
     }
-    assert await store.prune(delivered_before=0, expired_before=2_000) == 1
-    assert await store.prune(delivered_before=10_000, expired_before=10_000) == 2
+    assert await store.prune(delivered_before=0, expired_before=7_000) == 0
+    assert await store.prune(delivered_before=0, expired_before=7_001) == 2
+    assert await store.prune(delivered_before=6_001, expired_before=0) == 1
+    assert await store.records(None, None, 10) == []
+
+
+async def test_a_webhook_acked_late_is_kept_retain_delivered_after_its_ack(
+    store: Store, clock: Clock
+) -> None:
+    # Received at 1 s; the bridge was away, and acked it at 100 s.
+    late = await store.append("a", b"late", "s", 1_000)
+    prompt = await store.append("a", b"prompt", "s", 1_000)
+    await acked_at(store, clock, prompt, 2_000)
+    await acked_at(store, clock, late, 100_000)
+    assert late is not None
+    # A retention of 10 s, at 60 s: by receipt both would go; by ack only the prompt one.
+    assert await store.prune(delivered_before=50_000, expired_before=0) == 1
+    found = await store.record(late.id)
+    assert found is not None
+    assert (found[0].state, found[0].acked_at) == (WebhookState.DELIVERED, 100_000)
+    # Until 10 s after its ack: then it goes.
+    assert await store.prune(delivered_before=100_000, expired_before=0) == 0
+    assert await store.prune(delivered_before=100_001, expired_before=0) == 1
+    assert await store.record(late.id) is None
+
+
+async def test_a_webhook_expired_late_is_kept_retain_expired_after_its_expiry(
+    store: Store, clock: Clock
+) -> None:
+    # The relay was stopped from 2 s to 100 s, longer than max_unacked_age and
+    # retain_expired together, and expires at its start what it received before.
+    late = await store.append("a", b"late", "s", 1_000)
+    assert late is not None
+    clock.now = 100.0
+    (expired,) = await store.expire(older_than=50_000)
+    assert expired.id == late.id
+    found = await store.record(late.id)
+    assert found is not None
+    assert (found[0].state, found[0].expired_at, found[0].acked_at) == (
+        WebhookState.EXPIRED,
+        100_000,
+        None,
+    )
+    # Received long before either horizon, it stays until retain_expired after expiry.
+    assert await store.prune(delivered_before=10**15, expired_before=60_000) == 0
+    assert await store.prune(delivered_before=10**15, expired_before=100_000) == 0
+    assert [r.id for r in await store.records("a", WebhookState.EXPIRED, 10)] == [late.id]
+    (copy,) = await store.replay([late.id])  # still replayable meanwhile
+    assert copy.replay_of == late.id
+    assert await store.prune(delivered_before=0, expired_before=100_001) == 1
+    assert await store.record(late.id) is None
+
+
+async def test_a_purged_tenants_retained_webhooks_leave_nothing_to_prune(
+    store: Store, clock: Clock
+) -> None:
+    await acked_at(store, clock, await store.append("a", b"delivered", "s", 1_000), 2_000)
+    await store.append("a", b"expired", "s", 1_000)
+    clock.now = 3.0
+    await store.expire(older_than=2_000)
+    kept = await store.append("b", b"other tenant", "s", 1_000)
+    await acked_at(store, clock, kept, 4_000)
+    assert await store.purge("a") == 0
+    assert await store.prune(delivered_before=10**15, expired_before=10**15) == 1
     assert await store.records(None, None, 10) == []
 
 
@@ -407,11 +483,11 @@ async def test_a_replay_naming_an_unknown_id_queues_nothing(store: Store) -> Non
     assert len(await store.records(None, None, 10)) == 1
 
 
-async def test_a_pruned_webhook_cannot_be_replayed(store: Store) -> None:
+async def test_a_pruned_webhook_cannot_be_replayed(store: Store, clock: Clock) -> None:
     gone = await store.append("a", b"1", "s", 1_000)
     assert gone is not None
-    store.ack("a", gone.seq)
-    await store.prune(delivered_before=2_000, expired_before=2_000)
+    await acked_at(store, clock, gone, 1_500)
+    assert await store.prune(delivered_before=2_000, expired_before=2_000) == 1
     assert await store.record(gone.id) is None
     with pytest.raises(UnknownWebhook):
         await store.replay([gone.id])
@@ -502,7 +578,8 @@ async def test_delivery_ids_are_never_reused_after_pruning(make_store: StoreFact
     first = await store.append("a", b"1", "s", 1)
     assert first is not None
     store.ack("a", first.seq)
-    await store.prune(delivered_before=10, expired_before=10)
+    await store.pending("a", 0, 1)  # a round trip: the ack is committed
+    assert await store.prune(delivered_before=10**15, expired_before=10**15) == 1
     second = await store.append("a", b"2", "s", 20)
     await store.close()
     assert second is not None
@@ -571,6 +648,69 @@ async def test_a_store_from_before_retention_keeps_its_rows_and_gains_records(
     assert (copy.body, copy.replay_of) == (b"22", "d-acked")
 
 
+async def test_a_store_from_before_expiry_times_prunes_its_old_rows_by_receipt(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE webhooks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, tenant TEXT NOT NULL,
+            body BLOB NOT NULL, signature TEXT NOT NULL, digest BLOB NOT NULL,
+            received_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            state INTEGER NOT NULL DEFAULT 0, acked_at INTEGER, replay_of TEXT);
+        INSERT INTO webhooks (id, tenant, body, signature, digest, received_at, state, acked_at)
+            VALUES ('d-expired', 'a', x'31', 's', x'00', 1000, 2, NULL),
+                   ('d-acked', 'a', x'32', 's', x'01', 1000, 1, 50000),
+                   ('d-acked-unstamped', 'a', x'33', 's', x'02', 1000, 1, NULL);
+        """
+    )
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        found = await store.record("d-expired")
+        assert found is not None
+        assert found[0].expired_at is None  # not known: never made up
+        # Expired before expiry times were kept: by receipt, before expired_received_before
+        # (the relay: max_unacked_age before expired_before), whatever expired_before says.
+        # Delivered with no ack time (before acks were kept): by receipt.
+        pruned = await store.prune(2_000, expired_before=10**15, expired_received_before=1_000)
+        assert pruned == 1
+        assert await store.record("d-acked-unstamped") is None
+        assert await store.prune(2_000, expired_before=10**15, expired_received_before=1_001) == 1
+        assert await store.record("d-expired") is None
+        # One acked at 50 s is kept by its ack time, as any other.
+        assert await store.prune(50_000, expired_before=0) == 0
+        assert await store.prune(50_001, expired_before=0) == 1
+    finally:
+        await store.close()
+
+
+@SQLITE_ONLY
+async def test_the_prune_is_one_statement_of_index_searches(store: Store, clock: Clock) -> None:
+    # However many rows are kept or queued, the prune reads only what it deletes
+    # (and its IS NULL search, empty once a store's rows are all stamped).
+    await acked_at(store, clock, await store.append("a", b"1", "s", 1_000), 2_000)
+    assert isinstance(store, SQLiteStore)
+    assert store._db is not None
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        assert await store.prune(delivered_before=10**15, expired_before=10**15) == 1
+    finally:
+        store._db.set_trace_callback(None)
+    (delete,) = [s for s in statements if s.startswith("DELETE")]
+    plan = [row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + delete)]
+    assert not [step for step in plan if step.startswith("SCAN")], plan
+    searches = [step for step in plan if step.startswith("SEARCH")]
+    assert len(searches) == 4, plan
+    assert all("webhooks_acked" in step for step in searches[:2]), plan
+    assert all("webhooks_expired_at" in step for step in searches[2:]), plan
+
+
 async def test_pruned_and_purged_bodies_are_not_left_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     store = SQLiteStore(path)
@@ -580,7 +720,7 @@ async def test_pruned_and_purged_bodies_are_not_left_in_the_file(tmp_path: Path)
     await store.append("c", b"KEPT-BODY-" * 50, "s", 1_000)
     assert pruned is not None
     store.ack("a", pruned.seq)
-    await store.prune(delivered_before=2_000, expired_before=2_000)
+    assert await store.prune(delivered_before=10**15, expired_before=10**15) == 1
     await store.purge("b")
     await store.close()  # checkpoints the WAL into the file
     data = path.read_bytes()

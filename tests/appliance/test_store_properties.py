@@ -17,8 +17,9 @@ Operations: appends (two tenants, retries of the same body, other spellings
 of the same signature, the queue cap reached), bursts of appends and acks sent
 without waiting (as concurrent requests are), pending reads (pages after a
 seq, limits, byte limits), mark_sent, acks (repeated, of other tenants' rows,
-of unknown rows), expire, prune (as the relay calls it: older than the dedupe
-window), purge, time passing, a clean restart, and a crash.
+of unknown rows), expire, prune (as the relay calls it: acked or expired
+longer ago than the dedupe window), purge, time passing, a clean restart, and a
+crash.
 
 Properties checked after every step, against the model and against the file
 itself (a read-only connection of the test's own):
@@ -33,6 +34,8 @@ itself (a read-only connection of the test's own):
 - A retry (same tenant, bytes and decoded signature) within the dedupe window
   is stored once, also across restarts and crashes; after the window it is new.
 - Attempts count every mark_sent.
+- An acked or expired row keeps when that happened (its retention's start);
+  prune deletes exactly the rows whose retention ended.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class Row:
     attempts: int = 0
     state: str = "queued"
     order: int = 0  # when it was appended, among all appends
+    since: int | None = None  # when (ms) it was acked or expired
 
     def wire(self) -> dict[str, Any]:
         """The row as the store process reports it."""
@@ -320,8 +324,8 @@ class StoreMachine(RuleBasedStateMachine):
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
         try:
             found = db.execute(
-                "SELECT seq, id, tenant, body, signature, received_at, attempts, state "
-                "FROM webhooks"
+                "SELECT seq, id, tenant, body, signature, received_at, attempts, state, "
+                "coalesce(acked_at, expired_at) FROM webhooks"
             ).fetchall()
         finally:
             db.close()
@@ -334,8 +338,9 @@ class StoreMachine(RuleBasedStateMachine):
                 "received_at": received_at,
                 "attempts": attempts,
                 "state": STATES[state],
+                "since": since,
             }
-            for seq, wire_id, tenant, body, signature, received_at, attempts, state in found
+            for seq, wire_id, tenant, body, signature, received_at, attempts, state, since in found
         }
 
     # -- appends -------------------------------------------------------------------
@@ -416,7 +421,7 @@ class StoreMachine(RuleBasedStateMachine):
                 _, tenant, _, seq = op
                 row = self.rows.get(seq)
                 if row is not None and row.tenant == tenant and row.state == "queued":
-                    row.state = "acked"
+                    row.state, row.since = "acked", self.clock * 1000
                 else:
                     slack[tenant] += 1  # a repeat or a stranger's row: changes nothing
             else:
@@ -462,7 +467,7 @@ class StoreMachine(RuleBasedStateMachine):
                 assert row.state == "queued", f"row {seq} was {row.state}, now {on_file['state']}"
                 assert on_file["state"] == "acked"
                 assert seq in maybe_acked, f"row {seq} acked by nobody"
-                row.state = "acked"
+                row.state, row.since = "acked", self.clock * 1000
             assert row.attempts <= on_file["attempts"] <= row.attempts + maybe_marked[seq]
             row.attempts = on_file["attempts"]
         for seq, on_file in sorted(found.items()):
@@ -473,7 +478,8 @@ class StoreMachine(RuleBasedStateMachine):
             assert on_file["state"] == "queued"
             assert seq > self.max_seq
             self.max_seq = seq
-            fields = {k: v for k, v in on_file.items() if k != "state"}
+            assert on_file["since"] is None
+            fields = {k: v for k, v in on_file.items() if k not in ("state", "since")}
             self.rows[seq] = Row(seq=seq, order=unanswered.pop(key), **fields)
         self.restarted()
 
@@ -518,7 +524,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.store.call("ack", tenant=tenant, seq=seq)
         row = self.rows.get(seq)
         if row is not None and row.tenant == tenant and row.state == "queued":
-            row.state = "acked"
+            row.state, row.since = "acked", self.clock * 1000
 
     @rule(age=st.sampled_from([0, 3, WINDOW, 2 * WINDOW]))
     def expire(self, age: int) -> None:
@@ -526,21 +532,24 @@ class StoreMachine(RuleBasedStateMachine):
         expected = []
         for seq, row in sorted(self.rows.items()):
             if row.state == "queued" and row.received_at < older_than:
-                row.state = "expired"
+                row.state, row.since = "expired", self.clock * 1000
                 expected.append([seq, row.id, row.tenant, row.received_at])
         assert sorted(self.store.call("expire", older_than=older_than)) == expected
 
     @rule(extra=st.sampled_from([0, 1, 5, 30]), longer=st.sampled_from([0, 10]))
     def prune(self, extra: int, longer: int) -> None:
-        """Prune as the relay does: delivered rows older than their retention (at
-        least the dedupe window), expired ones older than theirs."""
+        """Prune as the relay does: delivered rows acked longer ago than their retention
+        (at least the dedupe window), expired ones expired longer ago than theirs."""
         delivered_before = (self.clock - WINDOW - extra) * 1000
         expired_before = delivered_before - longer * 1000
         doomed = [
             seq
             for seq, r in self.rows.items()
-            if (r.state == "acked" and r.received_at < delivered_before)
-            or (r.state == "expired" and r.received_at < expired_before)
+            if r.since is not None
+            and (
+                (r.state == "acked" and r.since < delivered_before)
+                or (r.state == "expired" and r.since < expired_before)
+            )
         ]
         pruned = self.store.call(
             "prune", delivered_before=delivered_before, expired_before=expired_before
@@ -601,6 +610,7 @@ class StoreMachine(RuleBasedStateMachine):
                 "received_at": r.received_at,
                 "attempts": r.attempts,
                 "state": r.state,
+                "since": r.since,
             }
             for seq, r in self.rows.items()
         }

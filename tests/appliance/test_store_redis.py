@@ -114,6 +114,57 @@ async def test_the_replica_wait_is_capped_below_the_answer_timeout(
     assert store.health() is None
 
 
+async def test_records_from_before_the_retention_index_are_indexed_a_step_at_a_time_and_pruned(
+    redis_server: RedisServer,  # noqa: F811
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Steps of two, through several received_at and five records of one millisecond.
+    monkeypatch.setattr(redis_store, "PRUNE_STEP", 2)
+    now = [10.0]
+    store = RedisStore(redis_server.url, Limits(), prefix=prefix, clock=lambda: now[0])
+    await store.open()
+    try:
+        delivered = [
+            await store.append("a", bytes([i]), "s", at)
+            for i, at in enumerate([1_000, 1_000, 1_000, 1_000, 1_000, 1_500, 1_500])
+        ]
+        now[0] = 20.0
+        for d in delivered:
+            assert d is not None
+            store.ack("a", d.seq)
+        await store.pending("a", 0, 1)  # a round trip: the acks are committed
+        await store.append("b", b"x", "s", 1_000)
+        await store.append("b", b"y", "s", 2_000)
+        now[0] = 30.0
+        expired = await store.expire(older_than=5_000)
+        assert len(expired) == 2
+        # As stores wrote them before the index: in their lists alone, the expired
+        # with no expiry time.
+        client = redis_server.client()
+        for e in expired:
+            client.hdel(f"{prefix}r:{e.seq}", "xt")
+        client.delete(f"{prefix}retain:delivered", f"{prefix}retain:expired")
+        client.delete(f"{prefix}retain:indexed")
+
+        async def prune(delivered_before: int, expired_before: int) -> int:
+            # As the relay calls it, with a max_unacked_age of 10 s.
+            return await store.prune(delivered_before, expired_before, expired_before - 10_000)
+
+        # Delivered ones by their ack time (they all have it), as any other.
+        assert await prune(20_000, 0) == 0
+        assert client.exists(f"{prefix}retain:indexed")
+        assert not client.exists(f"{prefix}retain:cursors")
+        assert await prune(20_001, 0) == 7
+        # Expired ones by receipt plus max_unacked_age: at 11 s and 12 s.
+        assert await prune(0, 11_000) == 0
+        assert await prune(0, 11_001) == 1
+        assert await prune(0, 12_001) == 1
+        assert await store.records(None, None, 10) == []
+    finally:
+        await store.close()
+
+
 async def test_the_cli_counts_and_purges_a_tenants_queue_beside_a_running_store(
     store: RedisStore,
     redis_server: RedisServer,  # noqa: F811

@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -396,7 +397,7 @@ tenant_poll_interval = 0.2
         short.remember(frame["signature"])
         lonely = short.tenant()
         await post_tags(short, lonely, "expires")
-        # Delivered: gone about a second after receipt.
+        # Delivered: gone about a second after its ack.
         await async_wait_for(
             _async(lambda: not api_list(short, tenant=tenant.id)), what="the delivered one pruned"
         )
@@ -410,3 +411,53 @@ tenant_poll_interval = 0.2
             _async(lambda: not api_list(short, tenant=lonely.id)), what="the expired one pruned"
         )
         assert cli(short.relay, "webhooks", "show", expired["id"]).returncode == 2
+
+
+async def test_retention_counts_from_a_late_ack_and_from_an_expiry_at_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    config = """
+dedupe_window = 1.0
+retain_delivered = 2.0
+retain_expired = 3.0
+max_unacked_age = {age}
+tenant_poll_interval = 0.2
+"""
+    with running_relay(tmp_path_factory, "late", config=config.format(age=4.0)) as h:
+        # Acked 3 s after receipt (the bridge was away): kept 2 s from the ack, where
+        # counting from receipt would prune it at the next sweep (every second here).
+        tenant = h.tenant()
+        await post_tags(h, tenant, "acked late")
+        await asyncio.sleep(3.0)
+        async with await Bridge.open(h, tenant.token) as bridge:
+            (frame,) = await bridge.take(1)
+        h.remember(frame["signature"])
+        await async_wait_for(
+            _async(lambda: api_list(h, tenant=tenant.id, state="delivered")), what="the ack"
+        )
+        acked = time.monotonic()
+        await async_wait_for(
+            _async(lambda: not api_list(h, tenant=tenant.id)), what="the late one pruned"
+        )
+        assert time.monotonic() - acked >= 1.5
+        # Received, then the relay stopped for longer than max_unacked_age (1 s from
+        # the start on) and retain_expired together: it expires it at its start, and
+        # keeps it retain_expired from then, to be found and replayed.
+        lonely = h.tenant()
+        await post_tags(h, lonely, "expires at the start")
+        (queued,) = api_list(h, tenant=lonely.id)
+        assert h.relay.stop() == 0
+        assert h.relay.config_file is not None
+        h.relay.config_file.write_text(config.format(age=1.0))
+        await asyncio.sleep(max(0.0, queued["received_at"] / 1000 + 4.5 - time.time()))
+        h.relay.start()
+        await async_wait_for(
+            _async(lambda: api_list(h, tenant=lonely.id, state="expired")),
+            what="the webhook expired at the start, still listed",
+        )
+        expired = time.monotonic()
+        await async_wait_for(
+            _async(lambda: not api_list(h, tenant=lonely.id)), what="the expired one pruned"
+        )
+        assert time.monotonic() - expired >= 2.0
+        assert cli(h.relay, "webhooks", "show", queued["id"]).returncode == 2
