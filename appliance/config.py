@@ -164,7 +164,7 @@ class RelayConfig(Settings):
     )
     retain_delivered: float = setting(
         86_400.0,
-        "Seconds a delivered (acked) webhook is kept after it was received, to be listed, "
+        "Seconds a delivered webhook is kept after a bridge acked it, to be listed, "
         "shown and replayed (`linerelay webhooks`); then its row and body are deleted. At "
         "least dedupe_window. Bodies are personal data: keep it short (docs/operations.md, "
         "'Retention').",
