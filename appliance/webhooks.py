@@ -63,6 +63,8 @@ class WebhookRecord:
     #: The body's events' types, e.g. ("message", "follow"); in a list, () for a body
     #: over :data:`EVENT_TYPES_MAX_BODY` bytes.
     event_types: tuple[str, ...]
+    #: Unix ms when the relay expired it (no bridge acked it in time), else None.
+    expired_at: int | None = None
 
     @classmethod
     def of(cls, record: Record, types: tuple[str, ...]) -> WebhookRecord:
@@ -77,6 +79,7 @@ class WebhookRecord:
             record.acked_at,
             record.replay_of,
             types,
+            record.expired_at,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -89,6 +92,7 @@ class WebhookRecord:
             "attempts": self.attempts,
             "size": self.size,
             "acked_at": self.acked_at,
+            "expired_at": self.expired_at,
             "replay_of": self.replay_of,
             "event_types": list(self.event_types),
         }
@@ -106,6 +110,7 @@ class WebhookRecord:
             None if obj.get("acked_at") is None else int(obj["acked_at"]),
             None if obj.get("replay_of") is None else str(obj["replay_of"]),
             tuple(str(t) for t in obj.get("event_types", ())),
+            None if obj.get("expired_at") is None else int(obj["expired_at"]),
         )
 
 

@@ -537,6 +537,7 @@ def _print_record(record: WebhookRecord) -> None:
         ("state", record.state.value),
         ("received", _time(record.received_at)),
         ("acked", _time(record.acked_at)),
+        ("expired", _time(record.expired_at)),
         ("attempts", str(record.attempts)),
         ("size", f"{record.size} bytes"),
         ("events", ", ".join(record.event_types) or "-"),

@@ -260,6 +260,7 @@ async def test_api_lists_and_filters_webhooks(parts: Parts) -> None:
         "attempts",
         "size",
         "acked_at",
+        "expired_at",
         "replay_of",
         "event_types",
     }

@@ -221,6 +221,8 @@ async def test_an_expired_webhook_stays_listed_and_is_replayed_to_a_later_bridge
     )
     (expired,) = listed(relay, "--tenant", tenant.id, "--state", "expired")
     assert expired["acked_at"] is None
+    # When it expired: its retention (retain_expired) counts from then.
+    assert expired["expired_at"] >= expired["received_at"]
     assert expired["attempts"] == 0
     assert harness.log_events("webhook expired unacked")
     async with await Bridge.open(harness, tenant.token) as bridge:
