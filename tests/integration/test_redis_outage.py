@@ -121,6 +121,12 @@ async def test_redis_killed_and_restarted_under_traffic_loses_no_200_and_answers
             lambda: _true(accepted.keys() <= received.keys()),
             lambda: f"{len(accepted.keys() - received.keys())} accepted webhooks to arrive",
         )
+        # The bridge stayed connected through the outage: the one connection got them all.
+        assert not reading.done()
+        connected = [
+            line for line in b.log_events("bridge connected") if line.get("tenant") == tenant.id
+        ]
+        assert len(connected) == 1, connected
     finally:
         stop.set()
         reading.cancel()
