@@ -56,6 +56,11 @@ class Expire:
 
     older_than: int
     future: asyncio.Future[list[Expired]]
+    #: For a store that expires a slice of its tenants at a time: where this slice
+    #: starts ("0": the first), and once answered, where the next one does.
+    cursor: str = "0"
+    #: Set by such a store once answered: another slice is due.
+    more: bool = False
 
 
 @dataclass(slots=True)

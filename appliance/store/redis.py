@@ -54,6 +54,12 @@ the queue into its retained record). Leases are renewed every third of
 connection elsewhere takes over; a process whose bridge disconnects gives its
 leases up at once. The hub learns of this through :meth:`watch_ownership`.
 
+**Housekeeping** walks every stored tenant: the queue depths and heads every
+``REFRESH_INTERVAL``, and the expiry sweep. A script holds Redis's one thread,
+so each walk goes a slice of the tenants per call (SSCAN over ``stored``): no
+call holds Redis more than a few milliseconds, however many tenants
+(docs/redis.md, "What the periodic scripts cost").
+
 **Redis unreachable.** The first failure marks the store down (one warning
 line, :meth:`health` says why, ``linerelay_store_up`` is 0): appends fail at
 once (503), acks, attempt marks, reads and leases wait, and a task pings with
@@ -107,6 +113,15 @@ PREFIX = "linerelay:"
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 #: Seconds between queue-depth refreshes (other processes change the queues too).
 REFRESH_INTERVAL = 5.0
+#: Stored tenants read per script call of a refresh (about: SSCAN's COUNT), and
+#: walked per call of an expiry sweep. A script holds Redis's one thread, so a
+#: pass over every tenant is cut into calls of a few milliseconds at most, and
+#: other clients' commands run in between (docs/redis.md, "What the periodic
+#: scripts cost").
+HEADS_SLICE = 100
+EXPIRE_SLICE = 200
+#: Queued webhooks expired per call at most: a mass expiry is cut up too.
+EXPIRE_BUDGET = 50
 #: The reader's XREAD blocks at most this long (ms) before it looks again: a
 #: connection that died silently is noticed.
 READ_BLOCK_MS = 10_000
@@ -142,7 +157,16 @@ class _Release:
     tenant: str
 
 
-_Op = ops.Op | _Claim | _Release
+@dataclass(slots=True)
+class _Heads:
+    """Read the depths and heads of a slice of the stored tenants (HEADS) from
+    ``cursor``; answered with the next cursor and the slice's tenants."""
+
+    cursor: bytes
+    future: asyncio.Future[tuple[bytes, list[str]]]
+
+
+_Op = ops.Op | _Claim | _Release | _Heads
 # Each operation with its result or its error.
 _Result = tuple[_Op, Any, BaseException | None]
 
@@ -273,6 +297,21 @@ class RedisStore(BatchedStore[_Op]):
             return StoreError(f"Redis unreachable: {self._down}")
         return None
 
+    async def expire(self, older_than: int) -> list[Expired]:
+        # A slice of the tenants at a time (EXPIRE: one script call each, each in
+        # a batch of its own): Redis, and this process's other writes, are served
+        # in between. The hub hears of the pass's expiries when it ends, as before.
+        expired: list[Expired] = []
+        cursor = "0"
+        while True:
+            future: asyncio.Future[list[Expired]] = self._future()
+            op = ops.Expire(older_than, future, cursor)
+            self._submit(op)
+            expired += await future
+            if not op.more:
+                return expired
+            cursor = op.cursor
+
     async def prune(
         self, delivered_before: int, expired_before: int, expired_received_before: int | None = None
     ) -> int:
@@ -399,8 +438,10 @@ class RedisStore(BatchedStore[_Op]):
             log.exception("store: batch failed")
             failure = StoreError(f"batch failed: {exc}")
             results = [(op, None, failure) for op in batch]
-        if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
+        # A refresh's reads are not commits: a batch of them alone is not reported.
+        size = sum(1 for op in batch if not isinstance(op, _Heads))
+        if self._on_batch is not None and size:
+            self._on_batch(size, time.perf_counter() - started)
         self._settle(results)
         self._batch_done()
 
@@ -465,6 +506,12 @@ class RedisStore(BatchedStore[_Op]):
                 plan.append(("wait", []))
         for op in batch:
             self._plan_query(pipe, op, plan)
+        # Last: a refresh's reading is then newer than every other answer of the
+        # batch, and is taken after them (_refresh).
+        for op in batch:
+            if isinstance(op, _Heads):
+                self._eval(pipe, "heads", op.cursor, HEADS_SLICE)
+                plan.append(("heads", [op]))
         return plan
 
     def _plan_query(self, pipe: Pipeline, op: _Op, plan: list[tuple[str, list[_Op]]]) -> None:
@@ -475,7 +522,10 @@ class RedisStore(BatchedStore[_Op]):
             plan.append(("pending", [op]))
         elif isinstance(op, ops.Expire):
             now = int(self._clock() * 1000)
-            self._eval(pipe, "expire", now, op.older_than, self.name)
+            self._eval(
+                pipe, "expire", now, op.older_than, self.name, op.cursor,
+                EXPIRE_SLICE, EXPIRE_BUDGET,
+            )  # fmt: skip
             plan.append(("expire", [op]))
         elif isinstance(op, ops.Prune):
             self._eval(
@@ -565,14 +615,16 @@ class RedisStore(BatchedStore[_Op]):
             assert isinstance(op, ops.ReadPending)
             return [(op, [self._delivery(op.tenant, entry) for entry in reply])]
         if kind == "expire":
-            split = reply.index(b"heads")
-            self._heads(reply[split + 1 :])
-            rows = reply[:split]
+            op = covered[0]
+            assert isinstance(op, ops.Expire)
+            cursor, more, rows, heads = reply
+            op.cursor, op.more = cursor.decode(), int(more) == 1
+            self._heads(heads)
             expired = [
-                Expired(int(rows[i]), rows[i + 1].decode(), rows[i + 2].decode(), int(rows[i + 3]))
-                for i in range(0, len(rows), 4)
+                Expired(int(seq), wire_id.decode(), tenant.decode(), int(received_at))
+                for seq, wire_id, tenant, received_at in rows
             ]
-            return [(covered[0], expired)]
+            return [(op, expired)]
         if kind == "purge":
             self._heads(reply[1:])
             return [(covered[0], int(reply[0]))]
@@ -597,6 +649,8 @@ class RedisStore(BatchedStore[_Op]):
             assert isinstance(op, ops.Replay)
             wire = self._replay_ids.pop(id(op))
             return [(op, self._replayed(op, wire, reply))]
+        if kind == "heads":
+            return [(covered[0], self._slice_heads(reply))]
         if kind == "claim":
             op = covered[0]
             assert isinstance(op, _Claim)
@@ -643,6 +697,21 @@ class RedisStore(BatchedStore[_Op]):
             tenant = flat[i].decode()
             self._depth[tenant] = int(flat[i + 1])
             self._head[tenant] = int(flat[i + 2])
+
+    def _slice_heads(self, reply: list[Any]) -> tuple[bytes, list[str]]:
+        """Take a HEADS reply's depths and heads; returns its next cursor and tenants."""
+        cursor, names, numbers = reply
+        values = numbers.split()
+        tenants = []
+        start = 0
+        for i in range(0, len(values), 3):
+            end = start + int(values[i])
+            tenant = names[start:end].decode()
+            start = end
+            self._depth[tenant] = int(values[i + 1])
+            self._head[tenant] = int(values[i + 2])
+            tenants.append(tenant)
+        return cursor, tenants
 
     def _settle(self, results: list[_Result]) -> None:
         """Runs on the loop after each batch: resolve futures, then tell listeners."""
@@ -811,12 +880,50 @@ class RedisStore(BatchedStore[_Op]):
             await pipe.execute()
 
     async def _refresh(self) -> None:
-        """Queue depths and heads of every stored tenant, as Redis has them now."""
+        """Queue depths and heads of every stored tenant, as Redis has them, a slice
+        of the tenants at a time (HEADS), and forget the tenants Redis no longer has.
+
+        Each slice is read in a batch of the group commit, after the rest of it,
+        and taken as it is decoded, as a write's answer is. Batches are written
+        one at a time, so every write of this process answered before a slice is
+        taken was done before it was read: a slice is never older than what this
+        process knows from its own writes, and never undoes it (slices gathered
+        and swapped in at the end would undo the writes answered since each was
+        read). Writes answered after a slice are applied after it, as always; an
+        append's depth is the larger of its answer and the depth here, so one in
+        flight while its tenant is read is counted when it is answered.
+
+        A tenant in no slice was not stored throughout the pass (SSCAN): one known
+        here before the pass and left alone by this process since is gone (purged,
+        by any node or the CLI) and is forgotten; one this process wrote to
+        meanwhile stays, as its write's answer left it.
+        """
+        # Copies, not a loop: this runs on the loop, and there may be many tenants.
+        depths, heads = dict(self._depth), dict(self._head)
+        seen: set[str] = set()
+        cursor = b"0"
+        while True:
+            # Each slice is awaited: the loop, and Redis, serve others in between.
+            cursor, tenants = await self._heads_slice(cursor)
+            seen.update(tenants)
+            if cursor == b"0":
+                break
+        for tenant in (depths.keys() | heads.keys()) - seen:
+            now = self._depth.get(tenant), self._head.get(tenant)
+            if now == (depths.get(tenant), heads.get(tenant)):
+                self._depth.pop(tenant, None)
+                self._head.pop(tenant, None)
+
+    async def _heads_slice(self, cursor: bytes) -> tuple[bytes, list[str]]:
+        """One slice of a refresh: its tenants' depths and heads taken, the next cursor."""
+        if self._down is None:
+            future: asyncio.Future[tuple[bytes, list[str]]] = self._future()
+            self._submit(_Heads(cursor, future))
+            return await future
+        # Opening, or Redis coming back: no batch is written meanwhile.
         assert self._redis is not None
-        flat = await self._redis.evalsha(SCRIPTS["heads"].sha, 0, self.prefix)
-        self._depth.clear()
-        self._head.clear()
-        self._heads(flat)
+        reply = await self._redis.evalsha(SCRIPTS["heads"].sha, 0, self.prefix, cursor, HEADS_SLICE)
+        return self._slice_heads(reply)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -826,7 +933,7 @@ class RedisStore(BatchedStore[_Op]):
                 await self._refresh()
             except UNREACHABLE as exc:
                 self._mark_down(exc)
-            except ResponseError as exc:
+            except (ResponseError, StoreError) as exc:
                 log.warning("store: depth refresh failed", extra={"why": str(exc)})
 
     # -- the reader ------------------------------------------------------------

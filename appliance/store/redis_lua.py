@@ -48,13 +48,16 @@ local function retire(tenant, id, fields, state, now)
   redis.call('ZADD', p .. state .. ':' .. tenant, fieldof(fields, 'r'), seq)
   redis.call('ZADD', p .. 'retain:' .. state, now, seq)
 end
--- A queue's length and its head's received_at (-1 if empty), appended to out.
+-- A queue's length and its head's received_at (-1 if empty), appended to out. The
+-- head is the entry with the lowest seq, read for its ``r`` field; an empty queue
+-- (most of them, while bridges keep up) costs no XRANGE.
 local function head(out, tenant)
   local q = p .. 'q:' .. tenant
+  local n = redis.call('XLEN', q)
   out[#out + 1] = tenant
-  out[#out + 1] = redis.call('XLEN', q)
-  local h = redis.call('XRANGE', q, '-', '+', 'COUNT', 1)
-  out[#out + 1] = h[1] and tonumber(fieldof(h[1][2], 'r')) or -1
+  out[#out + 1] = n
+  local h = n > 0 and redis.call('XRANGE', q, '-', '+', 'COUNT', 1)[1]
+  out[#out + 1] = h and tonumber(fieldof(h[2], 'r')) or -1
 end
 -- A stored webhook by delivery id: tenant, seq, fields, state, attempts; nil if unknown.
 local function lookup(id)
@@ -182,38 +185,55 @@ end
 return out
 """
 
-# ARGV: prefix, now (ms), older than (ms), this process's name. Expires the
-# queued webhooks received before ``older than`` (found by received_at in
-# ``rq:TENANT``). Tenants another live process owns are its to expire: its hub
-# is then told. Returns seq, id, tenant, received_at per expired webhook, then
-# 'heads' and tenant, length, head per queue changed.
+# ARGV: prefix, now (ms), older than (ms), this process's name, cursor, count,
+# budget. Expires the queued webhooks received before ``older than`` (found by
+# received_at in ``rq:TENANT``) of one slice of the stored tenants: about
+# ``count`` of them, SSCAN from ``cursor``, so that no call walks every tenant
+# (Redis serves nobody else while a script runs), and at most ``budget``
+# webhooks, so that a mass expiry is cut up too: once the budget is spent the
+# rest of the slice is left for the next call, which scans the same slice again
+# (its tenants done so far have nothing old left to find). Tenants another live
+# process owns are its to expire: its hub is then told. Returns {next cursor,
+# 1 if another call is due (else 0: the pass is done), {seq, id, tenant,
+# received_at per expired webhook}, {tenant, length, head per queue changed}}.
 EXPIRE = """
-local now, older, me = ARGV[2], ARGV[3], ARGV[4]
+local now, older, me, cursor = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local budget = tonumber(ARGV[7])
+local scan = redis.call('SSCAN', p .. 'stored', cursor, 'COUNT', ARGV[6])
+local nextc = scan[1]
 local out, heads = {}, {}
-for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do
+local spent = 0
+for _, tenant in ipairs(scan[2]) do
+  if spent >= budget then break end
   local owner = redis.call('GET', p .. 'owner:' .. tenant)
   if not owner or mine(owner, me) then
     local q = p .. 'q:' .. tenant
-    local old = redis.call('ZRANGEBYSCORE', p .. 'rq:' .. tenant, '-inf', '(' .. older)
+    local old = redis.call('ZRANGEBYSCORE', p .. 'rq:' .. tenant, '-inf', '(' .. older,
+      'LIMIT', 0, budget - spent)
     for _, seq in ipairs(old) do
       local id = seq .. '-0'
       local e = redis.call('XRANGE', q, id, id)[1]
       if e then
         retire(tenant, id, e[2], 'expired', now)
-        out[#out + 1] = seq
-        out[#out + 1] = fieldof(e[2], 'i')
-        out[#out + 1] = tenant
-        out[#out + 1] = tonumber(fieldof(e[2], 'r'))
+        out[#out + 1] = {seq, fieldof(e[2], 'i'), tenant, tonumber(fieldof(e[2], 'r'))}
       else
         redis.call('ZREM', p .. 'rq:' .. tenant, seq)
       end
     end
+    spent = spent + #old
     if #old > 0 then head(heads, tenant) end
   end
 end
-out[#out + 1] = 'heads'
-for _, v in ipairs(heads) do out[#out + 1] = v end
-return out
+-- A spent budget may have left tenants of this slice, or old webhooks of its last
+-- tenant: the slice is scanned again, even the first (cursor '0'; the flag says so).
+local more = 0
+if spent >= budget then
+  nextc = cursor
+  more = 1
+elseif nextc ~= '0' then
+  more = 1
+end
+return {nextc, more, out, heads}
 """
 
 # ARGV: prefix, delivered before (ms), expired before (ms), expired received
@@ -338,11 +358,26 @@ head(out, tenant)
 return out
 """
 
-# ARGV: prefix. Every stored tenant's queue length and head.
+# ARGV: prefix, cursor, count. The queue length and head of one slice of the
+# stored tenants: about ``count`` of them, SSCAN from ``cursor`` ('0' to start),
+# so that no call walks every tenant. Returns {next cursor ('0': the pass is
+# done), the tenants' names end to end, per tenant its name's length in bytes,
+# its queue's length and head (space-separated)}: three elements a slice, not
+# three a tenant, as the relay's client parses each element in Python. SSCAN
+# returns every tenant stored throughout a pass at least once (one may come
+# twice; one stored or deleted during the pass may be missed), which the caller
+# allows for.
 HEADS = """
-local out = {}
-for _, tenant in ipairs(redis.call('SMEMBERS', p .. 'stored')) do head(out, tenant) end
-return out
+local scan = redis.call('SSCAN', p .. 'stored', ARGV[2], 'COUNT', ARGV[3])
+local heads = {}
+for _, tenant in ipairs(scan[2]) do head(heads, tenant) end
+local names, numbers = {}, {}
+for i = 1, #heads, 3 do
+  names[#names + 1] = heads[i]
+  -- Lua writes a number with 14 significant digits: ms timestamps are exact.
+  numbers[#numbers + 1] = #heads[i] .. ' ' .. heads[i + 1] .. ' ' .. heads[i + 2]
+end
+return {scan[1], table.concat(names), table.concat(numbers, ' ')}
 """
 
 # ARGV: prefix, tenant, this process's name, connected_at (ms), lease ttl (ms),

@@ -1,4 +1,5 @@
-"""What only the Redis store has: waiting for replicas, and the operator CLI's helpers.
+"""What only the Redis store has: waiting for replicas, the periodic walks over the
+tenants a slice at a time, and the operator CLI's helpers.
 
 The behaviour both stores share is in tests/appliance/test_store.py. These run
 on a real ``redis-server`` (tests/support/redis.py) with no replica, so a
@@ -19,7 +20,7 @@ import pytest
 from appliance.config import RelayConfig
 from appliance.errors import StoreError, TenantError
 from appliance.state import StateDir
-from appliance.store import Limits, store_limits
+from appliance.store import Delivery, Limits, store_limits
 from appliance.store import redis as redis_store
 from appliance.store.redis import RedisStore, count_unacked, purge_tenant
 from appliance.tenant_backend import count_unacked as cli_count_unacked
@@ -162,6 +163,156 @@ async def test_records_from_before_the_retention_index_are_indexed_a_step_at_a_t
         assert await prune(0, 12_001) == 1
         assert await store.records(None, None, 10) == []
     finally:
+        await store.close()
+
+
+def count_slices(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The tenants of each HEADS call any store makes from now on, one list a call."""
+    slices: list[list[str]] = []
+    original = RedisStore._heads_slice
+
+    async def counted(self: RedisStore, cursor: bytes) -> tuple[bytes, list[str]]:
+        following, tenants = await original(self, cursor)
+        slices.append(tenants)
+        return following, tenants
+
+    monkeypatch.setattr(RedisStore, "_heads_slice", counted)
+    return slices
+
+
+async def fill(store: RedisStore, tenants: list[str], each: int) -> dict[str, list[Delivery]]:
+    """``each`` webhooks per tenant, received at 1_000 ms and on (distinct per tenant)."""
+    stored: dict[str, list[Delivery]] = {}
+    for n, tenant in enumerate(tenants):
+        for i in range(each):
+            delivery = await store.append(tenant, f"{tenant}-{i}".encode(), "s", 1_000 + n)
+            assert delivery is not None
+            stored.setdefault(tenant, []).append(delivery)
+    return stored
+
+
+async def test_a_refresh_reads_every_stored_tenant_a_slice_at_a_time(
+    store: RedisStore,
+    redis_server: RedisServer,  # noqa: F811
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # More tenants than a small set's compact encoding holds (128 from Redis 7.2):
+    # SSCAN's COUNT applies, and one slice cannot hold them all.
+    monkeypatch.setattr(redis_store, "HEADS_SLICE", 4)
+    tenants = [f"t{n:03d}" for n in range(150)]
+    stored = await fill(store, tenants, 1)
+    # Received earlier than the head, stored after it: the head is still the first.
+    await store.append("t000", b"second", "s", 500)
+    store.ack("t001", stored["t001"][0].seq)
+    await store.pending("t001", 0, 1)  # a round trip: the ack is committed
+    slices = count_slices(monkeypatch)
+    # Another process learns every queue from Redis alone, as it opens.
+    other = RedisStore(redis_server.url, Limits(), prefix=prefix)
+    await other.open()
+    try:
+        assert len(slices) > 10, slices
+        assert all(len(one) < 50 for one in slices)
+        assert {t for one in slices for t in one} == set(tenants)
+        expected = {t: 1 for t in tenants if t != "t001"} | {"t000": 2}
+        assert other.depths() == expected
+        assert other.oldest() == {t: 1_000 + n for n, t in enumerate(tenants) if t != "t001"}
+    finally:
+        await other.close()
+
+
+async def test_a_tenant_purged_elsewhere_leaves_the_depths_at_the_next_refresh(
+    store: RedisStore,
+    redis_server: RedisServer,  # noqa: F811
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_store, "HEADS_SLICE", 1)
+    await fill(store, ["a", "b", "c"], 2)
+    assert purge_tenant(redis_server.url, "a", prefix) == 2  # the CLI, or another node
+    assert store.depths() == {"a": 2, "b": 2, "c": 2}  # not known here yet
+    await store._refresh()
+    assert store.depths() == {"b": 2, "c": 2}
+    assert set(store.oldest()) == {"b", "c"}
+    # Forgotten, not kept at 0: a relay that saw many tenants come and go keeps none.
+    assert "a" not in store._depth
+    assert "a" not in store._head
+
+
+async def test_what_this_process_commits_during_a_refresh_is_not_undone_by_it(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "HEADS_SLICE", 2)
+    tenants = [f"t{n:02d}" for n in range(20)]
+    stored = await fill(store, tenants, 2)
+    original = RedisStore._heads_slice
+    done: list[str] = []
+
+    async def meanwhile(self: RedisStore, cursor: bytes) -> tuple[bytes, list[str]]:
+        following, tenants = await original(self, cursor)
+        if not done and tenants:
+            # Between the first slice and the next: a tenant of that slice, read
+            # at 2, has one acked here; a new tenant gets its first webhook.
+            done.append(tenants[0])
+            self.ack(tenants[0], stored[tenants[0]][0].seq)
+            assert await self.append("late", b"new", "s", 9_000) is not None
+        return following, tenants
+
+    monkeypatch.setattr(RedisStore, "_heads_slice", meanwhile)
+    await store._refresh()
+    (acked,) = done
+    assert store.depth(acked) == 1
+    assert store.oldest()[acked] == stored[acked][1].received_at
+    assert store.depth("late") == 1
+    assert store.oldest()["late"] == 9_000
+    expected = {t: 2 for t in tenants} | {acked: 1, "late": 1}
+    assert store.depths() == expected
+    await store._refresh()  # and Redis agrees
+    assert store.depths() == expected
+
+
+async def test_an_expiry_sweep_goes_a_slice_at_a_time_and_expires_every_old_webhook_once(
+    redis_server: RedisServer,  # noqa: F811
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis_store, "EXPIRE_SLICE", 4)
+    monkeypatch.setattr(redis_store, "EXPIRE_BUDGET", 3)
+    batches: list[int] = []
+    store = RedisStore(
+        redis_server.url, Limits(), prefix=prefix, on_batch=lambda n, _: batches.append(n)
+    )
+    other = RedisStore(redis_server.url, Limits(), prefix=prefix)
+    await store.open()
+    await other.open()
+    try:
+        # (A tenant may be called anything, "heads" too: the reply is not split on it.)
+        tenants = [*(f"t{n:03d}" for n in range(149)), "heads"]
+        old = await fill(store, tenants, 1)
+        old |= await fill(store, ["big"], 10)  # more than a call's budget in one queue
+        now = int(time.time() * 1000)
+        for tenant in [*tenants, "big"]:
+            await store.append(tenant, b"new", "s", now)
+        # A tenant another live process owns is that process's to expire.
+        theirs = await fill(store, ["theirs"], 1)
+        other.claim("theirs")
+        await other.pending("theirs", 0, 1)  # a round trip: the lease is taken
+        batches.clear()
+        expired = await store.expire(older_than=5_000)
+        seqs = [e.seq for e in expired]
+        assert len(seqs) == len(set(seqs)), "each once"
+        assert set(seqs) == {d.seq for ds in old.values() for d in ds}
+        assert {e.tenant for e in expired} == {*tenants, "big"}
+        # At most 3 a call, each call a batch of its own.
+        assert len(batches) >= len(seqs) / 3
+        # The heads moved on to the new webhooks.
+        assert store.depths() == {t: 1 for t in [*tenants, "big"]} | {"theirs": 1}
+        assert store.oldest()["big"] == now
+        assert await store.expire(older_than=5_000) == []
+        (their_expiry,) = await other.expire(older_than=5_000)
+        assert their_expiry.seq == theirs["theirs"][0].seq
+    finally:
+        await other.close()
         await store.close()
 
 
