@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,7 +28,7 @@ from appliance.console.board import (
     merged,
 )
 from appliance.console.overview import AckRates, view_of
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer, redis_server  # noqa: F401 (a fixture)
 from tests.support.relay import free_port
 
 ROUND = 0.2
@@ -100,17 +101,14 @@ def test_the_sqlite_store_gets_a_board_of_its_own_process() -> None:
 # -- in Redis ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with running_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture
-async def boards(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBoard, RedisBoard]]:
-    redis_server.client().flushall()
-    here = RedisBoard(redis_server.url, "here", ROUND, "linerelay:")
-    there = RedisBoard(redis_server.url, "there", ROUND, "linerelay:")
+async def boards(
+    redis_server: RedisServer,  # noqa: F811 (the session's, tests/support/redis.py)
+) -> AsyncIterator[tuple[RedisBoard, RedisBoard]]:
+    # A key prefix of the test's own on the session's Redis: it sees no other test's board.
+    prefix = f"test-{secrets.token_hex(4)}:"
+    here = RedisBoard(redis_server.url, "here", ROUND, prefix)
+    there = RedisBoard(redis_server.url, "there", ROUND, prefix)
     yield here, there
     await here.close()
     await there.close()
