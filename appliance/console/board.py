@@ -64,7 +64,7 @@ class BoardError(Exception):
     console then shows this process's bridges alone and says so."""
 
 
-_FIELDS = {f.name: f.type for f in fields(BridgeFacts)}
+_FIELDS = frozenset(f.name for f in fields(BridgeFacts))
 
 
 def encode(bridges: Mapping[str, BridgeFacts]) -> str:
@@ -84,7 +84,7 @@ def decode(text: str | bytes) -> dict[str, BridgeFacts]:
 
 
 def _facts(entry: Any) -> BridgeFacts:
-    if not isinstance(entry, dict) or set(entry) != set(_FIELDS):
+    if not isinstance(entry, dict) or entry.keys() != _FIELDS:
         raise TypeError("not the fields of a bridge")
     for name in ("served_by", "peer"):
         if not isinstance(entry[name], str):
