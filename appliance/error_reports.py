@@ -20,10 +20,11 @@ What a report may carry is decided here, in one pure function,
 - the value of any key that names a credential (secret, token, signature,
   authorization, password, cookie, DSN, body) replaced by ``[redacted]``;
 - in every string: bridge tokens (``lrb_...``, ``/bridge/{token}`` paths), the
-  admin token (``lra_...``), ``Bearer`` credentials, ``x-line-signature`` values and anything shaped like
-  a signature (44 characters of base64), webhook bodies (JSON with
-  ``"events"``), and every channel secret the relay knows (current and
-  previous, matched by value: a secret has no shape to recognise).
+  admin token (``lra_...``), ``Bearer`` credentials, ``x-line-signature``
+  values and anything shaped like a signature (44 characters of base64),
+  webhook bodies (JSON with ``"events"``), and every channel secret the relay
+  knows (current and previous, matched by value: a secret has no shape to
+  recognise).
 
 Breadcrumbs (the log lines before the error) are part of the event and are
 scrubbed with it.
